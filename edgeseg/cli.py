@@ -1,0 +1,106 @@
+"""The ``edgeseg`` command.
+
+Sub-commands import their modules lazily so ``edgeseg --help`` and the
+torch-free commands start fast and work where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from edgeseg.data.synth.cli import run
+
+    return run(args)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from edgeseg.config import load_recipe
+    from edgeseg.train.trainer import Trainer
+
+    recipe = load_recipe(args.recipe, args.set)
+    return Trainer(recipe, resume=args.resume, progress=not args.no_progress).run()
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from edgeseg.eval_cli import run_eval
+
+    return run_eval(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edgeseg.demo import run_demo
+
+    return run_demo(args)
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="generate synthetic driving scenes (day/night/dusk/fog/rain)")
+    from edgeseg.data.synth.cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_cmd_synth)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeseg",
+        description="Train domain-adaptive segmentation, export it, run it on a vehicle.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_synth(sub)
+
+    p = sub.add_parser("train", help="train a recipe (train/*.yaml); torchrun for DDP")
+    p.add_argument("recipe", help="recipe YAML, e.g. train/source_only_synthetic.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set optim.lr=0.005 (repeatable)")
+    p.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="mIoU / per-class IoU of a checkpoint on datasets")
+    p.add_argument("model", help="checkpoint (.pt)")
+    p.add_argument("--data", action="append", required=True, metavar="SPEC",
+                   help="NAME:ROOT[:SPLIT], repeatable, e.g. camvid:../shared/data/camvid:day_val")
+    p.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    p.add_argument("--overlays", metavar="PNG", help="write an overlay grid of a few samples")
+    p.add_argument("--plot", metavar="PNG", help="write a per-class IoU bar chart")
+    p.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("demo", help="the whole path on built-in synthetic data (make demo)")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--iterations", type=int, default=0, help="training iterations (default: recipe)")
+    p.add_argument("--retrain", action="store_true", help="ignore a cached demo model")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from edgeseg.errors import USER_ERRORS
+
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"edgeseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edgeseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Typed recipes and profiles: YAML -> frozen dataclasses, strictly.
+
+Unknown keys, wrong types and bad values are errors that name the key path and
+the file, because a silently ignored typo in a training recipe costs a day of
+GPU time. ``--set a.b=c`` overrides are parsed as YAML scalars and validated
+like the file itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from edgeseg.errors import EdgesegError
+
+
+class ConfigError(EdgesegError):
+    """A recipe or profile that does not match its schema."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
+            return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        items = [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        kt, vt = args or (Any, Any)
+        return {_convert(kt, k, path): _convert(vt, v, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML reads 1e-4 (no dot) as a string; accept numeric strings.
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported schema type {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and bad types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or '<root>'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"unknown key(s) {', '.join(where + k for k in unknown)}; "
+            f"valid keys{' of ' + path if path else ''}: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key_path = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], key_path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key_path}: required key is missing")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as exc:
+            raise ConfigError(f"{path or '<root>'}: {exc}") from None
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain YAML/JSON-friendly structures (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=c`` strings (values parsed as YAML) to a nested mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. optim.lr=0.01")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return data
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such file; recipes live in train/, build profiles in export/")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return data
+
+
+def load_config(cls: type, path: str | Path, overrides: list[str] | None = None) -> Any:
+    """Load ``path`` into dataclass ``cls`` with overrides; errors name the file."""
+    data = apply_overrides(load_yaml(path), overrides or [])
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# --- the training recipe --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network (stored in every checkpoint)."""
+
+    backbone: Literal["mobilenet_v2", "resnet50", "resnet101"] = "mobilenet_v2"
+    head: Literal["deeplabv3plus", "deeplabv2"] = "deeplabv3plus"
+    num_classes: int = 19
+    output_stride: Literal[8, 16] = 16
+    width_mult: float = 1.0
+    separable: bool = False
+    aspp_channels: int = 256
+    pretrained: str | None = None  # local torchvision-format ImageNet state dict
+
+    def validate(self) -> None:
+        if self.num_classes < 1 or self.num_classes > 255:
+            raise ValueError("model.num_classes must be in 1..255 (255 is the ignore index)")
+        if self.width_mult <= 0:
+            raise ValueError("model.width_mult must be positive")
+        if self.head == "deeplabv2" and self.backbone == "mobilenet_v2":
+            raise ValueError("the deeplabv2 head is built for ResNet backbones")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str  # labelled source spec NAME:ROOT[:SPLIT]
+    val: list[str] = field(default_factory=list)
+    target: str | None = None  # unlabelled target spec (labels never used)
+    pairs: str | None = None  # aligned day/night pairs spec (DANIA)
+    label_space: str = "cityscapes19"
+    crop: tuple[int, int] = (256, 512)  # (height, width)
+    resize: tuple[int, int] | None = None  # (height, width) before augmentation
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    color_jitter: float = 0.0
+    batch_size: int = 8
+    val_batch_size: int = 1
+    workers: int = 2
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("data.batch_size must be >= 1")
+        if min(self.crop) < 16:
+            raise ValueError("data.crop must be at least 16x16")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError("data.scale_range must be 0 < min <= max")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    head_lr_mult: float = 1.0  # LR multiplier of the decoder/head (10x option)
+    schedule: Literal["poly", "constant", "step"] = "poly"
+    power: float = 0.9
+    warmup_iters: int = 0
+    step_size: int = 0
+    gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "source_only"
+    params: dict[str, Any] = field(default_factory=dict)  # validated by the method
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    iterations: int = 1000
+    val_every: int = 500
+    ckpt_every: int = 500
+    log_every: int = 10
+    amp: bool = True  # CUDA only; ignored on CPU
+    sync_bn: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
+    val_max_images: int = 0  # 0 = the whole validation split
+
+    def validate(self) -> None:
+        if self.iterations < 1:
+            raise ValueError("train.iterations must be >= 1")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    output_dir: str = "runs/{name}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    return load_config(Recipe, path, overrides)

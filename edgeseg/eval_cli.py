@@ -1,0 +1,71 @@
+"""``edgeseg eval``: score a model on one or more dataset specs.
+
+Prints a per-class table per dataset (and the gap between the first two, e.g.
+day vs night), optionally writes JSON, an overlay grid and IoU bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edgeseg.evaluate import evaluate, open_eval_dataset
+from edgeseg.fileio import write_json
+from edgeseg.labels import get_label_space
+from edgeseg.metrics import compare_summaries, format_table
+
+
+def load_predictor(model: str, device: str = "auto"):  # noqa: ANN201 - predictor callable
+    """A predictor and its label-space name for a checkpoint (ONNX/engines: export issue)."""
+    suffix = Path(model).suffix.lower()
+    if suffix in (".pt", ".pth", ".ckpt"):
+        import torch
+
+        from edgeseg.train.predict import TorchPredictor
+
+        dev = "cuda" if device == "auto" and torch.cuda.is_available() else (
+            "cpu" if device == "auto" else device)
+        predictor, ckpt = TorchPredictor.from_checkpoint(model, dev)
+        return predictor, ckpt["label_space"], {"method": ckpt.get("method"),
+                                                "iteration": ckpt.get("iteration")}
+    from edgeseg.errors import EdgesegError
+
+    raise EdgesegError(f"{model}: unsupported model file; edgeseg eval takes a checkpoint (.pt)")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    predict, space_name, info = load_predictor(args.model, args.device)
+    model_space = get_label_space(space_name)
+    results, samples, space_of = {}, [], {}
+    for spec in args.data:
+        dataset = open_eval_dataset(spec, model_space)
+        if not dataset.has_labels:
+            print(f"skip {spec}: its labels are absent (nothing to score)", file=sys.stderr)
+            continue
+        res = evaluate(predict, dataset, model_space, max_images=args.max_images,
+                       keep_samples=2, desc=spec)
+        results[spec] = res.metrics
+        space_of[spec] = dataset.label_space
+        samples += [(f"{spec} {n}", img, p, g) for n, img, p, g in res.samples]
+        print(format_table(res.metrics, title=f"{args.model} on {spec}"))
+        print()
+    if len(results) >= 2:
+        (a, ma), (b, mb) = list(results.items())[:2]
+        print(compare_summaries(ma, mb, a.split(":")[-1], b.split(":")[-1],
+                                title=f"gap {a} -> {b}"))
+    if args.json:
+        write_json(args.json, {"model": args.model, **info,
+                               "results": {k: v.to_dict() for k, v in results.items()}})
+    if results and args.overlays:
+        from edgeseg.viz import save_overlay_grid
+
+        save_overlay_grid(args.overlays, samples, next(iter(space_of.values())))
+        print(f"overlays: {args.overlays}")
+    if results and args.plot:
+        from edgeseg.viz import plot_iou_bars
+
+        plot_iou_bars(args.plot, {k.split(":")[-1]: v for k, v in results.items()},
+                      title=f"per-class IoU: {Path(args.model).name}")
+        print(f"per-class IoU plot: {args.plot}")
+    return 0 if results else 1

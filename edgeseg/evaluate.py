@@ -1,0 +1,104 @@
+"""Evaluation over a dataset for any predictor (checkpoint, ONNX model, engine).
+
+Torch-free: a predictor is any callable RGB uint8 frame -> (H, W) class ids in
+the predictor's label space, so the same loop scores a PyTorch checkpoint, an
+fp16/int8 ONNX file or a TensorRT engine, and the numbers are comparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from edgeseg.data import open_dataset
+from edgeseg.data.base import SegDataset
+from edgeseg.labels import IGNORE_INDEX, LabelSpace, cityscapes_to, get_label_space, remap_labels
+from edgeseg.metrics import ConfusionMatrix, SegMetrics
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class EvalResult:
+    metrics: SegMetrics
+    confusion: ConfusionMatrix
+    samples: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+
+
+def prediction_mapping(model_space: LabelSpace, data_space: LabelSpace) -> dict[int, int] | None:
+    """How to map predictions into the dataset's classes (None = same space)."""
+    if model_space.name == data_space.name:
+        return None
+    if model_space.name == "cityscapes19":
+        return cityscapes_to(data_space)
+    raise ValueError(
+        f"cannot score a {model_space.name} model on {data_space.name} labels; "
+        "train in the dataset's label space or in cityscapes19"
+    )
+
+
+def open_eval_dataset(spec: str, model_space: LabelSpace | str) -> SegDataset:
+    """Open ``spec`` for scoring a model of ``model_space``.
+
+    A Cityscapes-19 dataset scored by a subset model (SYNTHIA-16/13, CamVid-11)
+    is read in the model's classes; the reverse (a Cityscapes-19 model on
+    CamVid) maps the predictions instead (`prediction_mapping`).
+    """
+    name = model_space if isinstance(model_space, str) else model_space.name
+    dataset = open_dataset(spec)
+    if dataset.label_space.name == "cityscapes19" and name != "cityscapes19":
+        dataset = open_dataset(spec, name)
+    return dataset
+
+
+def evaluate(predict: Predictor, dataset: SegDataset, model_space: LabelSpace | str,
+             max_images: int = 0, keep_samples: int = 0, desc: str = "eval",
+             progress: bool = True, indices: list[int] | None = None) -> EvalResult:
+    """Confusion-matrix metrics of ``predict`` over a labelled ``dataset``.
+
+    ``indices`` restricts the images (DDP ranks evaluate disjoint shards and
+    sum their confusion matrices); ``keep_samples`` keeps the first few
+    (name, image, prediction, label) tuples for overlay pictures.
+    """
+    if isinstance(model_space, str):
+        model_space = get_label_space(model_space)
+    if not dataset.has_labels:
+        raise ValueError(f"{dataset.root}: split {dataset.split!r} has no labels to evaluate")
+    space = dataset.label_space
+    mapping = prediction_mapping(model_space, space)
+    # A mapped model can predict a class the dataset lacks (e.g. terrain on CamVid):
+    # it lands in an extra "other" column, so it counts as a miss of the true class.
+    other = space.num_classes if mapping is not None else None
+    cm = ConfusionMatrix(space.num_classes + (other is not None), space.ignore_index)
+    if indices is None:
+        indices = list(range(len(dataset)))
+    if max_images:
+        indices = indices[:max_images]
+    samples = []
+    for i in tqdm(indices, desc=desc, disable=not progress, leave=False):
+        sample = dataset[i]
+        pred = predict(sample["image"])
+        if mapping is not None:
+            pred = remap_labels(pred, mapping)
+            pred[pred == IGNORE_INDEX] = other
+        label = sample["label"]
+        if pred.shape != label.shape:
+            raise ValueError(f"{sample['name']}: prediction {pred.shape} vs label {label.shape}")
+        cm.update(pred, label)
+        if len(samples) < keep_samples:
+            samples.append((sample["name"], sample["image"], pred, label))
+    return EvalResult(metrics_of(cm, space), cm, samples)
+
+
+def metrics_of(cm: ConfusionMatrix, space: LabelSpace) -> SegMetrics:
+    """Summary in ``space``'s classes, dropping the "other" column if there is one."""
+    if cm.num_classes == space.num_classes:
+        return cm.summary(space.names)
+    summary = cm.summary([*space.names, "(other)"])
+    per_class = {n: summary.per_class[n] for n in space.names}
+    with np.errstate(invalid="ignore"):
+        miou = float(np.nanmean(list(per_class.values())))
+    return SegMetrics(miou, summary.pixel_acc, per_class, summary.num_pixels)

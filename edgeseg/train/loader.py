@@ -1,0 +1,138 @@
+"""Resumable, seeded data streams for the trainer.
+
+Every UDA method consumes several streams at once (labelled source, unlabelled
+target, aligned pairs). Each stream is an endless sequence of batches whose
+content depends only on (seed, epoch, position): augmentation uses a per-sample
+numpy generator seeded from (seed, epoch, index) and the shuffle order comes
+from (seed, epoch). So ``--resume`` restarts each stream at the exact batch
+where it stopped, with any number of loader workers, and N+M iterations equal
+N, resume, M.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from edgeseg.data.base import SegDataset
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """A DistributedSampler that yields ``(epoch, index)`` and can start mid-epoch.
+
+    The epoch travels with the index so the dataset can seed its augmentation
+    per sample; ``start`` skips the samples this rank already consumed.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
+                         seed=seed, drop_last=True)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())
+        for index in indices[self.start:]:
+            yield (self.epoch, index)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class AugmentedDataset(Dataset):
+    """Wraps a reader: applies ``transform(sample, rng)`` and converts to tensors."""
+
+    def __init__(self, reader: SegDataset, transform: Callable[[dict, np.random.Generator], dict],
+                 mean: tuple[float, ...], std: tuple[float, ...], seed: int) -> None:
+        self.reader = reader
+        self.transform = transform
+        self.mean = np.asarray(mean, np.float32) * 255.0
+        self.std = np.asarray(std, np.float32) * 255.0
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        rng = np.random.default_rng([self.seed, epoch, index])
+        sample = self.transform(self.reader[index], rng)
+        out: dict[str, Any] = {}
+        for name, value in sample.items():
+            if isinstance(value, np.ndarray) and value.ndim == 3 and value.shape[2] == 3:
+                img = (value.astype(np.float32) - self.mean) / self.std
+                out[name] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+            elif name == "label" and value is not None:
+                out[name] = torch.from_numpy(np.ascontiguousarray(value).astype(np.int64))
+        return out
+
+
+class Stream:
+    """An endless, resumable batch iterator over one dataset on this rank."""
+
+    def __init__(self, dataset: AugmentedDataset, batch_size: int, workers: int, rank: int,
+                 world_size: int, seed: int) -> None:
+        if len(dataset) < batch_size * world_size:
+            raise ValueError(
+                f"dataset {dataset.reader.root} has {len(dataset)} samples, fewer than one "
+                f"batch ({batch_size} x {world_size} ranks); lower data.batch_size"
+            )
+        self.sampler = ResumableDistributedSampler(dataset, world_size, rank, seed)
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+            drop_last=True, pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+            # A private generator: creating an iterator must not consume the
+            # global torch RNG, or resuming would change dropout draws.
+            generator=torch.Generator(),
+        )
+        self.batch_size = batch_size
+        self.epoch = 0
+        self.position = 0  # batches consumed in this epoch
+        self._it: Iterator | None = None
+
+    def _restart(self) -> None:
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.start = self.position * self.batch_size
+        self._it = iter(self.loader)
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self._it is None:
+            self._restart()
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.epoch += 1
+            self.position = 0
+            self._restart()
+            batch = next(self._it)
+        self.position += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._it = None
+
+
+class MultiStream:
+    """Draws one batch from each named stream per iteration: ``{'source': ..., 'target': ...}``."""
+
+    def __init__(self, streams: dict[str, Stream]) -> None:
+        self.streams = streams
+
+    def __next__(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {name: next(s) for name, s in self.streams.items()}
+
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        return {name: s.state_dict() for name, s in self.streams.items()}
+
+    def load_state_dict(self, state: dict[str, dict[str, int]]) -> None:
+        for name, s in self.streams.items():
+            if name in state:
+                s.load_state_dict(state[name])

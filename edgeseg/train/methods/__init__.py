@@ -1,0 +1,18 @@
+"""Training methods by name (``method.name`` in a recipe)."""
+
+from __future__ import annotations
+
+from edgeseg.train.methods.base import Method, MethodContext, NoParams, set_requires_grad
+from edgeseg.train.methods.source_only import SourceOnly
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SourceOnly,)}
+
+
+def get_method(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}") from None
+
+
+__all__ = ["METHODS", "Method", "MethodContext", "NoParams", "get_method", "set_requires_grad"]

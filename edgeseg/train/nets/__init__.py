@@ -1,0 +1,1 @@
+"""Building blocks shared by the UDA methods (translators, discriminators, EMA teacher...)."""

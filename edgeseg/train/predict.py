@@ -1,0 +1,39 @@
+"""PyTorch predictor: RGB uint8 frames -> class ids, for evaluation and demos."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeseg.train.checkpoint import load_model
+
+
+class TorchPredictor:
+    """Normalises like training, runs the segmenter, returns argmax labels (uint8)."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
+                 device: torch.device | str = "cpu") -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255.0
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str = "cpu") -> tuple[TorchPredictor, dict]:
+        model, ckpt = load_model(path, device)
+        return cls(model, tuple(ckpt["mean"]), tuple(ckpt["std"]), device), ckpt
+
+    @torch.no_grad()
+    def logits(self, image: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        x = (x.permute(2, 0, 1).unsqueeze(0).float() - self.mean) / self.std
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.model(x)
+        finally:
+            self.model.train(was_training)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.logits(image).argmax(1)[0].to(torch.uint8).cpu().numpy()

@@ -1,0 +1,79 @@
+"""Evaluation loop: label-space mapping, the 'other' column, and `edgeseg eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeseg.cli import main
+from edgeseg.config import Recipe, from_dict
+from edgeseg.data.base import SegDataset
+from edgeseg.evaluate import evaluate
+from edgeseg.labels import CAMVID11, CITYSCAPES19
+from tests.conftest import tiny_recipe
+
+
+class _InMemory(SegDataset):
+    label_space = CAMVID11
+
+    def __init__(self, labels: list[np.ndarray]) -> None:
+        self.root = Path("memory")
+        self.split = "test"
+        self.items = labels
+
+    def load(self, item: np.ndarray) -> dict:
+        return {"image": np.zeros((*item.shape, 3), np.uint8), "label": item, "name": "x"}
+
+
+def test_cityscapes_model_scored_on_camvid_counts_foreign_classes_as_misses() -> None:
+    # ground truth: left half road (camvid 3), right half car (camvid 8)
+    gt = np.full((4, 8), 3, np.uint8)
+    gt[:, 4:] = 8
+    # prediction in cityscapes ids: road (0) left, right half split car (13) / terrain (9)
+    pred = np.zeros((4, 8), np.uint8)
+    pred[:, 4:6] = 13
+    pred[:, 6:] = 9  # terrain has no CamVid class
+
+    res = evaluate(lambda image: pred, _InMemory([gt]), CITYSCAPES19, progress=False)
+    per = res.metrics.per_class
+    assert per["road"] == 1.0
+    assert per["car"] == pytest.approx(0.5)  # 8 of 16 car pixels found, no false positives
+    assert np.isnan(per["sky"])
+    assert res.metrics.miou == pytest.approx(0.75)
+    assert res.metrics.pixel_acc == pytest.approx(24 / 32)
+
+
+def test_same_space_perfect_prediction() -> None:
+    gt = np.array([[0, 1], [2, 255]], np.uint8)
+    res = evaluate(lambda image: np.where(gt == 255, 0, gt).astype(np.uint8), _InMemory([gt]),
+                   CAMVID11, progress=False)
+    assert res.metrics.miou == 1.0 and res.metrics.num_pixels == 3
+
+
+def test_eval_cli_writes_reports(tiny_synth: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from edgeseg.train.trainer import Trainer
+
+    Trainer(from_dict(Recipe, tiny_recipe(tiny_synth, tmp_path / "run", train__iterations=1)),
+            progress=False).run()
+    out = tmp_path / "report"
+    status = main(["eval", str(tmp_path / "run" / "last.pt"),
+                   "--data", f"synthetic:{tiny_synth}:day_val",
+                   "--data", f"synthetic:{tiny_synth}:night_val",
+                   "--json", str(out / "eval.json"), "--overlays", str(out / "ov.png"),
+                   "--plot", str(out / "bars.png")])
+    assert status == 0
+    text = capsys.readouterr().out
+    assert "mIoU" in text and "gap" in text
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report["results"]) == {f"synthetic:{tiny_synth}:day_val",
+                                      f"synthetic:{tiny_synth}:night_val"}
+    assert (out / "ov.png").stat().st_size > 0 and (out / "bars.png").stat().st_size > 0
+
+
+def test_eval_cli_clear_error_for_missing_checkpoint(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    status = main(["eval", str(tmp_path / "nope.pt"), "--data", "camvid:/nowhere:day_val"])
+    assert status == 2
+    assert "nope.pt" in capsys.readouterr().err

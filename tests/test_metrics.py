@@ -1,0 +1,257 @@
+"""Tests for edgeseg.metrics: hand-computed IoUs, Cityscapes parity, boundary bands."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeseg.labels import CITYSCAPES19, CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX
+from edgeseg.metrics import (
+    ConfusionMatrix,
+    SegMetrics,
+    boundary_agreement,
+    boundary_mask,
+    compare_summaries,
+    format_table,
+    pixel_agreement,
+)
+
+# 4 classes; class 3 appears only in the prediction at an ignored pixel, so it
+# must stay absent (IoU nan) and be left out of the mean.
+GT = np.array([[0, 0, 1, 1], [0, IGNORE_INDEX, 1, 2]], np.uint8)
+PRED = np.array([[0, 1, 1, 1], [2, 3, 1, 2]], np.uint8)
+
+
+def small_cm() -> ConfusionMatrix:
+    return ConfusionMatrix(4).update(PRED, GT)
+
+
+def test_hand_computed_matrix_and_scores() -> None:
+    cm = small_cm()
+    expected = np.array([[1, 1, 1, 0], [0, 3, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(cm.matrix, expected)
+    assert cm.matrix.dtype == np.int64
+    iou = cm.iou_per_class()
+    np.testing.assert_allclose(iou[:3], [1 / 3, 3 / 4, 1 / 2])
+    assert math.isnan(iou[3])
+    assert cm.miou() == pytest.approx((1 / 3 + 3 / 4 + 1 / 2) / 3)
+    assert cm.pixel_accuracy() == pytest.approx(5 / 7)
+    acc = cm.class_accuracy()
+    np.testing.assert_allclose(acc[:3], [1 / 3, 1, 1])
+    assert math.isnan(acc[3])
+    assert cm.num_pixels == 7
+
+
+def test_empty_matrix_is_nan_without_warnings() -> None:
+    cm = ConfusionMatrix(3)
+    with np.errstate(all="raise"):
+        assert math.isnan(cm.miou())
+        assert math.isnan(cm.pixel_accuracy())
+    cm.update(np.zeros((2, 2), np.uint8), np.full((2, 2), IGNORE_INDEX, np.uint8))
+    assert cm.num_pixels == 0
+
+
+def test_merge_equals_update_on_concatenation() -> None:
+    rng = np.random.default_rng(0)
+    gt_ok = rng.integers(0, 5, (3, 8, 10)).astype(np.uint8)
+    gt_ok[rng.random(gt_ok.shape) < 0.2] = IGNORE_INDEX
+    pred = rng.integers(0, 5, (3, 8, 10)).astype(np.int64)
+
+    whole = ConfusionMatrix(5, ignore_index=IGNORE_INDEX)
+    whole.update(pred, gt_ok)
+    parts = [ConfusionMatrix(5).update(p, g) for p, g in zip(pred, gt_ok)]
+
+    merged = ConfusionMatrix(5)
+    for p in parts:
+        merged.merge(p)
+    np.testing.assert_array_equal(merged.matrix, whole.matrix)
+
+    summed = parts[0] + parts[1] + parts[2]
+    np.testing.assert_array_equal(summed.matrix, whole.matrix)
+    # + must not mutate its operands
+    np.testing.assert_array_equal(
+        parts[0].matrix, ConfusionMatrix(5).update(pred[0], gt_ok[0]).matrix
+    )
+
+    whole.reset()
+    assert whole.num_pixels == 0
+
+
+@pytest.mark.parametrize("bad", [4, -1])
+def test_pred_out_of_range_raises(bad: int) -> None:
+    pred = PRED.astype(np.int16)
+    pred[0, 0] = bad
+    with pytest.raises(ValueError, match="prediction value"):
+        ConfusionMatrix(4).update(pred, GT)
+
+
+def test_invalid_inputs_raise() -> None:
+    cm = ConfusionMatrix(4)
+    gt = GT.copy()
+    gt[0, 0] = 7  # not remapped to train ids
+    with pytest.raises(ValueError, match="ground-truth value 7"):
+        cm.update(PRED, gt)
+    with pytest.raises(ValueError, match="shape"):
+        cm.update(PRED[:, :3], GT)
+    with pytest.raises(TypeError):
+        cm.update(PRED.astype(np.float32), GT)
+    with pytest.raises(ValueError):
+        cm.merge(ConfusionMatrix(5))
+    negative = GT.astype(np.int16)
+    negative[0, 0] = -2
+    with pytest.raises(ValueError, match="ground-truth value -2"):
+        cm.update(PRED, negative)
+    assert cm.num_pixels == 0  # failed updates leave the counts untouched
+
+
+def test_signed_ignore_index_gives_same_counts() -> None:
+    # int16 labels with ignore -1 take the masked code path; counts must agree
+    gt = GT.astype(np.int16)
+    gt[gt == IGNORE_INDEX] = -1
+    cm = ConfusionMatrix(4, ignore_index=-1).update(PRED, gt)
+    np.testing.assert_array_equal(cm.matrix, small_cm().matrix)
+
+
+def test_summary_json_roundtrip() -> None:
+    s = small_cm().summary(["a", "b", "c", "d"])
+    assert isinstance(s, SegMetrics)
+    assert list(s.per_class) == ["a", "b", "c", "d"]
+    d = s.to_dict()
+    assert d["per_class"]["d"] is None
+    text = json.dumps(d, allow_nan=False)  # strict JSON: no NaN tokens
+    back = SegMetrics.from_dict(json.loads(text))
+    assert back.miou == pytest.approx(s.miou)
+    assert math.isnan(back.per_class["d"])
+    assert back.num_pixels == 7
+    with pytest.raises(ValueError):
+        small_cm().summary(["a", "b"])
+
+
+def test_format_table_and_compare() -> None:
+    s = small_cm().summary(["road", "car", "sky", "train"])
+    table = format_table(s, title="val")
+    lines = table.splitlines()
+    assert lines[0] == "val"
+    assert any(ln.startswith("car") and ln.endswith("75.00") for ln in lines)
+    assert any(ln.startswith("train") and ln.endswith("n/a") for ln in lines)
+    miou_line = next(ln for ln in lines if ln.startswith("mIoU"))
+    assert miou_line.endswith(f"{100 * s.miou:.2f}")
+    assert any(ln.startswith("pixel accuracy") and ln.endswith("71.43") for ln in lines)
+    assert len({len(ln) for ln in lines[1:-1] if not ln.startswith("-")}) == 1  # fixed width
+
+    night = ConfusionMatrix(4).update(GT.clip(0, 2), GT).summary(["road", "car", "sky", "train"])
+    out = compare_summaries(s, night, "day", "night")
+    car = next(ln for ln in out.splitlines() if ln.startswith("car"))
+    assert car.split() == ["car", "75.00", "100.00", "+25.00"]
+    gap = out.splitlines()[-1]
+    assert gap.startswith("mIoU gap (night - day)")
+    assert f"{100 * (night.miou - s.miou):+.2f}" in gap
+
+
+# --- parity with the official Cityscapes evaluator --------------------------------
+
+
+def test_iou_matches_cityscapesscripts(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("CITYSCAPES_DATASET", raising=False)
+    monkeypatch.delenv("CITYSCAPES_RESULTS", raising=False)
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_eval
+    from cityscapesscripts.helpers.labels import id2label
+
+    rng = np.random.default_rng(1)
+    eval_ids = np.array(sorted(CITYSCAPES_ID_TO_TRAINID))
+    present = eval_ids[eval_ids != 31]  # "train" absent from gt and pred -> nan in both
+    gt_files, pred_files, cm = [], [], ConfusionMatrix(19)
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    for raw, train in CITYSCAPES_ID_TO_TRAINID.items():
+        lut[raw] = train
+    for i in range(3):
+        # blocky gt over all labelIds 0..33 (incl. void / ignoreInEval ids), noisy copy as pred
+        gt = rng.choice(np.setdiff1d(np.arange(34), [31]), (8, 12)).astype(np.uint8)
+        gt = cv2.resize(gt, (96, 64), interpolation=cv2.INTER_NEAREST)
+        pred = np.where(np.isin(gt, present), gt, rng.choice(present, gt.shape)).astype(np.uint8)
+        noise = rng.random(gt.shape) < 0.3
+        pred[noise] = rng.choice(present, int(noise.sum()))
+        stem = f"tmpcity_{i:06d}_000019"
+        gt_path, pred_path = tmp_path / f"{stem}_gtFine_labelIds.png", tmp_path / f"{stem}_pred.png"
+        assert cv2.imwrite(str(gt_path), gt) and cv2.imwrite(str(pred_path), pred)
+        gt_files.append(str(gt_path))
+        pred_files.append(str(pred_path))
+        cm.update(lut[pred], lut[gt])
+
+    args = copy.copy(cs_eval.args)
+    args.evalInstLevelScore = False  # needs *_instanceIds.png (and np.in1d, gone in numpy 2.4)
+    args.evalPixelAccuracy = False
+    args.JSONOutput = False
+    args.quiet = True
+    args.colorized = False
+    result = cs_eval.evaluateImgLists(pred_files, gt_files, args)
+
+    ours = cm.iou_per_class()
+    for raw, train in CITYSCAPES_ID_TO_TRAINID.items():
+        name = id2label[raw].name
+        assert name == CITYSCAPES19.names[train]
+        theirs = result["classScores"][name]
+        if raw == 31:
+            assert math.isnan(theirs) and math.isnan(ours[train])
+        else:
+            assert ours[train] == pytest.approx(theirs, abs=1e-6), name
+    assert cm.miou() == pytest.approx(result["averageScoreClasses"], abs=1e-6)
+    assert 0.2 < cm.miou() < 0.95  # the example is neither trivial nor hopeless
+
+
+# --- boundary band and agreement ----------------------------------------------------
+
+
+def two_regions(h: int = 20, w: int = 30, edge: int = 12) -> np.ndarray:
+    lab = np.full((h, w), 4, np.uint8)
+    lab[:, :edge] = 1
+    return lab
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_boundary_mask_follows_edge_with_width(width: int) -> None:
+    mask = boundary_mask(two_regions(), width)
+    cols = np.flatnonzero(mask.any(0))
+    np.testing.assert_array_equal(cols, np.arange(12 - width, 12 + width))
+    assert mask[:, cols].all()  # full height, width px on each side of the edge
+    # horizontal edges behave the same (transpose)
+    np.testing.assert_array_equal(boundary_mask(two_regions().T.copy(), width), mask.T)
+
+
+def test_boundary_mask_ignore_handling() -> None:
+    lab = two_regions()
+    lab[:, 20:] = IGNORE_INDEX
+    mask = boundary_mask(lab, 2)
+    assert not mask[:, 20:].any()  # ignore pixels are never in the band
+    assert not mask[:, 14:20].any()  # a class/ignore transition is not a boundary
+    assert mask[:, 10:14].all()
+    assert not boundary_mask(np.full((5, 5), 3, np.uint8), 2).any()
+    stacked = boundary_mask(np.stack([two_regions(), lab]), 2)
+    assert stacked.shape == (2, 20, 30) and (stacked[1] == mask).all()
+    with pytest.raises(ValueError):
+        boundary_mask(lab, 0)
+
+
+def test_agreement_functions() -> None:
+    ref = two_regions()
+    a = ref.copy()
+    b = ref.copy()
+    b[0:3, 12] = 1  # 3 disagreements inside the band (width 3 -> cols 9..14)
+    b[:, 25:] = 0  # 100 disagreements far from the edge
+    band = boundary_mask(ref, 3).sum()
+    assert band == 20 * 6
+    assert boundary_agreement(a, b, ref, width=3) == pytest.approx(1 - 3 / band)
+    assert pixel_agreement(a, b) == pytest.approx(1 - 103 / ref.size)
+    ignore = np.zeros(ref.shape, bool)
+    ignore[:, 25:] = True
+    ignore[0:3, 12] = True
+    assert pixel_agreement(a, b, ignore=ignore) == 1.0
+    assert pixel_agreement(a, a) == 1.0
+    assert math.isnan(boundary_agreement(a, b, np.zeros_like(ref)))  # no boundary
+    with pytest.raises(ValueError):
+        pixel_agreement(a, b[:, :5])

@@ -1,0 +1,228 @@
+"""Trainer: exact resume, Ctrl-C, DDP with gloo, checkpoints, method plumbing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from edgeseg.config import Recipe, from_dict
+from edgeseg.train.checkpoint import CheckpointError, load_checkpoint, load_model
+from edgeseg.train.nets.ema import EMATeacher
+from edgeseg.train.schedule import lr_factor
+from edgeseg.train.trainer import EXIT_INTERRUPTED, Trainer
+from tests.conftest import REPO, tiny_recipe
+
+
+def _recipe(synth: Path, out: Path, **over: object) -> Recipe:
+    return from_dict(Recipe, tiny_recipe(synth, out, **over))
+
+
+def _write_recipe(path: Path, synth: Path, out: Path, **over: object) -> Path:
+    path.write_text(yaml.safe_dump(tiny_recipe(synth, out, **over)))
+    return path
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _cli_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return env
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_is_bit_exact(tiny_synth: Path, tmp_path: Path, workers: int) -> None:
+    """N+M iterations in one run == N iterations, resume, M iterations."""
+    one = Trainer(_recipe(tiny_synth, tmp_path / "one", train__iterations=5,
+                          data__workers=workers), progress=False)
+    assert one.run() == 0
+    first = Trainer(_recipe(tiny_synth, tmp_path / "two", train__iterations=3,
+                            data__workers=workers), progress=False)
+    assert first.run() == 0
+    resumed = Trainer(_recipe(tiny_synth, tmp_path / "two", train__iterations=5,
+                              data__workers=workers),
+                      resume=str(tmp_path / "two" / "last.pt"), progress=False)
+    assert resumed.iteration == 3
+    assert resumed.run() == 0
+    a = load_checkpoint(tmp_path / "one" / "last.pt")
+    b = load_checkpoint(tmp_path / "two" / "last.pt")
+    assert a["iteration"] == b["iteration"] == 5
+    _assert_same_state(a["model"], b["model"])
+    opt_a = a["method_state"]["optimizers"]["model"]["state"]
+    opt_b = b["method_state"]["optimizers"]["model"]["state"]
+    for k in opt_a:
+        assert torch.equal(opt_a[k]["momentum_buffer"], opt_b[k]["momentum_buffer"])
+    assert a["streams"] == b["streams"]
+    # and the run really trained: weights moved away from the initialisation
+    init = Trainer(_recipe(tiny_synth, tmp_path / "init"), progress=False).model.state_dict()
+    assert any(not torch.equal(init[k], a["model"][k]) for k in init if init[k].is_floating_point())
+
+
+def test_existing_run_needs_resume(tiny_synth: Path, tmp_path: Path) -> None:
+    assert Trainer(_recipe(tiny_synth, tmp_path, train__iterations=1), progress=False).run() == 0
+    with pytest.raises(ValueError, match="--resume"):
+        Trainer(_recipe(tiny_synth, tmp_path), progress=False)
+
+
+def test_num_classes_must_match_label_space(tiny_synth: Path, tmp_path: Path) -> None:
+    rec = tiny_recipe(tiny_synth, tmp_path)
+    rec["model"]["num_classes"] = 11
+    with pytest.raises(ValueError, match="num_classes=11"):
+        Trainer(from_dict(Recipe, rec), progress=False)
+
+
+def test_validation_and_best_checkpoint(tiny_synth: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_recipe(tiny_synth, tmp_path, train__iterations=2, train__val_every=2),
+                      progress=False)
+    assert trainer.run() == 0
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val = [x for x in lines if x["type"] == "val"]
+    assert len(val) == 1 and 0.0 <= val[0]["miou"] <= 1.0
+    train = [x for x in lines if x["type"] == "train"]
+    assert [x["iter"] for x in train] == [1, 2] and all(x["images_per_sec"] > 0 for x in train)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["best"]["miou"] == pytest.approx(val[0]["miou"])
+    assert (tmp_path / "recipe.yaml").exists()
+
+
+def test_checkpoint_rebuilds_model_without_recipe(tiny_synth: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_recipe(tiny_synth, tmp_path, train__iterations=1), progress=False)
+    trainer.run()
+    model, ckpt = load_model(tmp_path / "last.pt")
+    assert ckpt["label_space"] == "cityscapes19" and ckpt["method"] == "source_only"
+    out = model(torch.zeros(1, 3, 40, 56))
+    assert out.shape == (1, 19, 40, 56)
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=str(bad)):
+        load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not an edgeseg checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_ctrl_c_saves_resumable_checkpoint(tiny_synth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    recipe = _write_recipe(tmp_path / "r.yaml", tiny_synth, out, train__iterations=10_000)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeseg.cli", "train", str(recipe), "--no-progress"],
+        env=_cli_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, output
+    assert "Traceback" not in output
+    ckpt = load_checkpoint(out / "last.pt")
+    stopped = ckpt["iteration"]
+    assert 3 <= stopped < 10_000
+    assert "--resume" in output
+    # resume and finish a few more iterations
+    resumed = Trainer(_recipe(tiny_synth, out, train__iterations=stopped + 2),
+                      resume=str(out / "last.pt"), progress=False)
+    assert resumed.run() == 0
+    assert load_checkpoint(out / "last.pt")["iteration"] == stopped + 2
+
+
+def test_ddp_two_processes_gloo(tiny_synth: Path, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes: trains, rank 0 writes one checkpoint, and the
+    sharded validation (confusion matrices summed over ranks) equals a single-process
+    evaluation of the saved model."""
+    out = tmp_path / "ddp"
+    recipe = _write_recipe(tmp_path / "r.yaml", tiny_synth, out, train__iterations=3,
+                           train__val_every=3)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "edgeseg.cli", "train", str(recipe), "--no-progress"]
+    res = subprocess.run(cmd, env=_cli_env(), cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["iteration"] == 3
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["type"] == "train" for r in records) == 3  # rank 0 logs once per iteration
+    val = [r for r in records if r["type"] == "val"][0]
+
+    from edgeseg.data import open_dataset
+    from edgeseg.evaluate import evaluate
+    from edgeseg.train.predict import TorchPredictor
+
+    predictor, _ = TorchPredictor.from_checkpoint(str(out / "best.pt"))
+    single = evaluate(predictor, open_dataset(f"synthetic:{tiny_synth}:night_val"),
+                      "cityscapes19", progress=False)
+    assert single.metrics.num_pixels == val["num_pixels"]
+    assert single.metrics.miou == pytest.approx(val["miou"], abs=1e-6)
+
+
+def test_target_labels_never_reach_the_method(tiny_synth: Path, tmp_path: Path) -> None:
+    from edgeseg.train.methods import METHODS
+    from edgeseg.train.methods.source_only import SourceOnly
+
+    seen: list[dict] = []
+
+    class Probe(SourceOnly):
+        name = "probe"
+        streams = ("source", "target")
+
+        def train_step(self, batch, iteration):  # noqa: ANN001, ANN202
+            seen.append({k: sorted(v) for k, v in batch.items()})
+            return super().train_step(batch, iteration)
+
+    METHODS["probe"] = Probe
+    try:
+        rec = tiny_recipe(tiny_synth, tmp_path, train__iterations=1)
+        rec["method"] = {"name": "probe"}
+        rec["data"]["target"] = f"synthetic:{tiny_synth}:night_train"
+        assert Trainer(from_dict(Recipe, rec), progress=False).run() == 0
+    finally:
+        del METHODS["probe"]
+    assert seen == [{"source": ["image", "label"], "target": ["image"]}]
+
+
+def test_unknown_method_params_are_errors(tiny_synth: Path, tmp_path: Path) -> None:
+    rec = tiny_recipe(tiny_synth, tmp_path)
+    rec["method"] = {"name": "source_only", "params": {"lambda_sem": 0.1}}
+    with pytest.raises(ValueError, match="method.params.lambda_sem"):
+        Trainer(from_dict(Recipe, rec), progress=False)
+
+
+def test_poly_schedule_and_warmup() -> None:
+    assert lr_factor(0, 100) == 1.0
+    assert lr_factor(50, 100, power=1.0) == pytest.approx(0.5)
+    assert lr_factor(100, 100) == 0.0
+    assert lr_factor(4, 100, warmup_iters=10) == pytest.approx(0.5)
+    assert lr_factor(25, 100, "step", step_size=10, gamma=0.5) == pytest.approx(0.25)
+
+
+def test_ema_teacher_update_rule() -> None:
+    student = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        student.weight.fill_(1.0)
+    ema = EMATeacher(student, alpha=0.9)
+    with torch.no_grad():
+        student.weight.fill_(3.0)
+    ema.update(student)
+    np.testing.assert_allclose(ema.teacher.weight.numpy(), 0.9 * 1.0 + 0.1 * 3.0)
+    ema.update(student, iteration=0)  # ramp-up: alpha = min(0.9, 0) -> copy the student
+    np.testing.assert_allclose(ema.teacher.weight.numpy(), 3.0)
+    assert not any(p.requires_grad for p in ema.parameters())
