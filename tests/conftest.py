@@ -68,3 +68,16 @@ def tiny_recipe(synth: Path, out: Path, **over: object) -> dict:
         section, name = key.split("__")
         recipe[section][name] = value
     return recipe
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A briefly trained tiny DeepLabv3+/MobileNet-v2 checkpoint (19 classes, non-trivial argmax)."""
+    from edgeseg.config import Recipe, from_dict
+    from edgeseg.train.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    recipe = tiny_recipe(tiny_synth, out, train__iterations=30)
+    recipe["optim"] = {"name": "adam", "lr": 0.005}
+    assert Trainer(from_dict(Recipe, recipe), progress=False).run() == 0
+    return out / "last.pt"
