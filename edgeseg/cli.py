@@ -7,6 +7,7 @@ torch-free commands start fast and work where torch is not installed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -14,10 +15,17 @@ from collections.abc import Callable
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from edgeseg.data.synth.cli import run
-
-    return run(args)
+#: commands implemented by a module with ``add_arguments(parser)`` and ``run(args) -> int``
+MODULE_COMMANDS: list[tuple[str, str, str]] = [
+    ("synth", "edgeseg.data.synth.cli",
+     "generate synthetic driving scenes (day/night/dusk/fog/rain, pairs, videos)"),
+    ("export", "edgeseg.export.export_cli", "export a checkpoint to ONNX with a parity gate"),
+    ("quantize", "edgeseg.export.precision_cli", "make the fp16 or int8 (Q/DQ) variant of an ONNX"),
+    ("lint", "edgeseg.export.lint_cli", "TensorRT pre-flight check of an ONNX (no GPU needed)"),
+    ("build-engine", "edgeseg.export.build_cli",
+     "build a TensorRT engine or an ONNX Runtime model for CPU targets"),
+    ("inspect", "edgeseg.export.inspect_cli", "print the metadata of an ONNX file or engine"),
+]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -40,12 +48,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def _add_synth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="generate synthetic driving scenes (day/night/dusk/fog/rain)")
-    from edgeseg.data.synth.cli import add_arguments
+def _add_module_commands(sub: argparse._SubParsersAction) -> None:
+    for name, module_name, help_text in MODULE_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # an optional extra is not installed
+            p = sub.add_parser(name, help=f"{help_text} (unavailable: {exc})")
+            p.set_defaults(func=_unavailable(name, exc))
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
 
-    add_arguments(p)
-    p.set_defaults(func=_cmd_synth)
+
+def _unavailable(name: str, exc: ImportError) -> Handler:
+    def fail(args: argparse.Namespace) -> int:
+        print(f"edgeseg {name}: unavailable here ({exc}); install edgeseg[export]",
+              file=sys.stderr)
+        return 2
+
+    return fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _add_synth(sub)
+    _add_module_commands(sub)
 
     p = sub.add_parser("train", help="train a recipe (train/*.yaml); torchrun for DDP")
     p.add_argument("recipe", help="recipe YAML, e.g. train/source_only_synthetic.yaml")

@@ -255,3 +255,13 @@ def test_agreement_functions() -> None:
     assert math.isnan(boundary_agreement(a, b, np.zeros_like(ref)))  # no boundary
     with pytest.raises(ValueError):
         pixel_agreement(a, b[:, :5])
+
+
+def test_ground_truth_without_ignore_or_top_classes() -> None:
+    """Labels holding only low class ids (no 255) must still count into a full matrix."""
+    cm = ConfusionMatrix(19)
+    gt = np.array([[0, 1], [1, 0]], np.uint8)
+    pred = np.array([[0, 1], [18, 0]], np.uint8)
+    cm.update(pred, gt)
+    assert cm.matrix.shape == (19, 19)
+    assert cm.matrix[0, 0] == 2 and cm.matrix[1, 1] == 1 and cm.matrix[1, 18] == 1

@@ -49,9 +49,9 @@ def test_resume_is_bit_exact(tiny_synth: Path, tmp_path: Path, workers: int) -> 
     one = Trainer(_recipe(tiny_synth, tmp_path / "one", train__iterations=5,
                           data__workers=workers), progress=False)
     assert one.run() == 0
-    first = Trainer(_recipe(tiny_synth, tmp_path / "two", train__iterations=3,
+    first = Trainer(_recipe(tiny_synth, tmp_path / "two", train__iterations=5,
                             data__workers=workers), progress=False)
-    assert first.run() == 0
+    assert first.run(until=3) == 0
     resumed = Trainer(_recipe(tiny_synth, tmp_path / "two", train__iterations=5,
                               data__workers=workers),
                       resume=str(tmp_path / "two" / "last.pt"), progress=False)

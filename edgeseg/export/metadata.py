@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from edgeseg.errors import EdgesegError
@@ -88,3 +89,60 @@ class ModelMetadata:
     @property
     def output(self) -> TensorSpec:
         return self.outputs[0]
+
+
+def load_onnx(path: str | Path) -> Any:
+    """Load an ONNX graph without external weights; errors name the file (onnx imported lazily,
+    so the runtime can use this module without the onnx package)."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise MetadataError(f"{p}: no such ONNX file")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends for foreign bytes
+        raise MetadataError(f"{p}: not a readable ONNX file ({type(exc).__name__}); "
+                            "the file is truncated or not ONNX; export it again") from None
+    if not model.graph.node:
+        raise MetadataError(f"{p}: not a readable ONNX file (no graph); truncated or not ONNX")
+    return model
+
+
+def edgeseg_props(model: Any) -> dict[str, str]:
+    """The raw ``edgeseg.*`` metadata_props of an ONNX ModelProto."""
+    return {p.key: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}
+
+
+def metadata_of(model: Any, source: str = "model") -> ModelMetadata:
+    """Parse the edgeseg metadata of a ModelProto; MetadataError if absent or corrupt."""
+    try:
+        return ModelMetadata.from_props(edgeseg_props(model), source=source)
+    except MetadataError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        raise MetadataError(f"{source}: corrupt edgeseg metadata ({type(exc).__name__}: {exc})"
+                            ) from None
+
+
+def metadata_or_none(model: Any) -> ModelMetadata | None:
+    """The edgeseg metadata of a ModelProto, or None for a foreign ONNX without it."""
+    try:
+        return metadata_of(model)
+    except MetadataError:
+        return None
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """The edgeseg metadata of an ONNX file (weights are not loaded)."""
+    return metadata_of(load_onnx(path), str(path))
+
+
+def set_metadata(model: Any, meta: ModelMetadata) -> None:
+    """Replace a ModelProto's edgeseg metadata_props with ``meta`` (other props are kept)."""
+    kept = [p for p in model.metadata_props if not p.key.startswith(PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in meta.to_props().items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value

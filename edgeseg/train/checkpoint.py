@@ -9,7 +9,6 @@ checkpoint from someone else cannot run code on load.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -76,14 +75,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the stored model spec: {exc}") from None
     return model.to(device).eval(), ckpt
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def capture_rng() -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from edgeseg.data.base import SegDataset
+from edgeseg.data.transforms import to_chw_float
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -49,8 +50,8 @@ class AugmentedDataset(Dataset):
                  mean: tuple[float, ...], std: tuple[float, ...], seed: int) -> None:
         self.reader = reader
         self.transform = transform
-        self.mean = np.asarray(mean, np.float32) * 255.0
-        self.std = np.asarray(std, np.float32) * 255.0
+        self.mean = mean
+        self.std = std
         self.seed = seed
 
     def __len__(self) -> int:
@@ -63,8 +64,7 @@ class AugmentedDataset(Dataset):
         out: dict[str, Any] = {}
         for name, value in sample.items():
             if isinstance(value, np.ndarray) and value.ndim == 3 and value.shape[2] == 3:
-                img = (value.astype(np.float32) - self.mean) / self.std
-                out[name] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+                out[name] = torch.from_numpy(to_chw_float(value, self.mean, self.std))
             elif name == "label" and value is not None:
                 out[name] = torch.from_numpy(np.ascontiguousarray(value).astype(np.int64))
         return out

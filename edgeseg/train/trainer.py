@@ -145,7 +145,7 @@ class Trainer:
     # --- helpers --------------------------------------------------------------------
     def _log_main(self, msg: str) -> None:
         if self.dist.is_main:
-            tqdm.write(msg) if self.progress else log.info(msg)
+            tqdm.write(msg) if self.progress else print(msg, flush=True)
 
     def _append_jsonl(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:
@@ -229,8 +229,9 @@ class Trainer:
         self._stop = True
         self._log_main(f"{signal.Signals(signum).name}: finishing this iteration, saving a checkpoint")
 
-    def run(self) -> int:
-        """Train to ``train.iterations``; returns 0, or EXIT_INTERRUPTED after Ctrl-C."""
+    def run(self, until: int | None = None) -> int:
+        """Train to ``train.iterations`` (or stop early at ``until``, saving a resumable
+        checkpoint); returns 0, or EXIT_INTERRUPTED after Ctrl-C / SIGTERM."""
         r = self.recipe
         t = r.train
         if self.dist.is_main:
@@ -249,7 +250,8 @@ class Trainer:
                 net.train()
             boundaries = set(self.method.round_boundaries())
             tic = time.perf_counter()
-            while self.iteration < t.iterations:
+            stop_at = t.iterations if until is None else min(until, t.iterations)
+            while self.iteration < stop_at:
                 if broadcast_flag(self._stop, self.dist, self.device):
                     interrupted = True
                     break
@@ -285,10 +287,13 @@ class Trainer:
                            f"RECIPE --resume {path}")
             cleanup_distributed()
             return EXIT_INTERRUPTED
-        if r.data.val and (not t.val_every or self.iteration % t.val_every):
+        finished = self.iteration >= t.iterations
+        if finished and r.data.val and (not t.val_every or self.iteration % t.val_every):
             self._track_best(self.validate())
-        self.save()
-        self._log_main(f"done: {self.run_dir / 'last.pt'}" + (
+        path = self.save()
+        if not finished:
+            self._log_main(f"stopped at iteration {self.iteration}; continue with --resume {path}")
+        self._log_main(f"{'done' if finished else 'saved'}: {path}" + (
             f" (best {self.best['data']} mIoU {100 * self.best['miou']:.2f} at iteration "
             f"{self.best['iter']})" if self.best else ""))
         cleanup_distributed()

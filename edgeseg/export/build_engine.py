@@ -1,0 +1,326 @@
+"""ONNX -> engine for one deployment target: a TensorRT plan or an optimised ONNX Runtime model.
+
+The precision is already in the ONNX file (fp32, fp16, or int8 Q/DQ; see
+docs/tensorrt.md: TensorRT 11 has no precision flags, so both backends build
+exactly what the graph says). `build_engine` therefore only checks that the
+file has the precision asked for and refuses otherwise with the command that
+makes the right file (`PrecisionMismatchError`, the hook for an automatic
+conversion).
+
+Every build writes the engine and its manifest (`edgeseg.runtime.manifest`),
+plus TensorRT's layer report, under temp names and renames them together at
+the end: a failed or interrupted build leaves nothing behind. Torch-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgeseg import __version__
+from edgeseg.config import from_dict, load_config, to_dict
+from edgeseg.errors import EdgesegError
+from edgeseg.export.metadata import (
+    ModelMetadata,
+    TensorSpec,
+    edgeseg_props,
+    load_onnx,
+    metadata_of,
+)
+from edgeseg.fileio import atomic_path, sha256_file, write_bytes
+from edgeseg.runtime.manifest import (
+    BACKEND_TITLES,
+    BuildOptions,
+    DeviceInfo,
+    EngineManifest,
+    MachineInfo,
+    manifest_path,
+    utc_now,
+)
+
+Precision = Literal["fp32", "fp16", "int8", "best"]
+#: keys that only mean something to TensorRT, with their defaults (notice when set for ORT)
+_TRT_ONLY = {"dla_core": None, "hardware_compatibility": "none", "version_compatible": False,
+             "timing_cache": None}
+
+
+class EngineBuildError(EdgesegError):
+    """A build that failed: unreadable ONNX, parser errors, builder errors, bad options."""
+
+
+class PrecisionMismatchError(EdgesegError):
+    """The ONNX file's precision is not the one asked for.
+
+    ``requested``/``found``/``onnx_path`` let a caller convert the file (the
+    ``edgeseg quantize`` step) and retry instead of showing the message.
+    """
+
+    def __init__(self, message: str, requested: str, found: str, onnx_path: Path) -> None:
+        super().__init__(message)
+        self.requested, self.found, self.onnx_path = requested, found, onnx_path
+
+
+class BestPrecisionNotImplemented(EdgesegError):
+    """``--precision best`` needs accuracy and latency measurements that this module does not do."""
+
+
+# ------------------------------------------------------------------ the profile
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """Full input shapes (NHWC for frames) of a TensorRT optimisation profile."""
+
+    min: list[int]
+    opt: list[int]
+    max: list[int]
+
+    def validate(self) -> None:
+        if not len(self.min) == len(self.opt) == len(self.max):
+            raise ValueError("shapes: min, opt and max need the same number of dims")
+        if any(d < 1 for d in self.min):
+            raise ValueError("shapes: every dim must be >= 1")
+        if not all(a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)):
+            raise ValueError("shapes: need min <= opt <= max in every dim")
+
+    def as_profile(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How the int8 ONNX is (or should be) made: used in hints and by the quantize step."""
+
+    data: str | None = None  # dataset spec NAME:ROOT[:SPLIT] or a video file (quantize --calib)
+    frames: int = 256
+    method: Literal["minmax", "entropy", "percentile"] = "entropy"
+    #: Q/DQ style: tensorrt (symmetric int8) or onnxruntime (u8 activations); None = the backend's
+    flavour: Literal["tensorrt", "onnxruntime"] | None = None
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    """Accuracy gate against the fp32 ONNX (names as in export.parity.ParityThresholds)."""
+
+    min_agreement: float = 0.99  # fraction of pixels whose class matches
+    max_abs_logit_diff: float | None = None
+    max_miou_drop: float = 1.0  # mIoU points, for precision selection
+
+
+@dataclass(frozen=True)
+class BuildProfile:
+    """A deployment target (export/*.yaml); every key is also a build-engine flag."""
+
+    description: str = ""
+    backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
+    precision: Precision | None = None  # None: whatever the ONNX file is
+    # TensorRT
+    workspace_mb: int = 1024
+    opt_level: int = 3
+    dla_core: int | None = None
+    gpu_fallback: bool = True
+    hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
+    version_compatible: bool = False
+    timing_cache: str | None = None
+    shapes: ShapeRange | None = None  # profile of the (one) dynamic input
+    # ONNX Runtime
+    graph_optimization: Literal["basic", "extended", "layout", "all"] = "all"
+    threads: int = 0  # intra-op threads, 0 = one per core
+    # precision conversion and acceptance
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    parity: ParityConfig = field(default_factory=ParityConfig)
+
+    def validate(self) -> None:
+        if not 0 <= self.opt_level <= 5:
+            raise ValueError("opt_level must be in 0..5 (TensorRT's default is 3)")
+        if self.workspace_mb < 1:
+            raise ValueError("workspace_mb must be >= 1")
+        if self.dla_core is not None and self.dla_core < 0:
+            raise ValueError("dla_core must be null or >= 0")
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0 (0 = one per core)")
+        if self.dla_core is not None and self.shapes and self.shapes.min != self.shapes.max:
+            raise ValueError("DLA needs static shapes: set shapes min = opt = max")
+
+    def build_options(self, backend: str) -> BuildOptions:
+        """What the manifest records for ``backend``."""
+        if backend == "tensorrt":
+            return BuildOptions(workspace_mb=self.workspace_mb, opt_level=self.opt_level,
+                                dla_core=self.dla_core,
+                                gpu_fallback=self.gpu_fallback and self.dla_core is not None,
+                                hardware_compatibility=self.hardware_compatibility,
+                                version_compatible=self.version_compatible)
+        return BuildOptions(graph_optimization=self.graph_optimization, threads=self.threads)
+
+
+def load_profile(path: str | Path | None, overrides: dict[str, Any] | None = None
+                 ) -> BuildProfile:
+    """A profile file (or the defaults) with flag values on top, validated as one."""
+    base = load_config(BuildProfile, path) if path else BuildProfile()
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return from_dict(BuildProfile, {**to_dict(base), **given}) if given else base
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def say(message: str) -> None:
+    """Progress and notices go to stderr, one line each, so stdout stays parseable."""
+    print(f"build-engine: {message}", file=sys.stderr, flush=True)
+
+
+def read_onnx_metadata(onnx_path: str | Path) -> tuple[ModelMetadata, dict[str, str]]:
+    """The edgeseg metadata of an ONNX file, parsed and as raw ``edgeseg.*`` props (kept
+    verbatim in the manifest, keys this version does not know included); weights not loaded."""
+    model = load_onnx(onnx_path)
+    return metadata_of(model, str(onnx_path)), edgeseg_props(model)
+
+
+def quantize_hint(onnx_path: Path, precision: str, profile: BuildProfile, backend: str) -> str:
+    """The command that makes the ``precision`` variant of ``onnx_path`` for ``backend``."""
+    out = onnx_path.with_name(f"{onnx_path.stem}-{precision}.onnx")
+    cmd = ["edgeseg", "quantize", str(onnx_path), "--precision", precision, "-o", str(out)]
+    if precision == "int8":
+        cal = profile.calibration
+        cmd += ["--calib", cal.data or "SPEC|VIDEO", "--calib-frames", str(cal.frames),
+                "--method", cal.method, "--flavour", cal.flavour or backend]
+    return shlex.join(cmd)
+
+
+def check_precision(meta: ModelMetadata, profile: BuildProfile, onnx_path: Path,
+                    backend: str) -> str:
+    """The precision to build: the ONNX's own; refuse a different request, explain ``best``."""
+    requested = profile.precision
+    if requested == "best":
+        raise BestPrecisionNotImplemented(
+            "--precision best is not implemented in build-engine: choosing it needs the "
+            "accuracy (mIoU vs fp32) and latency of each variant on this target. Build each "
+            "variant with --precision fp32|fp16|int8 and compare them with `edgeseg bench`")
+    if requested is None or requested == meta.precision:
+        return meta.precision
+    raise PrecisionMismatchError(
+        f"{onnx_path} is an {meta.precision} ONNX, but {requested} was asked for. TensorRT 10/11 "
+        f"and ONNX Runtime build the precision the graph has (docs/tensorrt.md). Make the "
+        f"{requested} file first:\n  {quantize_hint(onnx_path, requested, profile, backend)}\n"
+        f"then build that file, or drop --precision to build {onnx_path} as {meta.precision}",
+        requested, meta.precision, onnx_path)
+
+
+def resolve_backend(choice: str) -> str:
+    """``auto`` -> TensorRT when it imports and a CUDA GPU is visible, else ONNX Runtime
+    (with a one-line notice saying why)."""
+    if choice != "auto":
+        return choice
+    machine = MachineInfo.detect("tensorrt")
+    if machine.backend_version and machine.device:
+        return "tensorrt"
+    why = "TensorRT is not installed" if not machine.backend_version else "no CUDA GPU is visible"
+    say(f"notice: {why}; building an ONNX Runtime engine for this CPU "
+        "(--backend tensorrt to insist)")
+    return "onnxruntime"
+
+
+def default_engine_path(onnx_path: str | Path, backend: str) -> Path:
+    """model.onnx -> model.engine (TensorRT) or model.ort.onnx (ONNX Runtime, still an ONNX)."""
+    path = Path(onnx_path)
+    return path.with_name(path.stem + (".engine" if backend == "tensorrt" else ".ort.onnx"))
+
+
+def merge_specs(declared: list[TensorSpec], actual: list[TensorSpec]) -> list[TensorSpec]:
+    """The engine's real names/dtypes/shapes with the metadata's format, by tensor name."""
+    formats = {t.name: t.format for t in declared}
+    for spec in actual:
+        spec.format = spec.format or formats.get(spec.name, "")
+    return actual
+
+
+def calibration_info(meta: ModelMetadata) -> dict[str, Any]:
+    """What `edgeseg quantize` recorded about an int8 file (``extra.calibration``), or {}."""
+    calibration = meta.extra.get("calibration")
+    return calibration if isinstance(calibration, dict) else {}
+
+
+def check_flavour(meta: ModelMetadata, backend: str, onnx_path: Path) -> None:
+    """TensorRT parses only symmetric (``tensorrt`` flavour) Q/DQ: refuse the other early."""
+    flavour = calibration_info(meta).get("flavour")
+    if meta.precision == "int8" and backend == "tensorrt" and flavour == "onnxruntime":
+        raise EngineBuildError(
+            f"{onnx_path}: int8 Q/DQ in the onnxruntime flavour (uint8 activations), which "
+            "TensorRT cannot parse; quantise again with --flavour tensorrt "
+            "(`edgeseg quantize ... --precision int8 --flavour tensorrt`)")
+
+
+@dataclass
+class BuiltEngine:
+    """What a backend builder hands back; `build_engine` turns it into the manifest."""
+
+    backend_version: str
+    device: DeviceInfo
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    side_files: dict[str, str] = field(default_factory=dict)  # suffix -> text, e.g. layers
+    timing_cache: bytes | None = None  # updated cache to save after a successful build
+    timing_cache_sha256: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ the build
+
+
+def build_engine(onnx_path: str | Path, out_path: str | Path | None, profile: BuildProfile,
+                 command: str, *, verbose: bool = False) -> EngineManifest:
+    """Build ``onnx_path`` for ``profile``'s target; writes the engine + manifest atomically.
+
+    ``command`` is the command line that rebuilds this engine; it goes into the
+    manifest and every load-time mismatch message.
+    """
+    start = time.perf_counter()
+    onnx_path = Path(onnx_path)
+    meta, props = read_onnx_metadata(onnx_path)
+    backend = resolve_backend(profile.backend)
+    precision = check_precision(meta, profile, onnx_path, backend)
+    check_flavour(meta, backend, onnx_path)
+    calibration = calibration_info(meta)
+    out = Path(out_path) if out_path else default_engine_path(onnx_path, backend)
+    if out.resolve() == onnx_path.resolve():
+        raise EngineBuildError(f"{out}: the engine would overwrite its ONNX input; pick another -o")
+    if backend == "onnxruntime":
+        if out.suffix != ".onnx":
+            raise EngineBuildError(f"{out}: an ONNX Runtime engine is an ONNX file; name it "
+                                   f"*.ort.onnx, e.g. {default_engine_path(onnx_path, backend)}")
+        ignored = [k for k, d in _TRT_ONLY.items() if getattr(profile, k) != d]
+        if ignored:
+            say(f"notice: TensorRT-only settings ignored for ONNX Runtime: {', '.join(ignored)}")
+    say(f"{onnx_path} ({precision}) -> {out} with {BACKEND_TITLES[backend]}")
+    if backend == "tensorrt":
+        from edgeseg.export.trt_builder import build_tensorrt as build
+    else:
+        from edgeseg.export.ort_builder import build_onnxruntime as build
+    with contextlib.ExitStack() as stack:
+        tmp_engine = stack.enter_context(atomic_path(out))
+        tmp_manifest = stack.enter_context(atomic_path(manifest_path(out)))
+        built = build(onnx_path, tmp_engine, meta, profile, verbose)
+        for suffix, text in built.side_files.items():
+            stack.enter_context(atomic_path(str(out) + suffix)).write_text(text)
+        manifest = EngineManifest(
+            backend=backend, backend_version=built.backend_version, device=built.device,
+            precision=precision, inputs=merge_specs(meta.inputs, built.inputs),
+            outputs=merge_specs(meta.outputs, built.outputs),
+            onnx_sha256=sha256_file(onnx_path), engine_sha256=sha256_file(tmp_engine),
+            build_command=command, build=profile.build_options(backend),
+            onnx_path=str(onnx_path), timing_cache_sha256=built.timing_cache_sha256,
+            calibration_sha256=calibration.get("frames_sha256") or None,
+            metadata=props, notes=built.notes, created=utc_now(),
+            edgeseg_version=__version__)
+        tmp_manifest.write_text(manifest.to_json())
+    if built.timing_cache is not None and profile.timing_cache:
+        write_bytes(profile.timing_cache, built.timing_cache)
+    size = out.stat().st_size / 1e6
+    say(f"done in {time.perf_counter() - start:.1f} s: {out} ({size:.1f} MB), "
+        f"manifest {manifest_path(out)}")
+    return manifest

@@ -1,0 +1,134 @@
+"""``edgeseg export CKPT -o model.onnx``: export, then gate on parity, then publish.
+
+The ONNX file is written under a temp name, checked against the checkpoint's
+PyTorch model on sample frames, and renamed to its final name only if the gate
+passes, so a model.onnx on disk has always passed parity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.export.onnx_export import (
+    INPUT_FORMATS,
+    LABELS_DTYPES,
+    OUTPUT_KINDS,
+    ExportOptions,
+    ExportResult,
+    Size,
+    deploy_module,
+    export_checkpoint,
+)
+from edgeseg.export.parity import (
+    FP32,
+    ParityError,
+    ParityReport,
+    ParityThresholds,
+    check_parity,
+    sample_frames,
+)
+from edgeseg.fileio import atomic_path
+from edgeseg.train.checkpoint import load_model
+
+
+def parse_size(text: str) -> Size:
+    """``WxH`` (as cameras are described) -> (height, width)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected WxH, e.g. 512x256") from None
+    return h, w
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="training checkpoint (.pt), e.g. runs/x/best.pt")
+    parser.add_argument("-o", "--onnx", required=True, metavar="ONNX",
+                        help="ONNX file to write, e.g. model.onnx")
+    parser.add_argument("--size", type=parse_size, default=(256, 512), metavar="WxH",
+                        help="input size (the opt size if --dynamic); default 512x256")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="dynamic batch/height/width (TensorRT needs a shape profile)")
+    for name, default in (("min", "half --size"), ("opt", "--size"), ("max", "twice --size")):
+        parser.add_argument(f"--{name}-size", type=parse_size, metavar="WxH",
+                            help=f"--dynamic profile {name} size; default {default}")
+    parser.add_argument("--max-batch", type=int, default=1, metavar="N",
+                        help="--dynamic profile max batch; default 1")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset; default 17")
+    parser.add_argument("--input", choices=INPUT_FORMATS, default="uint8-nhwc-bgr",
+                        help="graph input: camera frame (preprocessing in the graph) or a "
+                             "normalised RGB tensor; default uint8-nhwc-bgr")
+    parser.add_argument("--output", choices=OUTPUT_KINDS, default="labels",
+                        help="graph output: class map (argmax in the graph), logits or "
+                             "softmax probabilities; default labels")
+    parser.add_argument("--labels-dtype", choices=LABELS_DTYPES, default="uint8",
+                        help="class map dtype for --output labels; default uint8")
+    parser.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    parser.add_argument("--parity-data", metavar="SPEC",
+                        help="dataset spec NAME:ROOT[:SPLIT] for parity frames; default "
+                             "synthetic scenes")
+    parser.add_argument("--parity-frames", type=int, default=8, metavar="N",
+                        help="frames for the parity gate; default 8")
+    parser.add_argument("--skip-parity", action="store_true",
+                        help="publish without the parity gate (not recommended)")
+
+
+def options_from_args(args: argparse.Namespace) -> ExportOptions:
+    h, w = args.size
+    return ExportOptions(
+        height=h, width=w, dynamic=args.dynamic, min_size=args.min_size, opt_size=args.opt_size,
+        max_size=args.max_size, max_batch=args.max_batch, opset=args.opset,
+        input_format=args.input, output=args.output, labels_dtype=args.labels_dtype,
+        simplify=not args.no_simplify)
+
+
+def parity_frames_for(options: ExportOptions, spec: str | None, count: int) -> list[np.ndarray]:
+    """``count`` frames at the export size; dynamic exports add one at min and one at max."""
+    frames = sample_frames(spec, (options.height, options.width), count)
+    if options.dynamic:
+        for i, size in enumerate((options.min_size, options.max_size)):
+            frames += sample_frames(spec, size, 1, seed=count + i)
+    return frames
+
+
+def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOptions,
+                 parity_data: str | None = None, parity_frames: int = 8,
+                 thresholds: ParityThresholds = FP32) -> tuple[ExportResult, ParityReport | None]:
+    """Export, then publish ``out_path`` only if parity passes (``parity_frames=0`` skips).
+
+    Raises `ParityError` (carrying the report) and leaves no file when the gate fails.
+    """
+    out = Path(out_path)
+    options.validate()
+    frames = parity_frames_for(options, parity_data, parity_frames) if parity_frames else []
+    report = None
+    with atomic_path(out) as tmp:
+        result = export_checkpoint(ckpt_path, tmp, options)
+        if frames:
+            model, ckpt = load_model(ckpt_path)
+            reference = deploy_module(model, ckpt, options, output="logits")
+            report = check_parity(tmp, reference, frames, thresholds)
+            if not report.passed:
+                raise ParityError(report, out)
+    return replace(result, path=out), report
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    frames = 0 if args.skip_parity else args.parity_frames
+    try:
+        result, report = export_gated(args.checkpoint, args.onnx, options, args.parity_data,
+                                      frames)
+    except ParityError as err:
+        print(err.report.format(), file=sys.stderr)
+        print(f"{args.onnx}: not written (the exported graph disagrees with {args.checkpoint})",
+              file=sys.stderr)
+        return 1
+    print(result.summary())
+    print(report.format() if report else "parity gate SKIPPED: the graph was not compared "
+          "with the checkpoint")
+    return 0

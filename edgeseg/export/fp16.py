@@ -1,0 +1,148 @@
+"""FP16 ONNX: the form TensorRT 10/11 builds as an fp16 engine (strong typing, no builder flag).
+
+Precision lives in the graph (docs/tensorrt.md), so fp16 means fp16 weights and
+activations in the ONNX itself, with graph inputs/outputs kept in their
+original types (uint8 frame in, uint8 labels out). onnxconverter-common does
+the conversion; two of its defaults do not fit segmentation and are changed:
+
+* its default op block list keeps every Resize in fp32 behind Cast pairs,
+  which for DeepLabv3+ means the decoder and the full-resolution logits
+  upsample run in fp32. TensorRT and ONNX Runtime both run fp16 Resize, and on
+  the tiny DeepLabv3+/MobileNet-v2 the fp16-Resize argmax matched fp32 on
+  99.998% of pixels (same as with fp32 Resize), so Resize is converted.
+  ``keep_fp32=["Resize"]`` (or a node name) restores the old behaviour.
+* it converts an in-graph ``Cast(to=FLOAT)`` (the uint8 -> float
+  preprocessing cast) in the value types but not in the ``to`` attribute,
+  which ONNX Runtime rejects; `_retarget_casts` repairs that.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import TensorProto
+
+from edgeseg.errors import EdgesegError
+from edgeseg.export.lint import iter_nodes, load_onnx
+from edgeseg.export.metadata import metadata_or_none, set_metadata
+from edgeseg.fileio import atomic_path
+
+logger = logging.getLogger("edgeseg.export")
+
+#: ops onnxconverter-common keeps in fp32 by default that segmentation wants in fp16
+FP16_OK = frozenset({"Resize", "Upsample"})
+
+
+def update_metadata(proto: onnx.ModelProto, precision: str, extra: dict[str, Any]) -> None:
+    """Carry the source metadata into a converted model with its new precision and details.
+
+    A model without edgeseg metadata stays without (a warning says so): the
+    runtime will then refuse it with a message pointing at ``edgeseg export``.
+    """
+    meta = metadata_or_none(proto)
+    if meta is None:
+        logger.warning("model has no edgeseg metadata; the %s model will not either", precision)
+        return
+    meta.precision = precision
+    meta.extra = {**meta.extra, **extra}
+    set_metadata(proto, meta)
+
+
+def model_precision(proto: onnx.ModelProto) -> str:
+    """"int8" (Q/DQ nodes), "fp16" (fp16 initializers) or "fp32", read from the graph itself."""
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in iter_nodes(proto.graph)):
+        return "int8"
+    if any(t.data_type == TensorProto.FLOAT16 for t in proto.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def require_fp32(proto: onnx.ModelProto, source: str | Path, target: str) -> None:
+    """Refuse to convert an already converted model (its rounding would compound)."""
+    precision = model_precision(proto)
+    if precision != "fp32":
+        raise EdgesegError(f"{source}: this model is already {precision}; convert the fp32 "
+                           f"export to {target} instead")
+
+
+def resolve_nodes(graph: onnx.GraphProto, names: Iterable[str],
+                  what: str) -> tuple[list[str], list[str]]:
+    """Split user entries into (op types, node names) present in the graph; unknown -> error."""
+    nodes = list(iter_nodes(graph))
+    op_types = {n.op_type for n in nodes}
+    node_names = {n.name for n in nodes}
+    ops, found, unknown = [], [], []
+    for name in names:
+        if name in op_types:
+            ops.append(name)
+        elif name in node_names:
+            found.append(name)
+        else:
+            unknown.append(name)
+    if unknown:
+        sample = ", ".join(sorted(n.name for n in nodes if n.op_type == "Conv")[:3])
+        raise EdgesegError(
+            f"{what}: {unknown} match no op type or node name in the model (op types: "
+            f"{sorted(op_types)}; node names look like {sample}; list them with "
+            "`polygraphy inspect model MODEL.onnx --show layers`)")
+    return ops, found
+
+
+def _retarget_casts(proto: onnx.ModelProto) -> None:
+    """Point Cast(to=FLOAT) nodes whose output the converter typed fp16 at FLOAT16."""
+    fp16_values = {vi.name for vi in proto.graph.value_info
+                   if vi.type.tensor_type.elem_type == TensorProto.FLOAT16}
+    for node in proto.graph.node:
+        if node.op_type != "Cast" or node.output[0] not in fp16_values:
+            continue
+        for a in node.attribute:
+            if a.name == "to" and a.i == TensorProto.FLOAT:
+                a.i = TensorProto.FLOAT16
+
+
+def check_loads(proto: onnx.ModelProto, source: str | Path, hint: str) -> None:
+    """onnx.checker plus an ONNX Runtime CPU session: a converted model must at least load."""
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(proto)
+        ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - checker and ORT raise many types
+        raise EdgesegError(f"{source}: the converted model does not load "
+                           f"({type(exc).__name__}: {str(exc)[:300]}); {hint}") from None
+
+
+def save_model(proto: onnx.ModelProto, dst: str | Path) -> Path:
+    """Write atomically (temp name + rename): no truncated ONNX under the final name."""
+    dst = Path(dst)
+    with atomic_path(dst) as tmp:
+        onnx.save(proto, str(tmp))
+    return dst
+
+
+def convert_fp16(src: str | Path, dst: str | Path, keep_fp32: Sequence[str] = (),
+                 keep_io_types: bool = True) -> Path:
+    """Write an fp16 copy of ``src`` to ``dst``; ``keep_fp32`` lists op types or node names
+    to leave in fp32 (e.g. ``["ArgMax"]`` or a sensitive Conv's name)."""
+    from onnxconverter_common.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    proto = load_onnx(src)
+    require_fp32(proto, src, "fp16")
+    ops, nodes = resolve_nodes(proto.graph, keep_fp32, "--keep-fp32")
+    block_ops = sorted((set(DEFAULT_OP_BLOCK_LIST) - FP16_OK) | set(ops))
+    with warnings.catch_warnings(record=True) as caught:  # one warning per clamped value
+        warnings.simplefilter("always")
+        converted = convert_float_to_float16(proto, keep_io_types=keep_io_types,
+                                             op_block_list=block_ops, node_block_list=nodes)
+    clamped = sum("truncated" in str(w.message) for w in caught)
+    if clamped:
+        logger.info("%d weights outside fp16's range were clamped (to 1e-7 .. 1e4)", clamped)
+    _retarget_casts(converted)
+    update_metadata(converted, "fp16", {"keep_fp32": list(keep_fp32)})
+    check_loads(converted, src, "keep the failing node in fp32 with --keep-fp32 NAME")
+    return save_model(converted, dst)

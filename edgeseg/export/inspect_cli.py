@@ -1,0 +1,165 @@
+"""``edgeseg inspect FILE``: what an ONNX file or an engine is, without running it.
+
+For an ONNX file: its edgeseg metadata (precision, labels, normalisation, I/O
+contract), opset, size, parameter count and op counts. For an engine (any file
+with a manifest beside it, or the manifest itself): backend and version,
+device, precision, I/O and profiles, hashes, the rebuild command, the model
+metadata, and whether it would load on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edgeseg.errors import EdgesegError
+from edgeseg.export.metadata import MetadataError, ModelMetadata, TensorSpec
+from edgeseg.runtime.manifest import (
+    MANIFEST_SUFFIX,
+    EngineManifest,
+    MachineInfo,
+    compare,
+    manifest_path,
+    read_manifest,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="model.onnx, an engine (model.engine, model.ort.onnx) "
+                                     "or its manifest (.json)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+
+
+def _spec(t: TensorSpec) -> str:
+    shape = "[" + ",".join("?" if d is None else str(d) for d in t.shape) + "]"
+    text = f"{t.name} {t.dtype}{shape} {t.format}".rstrip()
+    if t.profile:
+        text += "  profile " + " ".join(f"{k} {v}" for k, v in t.profile.items())
+    return text
+
+
+def _metadata_lines(meta: ModelMetadata) -> list[str]:
+    labels = ", ".join(meta.labels[:8]) + (", ..." if len(meta.labels) > 8 else "")
+    lines = [f"  network     {meta.network} {meta.model or ''}".rstrip(),
+             f"  precision   {meta.precision}",
+             f"  labels      {meta.label_space} ({len(meta.labels)}): {labels}",
+             f"  mean/std    {meta.mean} / {meta.std} (RGB, 0..1)"]
+    lines += [f"  input       {_spec(t)}" for t in meta.inputs]
+    lines += [f"  output      {_spec(t)}" for t in meta.outputs]
+    if meta.method or meta.datasets:
+        lines.append(f"  trained     {meta.method or '?'} on {meta.datasets}")
+    if meta.checkpoint_sha256:
+        lines.append(f"  checkpoint  sha256 {meta.checkpoint_sha256}")
+    if meta.extra:
+        lines.append(f"  extra       {json.dumps(meta.extra)}")
+    return lines
+
+
+def _iter_nodes(graph: Any) -> Any:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:  # If/Loop/Scan bodies
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _iter_nodes(sub)
+
+
+def describe_onnx(path: Path) -> dict[str, Any]:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise EdgesegError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        meta: ModelMetadata | None = ModelMetadata.from_props(props, str(path))
+    except MetadataError:
+        meta = None
+    params = sum(int(_prod(t.dims)) for t in model.graph.initializer)
+    return {
+        "file": str(path), "kind": "onnx", "bytes": path.stat().st_size,
+        "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "parameters": params, "ops": dict(Counter(n.op_type for n in _iter_nodes(model.graph))
+                                          .most_common()),
+        "metadata": props, "_meta": meta,
+    }
+
+
+def _prod(dims: Any) -> int:
+    out = 1
+    for d in dims:
+        out *= int(d)
+    return out
+
+
+def describe_engine(engine: Path) -> dict[str, Any]:
+    manifest = read_manifest(engine)
+    errors, warnings = compare(manifest, MachineInfo.detect(manifest.backend))
+    return {"file": str(engine), "kind": "engine", "bytes": engine.stat().st_size,
+            "manifest": manifest.to_dict(), "loads_here": not errors,
+            "mismatch": errors, "warnings": warnings, "_manifest": manifest}
+
+
+def _print_onnx(info: dict[str, Any]) -> None:
+    opsets = ", ".join(f"{d} {v}" for d, v in info["opsets"].items())
+    print(f"{info['file']}: ONNX ({opsets}), {info['bytes'] / 1e6:.2f} MB, "
+          f"{info['parameters']:,} parameters")
+    meta = info["_meta"]
+    if meta is None:
+        print("  no edgeseg metadata (not exported by `edgeseg export`)")
+    else:
+        print("\n".join(_metadata_lines(meta)))
+    print("  ops         " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
+
+
+def _print_engine(info: dict[str, Any]) -> None:
+    m: EngineManifest = info["_manifest"]
+    print(f"{info['file']}: {m.describe()} engine, {info['bytes'] / 1e6:.2f} MB")
+    print(f"  precision   {m.precision}")
+    print(f"  built       {m.created} by edgeseg {m.edgeseg_version}")
+    print("  options     " + ", ".join(f"{k}={v}" for k, v in vars(m.build).items()
+                                        if v not in (None, False, "none", 0)))
+    print("\n".join([f"  input       {_spec(t)}" for t in m.inputs]
+                    + [f"  output      {_spec(t)}" for t in m.outputs]))
+    print(f"  onnx        {m.onnx_path} sha256 {m.onnx_sha256}")
+    print(f"  engine      sha256 {m.engine_sha256}")
+    for name in ("timing_cache_sha256", "calibration_sha256"):
+        if getattr(m, name):
+            print(f"  {name.removesuffix('_sha256').replace('_', ' '):11} sha256 {getattr(m, name)}")
+    for note in m.notes:
+        print(f"  note        {note}")
+    print(f"  rebuild     {m.build_command}")
+    status = "yes" if info["loads_here"] else "NO: " + "; ".join(info["mismatch"])
+    print(f"  loads here  {status}")
+    for warning in info["warnings"]:
+        print(f"  warning     {warning}")
+    try:
+        print("  model:\n" + "\n".join("  " + line for line in _metadata_lines(
+            m.model_metadata())))
+    except MetadataError as exc:
+        print(f"  model       {exc}")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if path.suffix == MANIFEST_SUFFIX and path.is_file() and path.name != MANIFEST_SUFFIX:
+        path = path.with_name(path.name.removesuffix(MANIFEST_SUFFIX))  # given the manifest
+    if manifest_path(path).is_file():
+        info = describe_engine(path)
+    elif path.suffix == ".onnx" and path.is_file():
+        info = describe_onnx(path)
+    elif not path.exists():
+        raise EdgesegError(f"{path}: no such file")
+    else:
+        raise EdgesegError(f"{path}: neither an ONNX file nor an engine with a manifest "
+                           f"({manifest_path(path)}) beside it")
+    if args.json:
+        print(json.dumps({k: v for k, v in info.items() if not k.startswith("_")}, indent=2))
+    elif info["kind"] == "engine":
+        _print_engine(info)
+    else:
+        _print_onnx(info)
+    return 0

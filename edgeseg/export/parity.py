@@ -1,0 +1,273 @@
+"""The parity gate every export passes: ONNX Runtime output vs a reference, on frames.
+
+The candidate ONNX file runs in ONNX Runtime (CPU provider, errors-only log) on
+BGR uint8 frames; the reference is the PyTorch module the graph was traced from
+(`DeployWrapper` with ``output="logits"``), another ONNX file (fp32 vs its
+fp16/int8 variant), or any frame -> logits callable. Two numbers decide:
+
+- max |Δlogit| over all pixels and classes. Labels/probs models expose their
+  logits by an in-memory copy of the graph in which the ArgMax/TopK/Softmax
+  input is also a graph output, so no second export is needed.
+- argmax agreement: the fraction of pixels whose class matches; for a labels
+  model the candidate side is the graph's own labels output (cast included).
+
+Default (fp32) gate: agreement >= 99.9 % and max |Δlogit| <= 1e-3. fp32 kernels
+in PyTorch and ONNX Runtime differ only in summation order and in the exporter's
+Conv+BN folding; measured on the tiny DeepLabv3+/MobileNet-v2 of the tests:
+max |Δlogit| 1e-6..6e-6 (logits of magnitude 1..10), 100 % agreement. 1e-3
+leaves >= 100x headroom for wider/deeper nets, while real graph errors (a
+swapped channel order, wrong normalisation or resize mode, other weights) move
+logits by orders of magnitude more (tests: a perturbed classifier gives > 1e-2). Agreement is not required to be 100 % because near-ties
+may flip under those tiny differences. Reduced precisions pass
+their own `ParityThresholds` (logit bound relaxed or off, agreement lower).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import cv2
+import numpy as np
+import onnx
+
+from edgeseg.data.transforms import to_chw_float
+from edgeseg.errors import EdgesegError
+from edgeseg.export.metadata import ModelMetadata, read_metadata
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger("edgeseg.export")
+
+#: ops that end a segmenter graph; their first input is the logits tensor
+_HEADS = ("ArgMax", "TopK", "Softmax")
+#: shape/dtype-only ops that may sit between the head and the graph output
+_PASS_THROUGH = ("Cast", "Squeeze", "Unsqueeze", "Reshape", "Identity")
+
+
+class ParityError(EdgesegError):
+    """An exported model that disagrees with its reference beyond the thresholds."""
+
+    def __init__(self, report: ParityReport, path: str | Path) -> None:
+        super().__init__(f"{path}: parity gate failed: {report.format()}")
+        self.report = report
+
+
+@dataclass(frozen=True)
+class ParityThresholds:
+    """Pass criteria; ``max_abs_logit_diff=None`` checks agreement only (e.g. int8)."""
+
+    min_agreement: float = 0.999  # fraction of pixels
+    max_abs_logit_diff: float | None = 1e-3
+
+
+FP32 = ParityThresholds()
+
+
+@dataclass
+class ParityReport:
+    frames: int
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    agreement: float  # fraction of pixels with the same argmax, 0..1
+    passed: bool
+    thresholds: ParityThresholds
+    reference: str = ""
+    sizes: list[list[int]] = field(default_factory=list)  # (height, width) per frame
+
+    def format(self) -> str:
+        t = self.thresholds
+        logit = f"max |dlogit| {self.max_abs_logit_diff:.2e}"
+        if t.max_abs_logit_diff is not None:
+            logit += f" (<= {t.max_abs_logit_diff:.0e})"
+        sizes = sorted({f"{w}x{h}" for h, w in self.sizes})
+        return (f"parity vs {self.reference or 'reference'} on {self.frames} frames "
+                f"({', '.join(sizes)} WxH): {logit}, mean {self.mean_abs_logit_diff:.2e}, "
+                f"argmax agreement {100 * self.agreement:.3f}% "
+                f"(>= {100 * t.min_agreement:.1f}%): {'PASS' if self.passed else 'FAIL'}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- frames
+
+
+def sample_frames(spec: str | None, size: tuple[int, int], count: int,
+                  seed: int = 0) -> list[np.ndarray]:
+    """``count`` BGR uint8 frames at ``size`` (height, width): evenly spaced images of a
+    dataset spec, or synthetic driving scenes when ``spec`` is None."""
+    if count < 1:
+        raise EdgesegError(f"parity frames: need at least 1, got {count}")
+    h, w = size
+    images = _dataset_images(spec, count) if spec else _synthetic_images(size, count, seed)
+    frames = []
+    for rgb in images:
+        shrink = rgb.shape[0] > h or rgb.shape[1] > w
+        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        frames.append(np.ascontiguousarray(rgb[..., ::-1]))
+    return frames
+
+
+def _dataset_images(spec: str, count: int) -> list[np.ndarray]:
+    from edgeseg.data import DatasetError, open_dataset
+
+    dataset = open_dataset(spec)
+    if len(dataset) == 0:
+        raise DatasetError(f"{spec}: no images to check parity on")
+    indices = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))
+    return [dataset[int(i)]["image"] for i in indices]
+
+
+def _synthetic_images(size: tuple[int, int], count: int, seed: int) -> list[np.ndarray]:
+    """RGB scenes of the synthetic generator, alternating day and night (the domains a
+    UDA model must handle); smooth seeded noise if the generator cannot be imported."""
+    try:
+        from edgeseg.data.synth import render_scene
+    except ImportError as err:
+        logger.warning("synthetic generator unavailable (%s); parity uses seeded random frames",
+                       err)
+        return random_frames(size, count, seed)
+    h, w = size
+    domains = [("day", "night")[i % 2] for i in range(count)]
+    return [render_scene(seed, i, (d,), size=(w, h)).images[d] for i, d in enumerate(domains)]
+
+
+def random_frames(size: tuple[int, int], count: int, seed: int = 0) -> list[np.ndarray]:
+    """Seeded smooth colour fields with sharp edges (so argmax has both flat regions and
+    boundaries), RGB uint8; the fallback when neither data nor the generator exist."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    out = []
+    for _ in range(count):
+        coarse = rng.integers(0, 256, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
+        img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+        blocks = cv2.resize(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8), (w, h),
+                            interpolation=cv2.INTER_NEAREST)
+        out.append(((img.astype(np.uint16) + blocks) // 2).astype(np.uint8))
+    return out
+
+
+def frame_to_input(frame: np.ndarray, meta: ModelMetadata) -> np.ndarray:
+    """A BGR uint8 frame as the graph input of ``meta`` (batch of one)."""
+    fmt = meta.input.format
+    if fmt == "uint8-nhwc-bgr":
+        return np.ascontiguousarray(frame[None])
+    if fmt == "float-nchw":  # normalised exactly as in training
+        return to_chw_float(frame[..., ::-1], meta.mean, meta.std)[None]
+    raise EdgesegError(f"input format {fmt!r} is not known to the parity check")
+
+
+# ---------------------------------------------------------------------------- ONNX
+
+
+def ort_session(model: str | Path | bytes) -> Any:
+    """An ONNX Runtime CPU session that logs errors only."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def logits_tensor(model: onnx.ModelProto, output: str) -> str:
+    """The tensor holding the logits behind graph output ``output``: the input of the
+    ArgMax/TopK/Softmax it comes from (through casts/squeezes), else ``output`` itself."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    name = output
+    while name in producer:
+        node = producer[name]
+        if node.op_type in _HEADS:
+            return node.input[0]
+        if node.op_type not in _PASS_THROUGH:
+            break
+        name = node.input[0]
+    return output
+
+
+class OnnxLogits:
+    """Runs an ONNX segmenter on BGR frames; returns (logits, labels or None) per frame."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.meta = read_metadata(path)
+        model = onnx.load(str(path))
+        out = self.meta.output
+        self.logits_name = logits_tensor(model, out.name)
+        self.labels_name = out.name if out.format == "labels" else None
+        if self.logits_name != out.name:
+            model = onnx.shape_inference.infer_shapes(model)
+            known = {v.name: v for v in model.graph.value_info}
+            info = known.get(self.logits_name) or onnx.helper.make_tensor_value_info(
+                self.logits_name, onnx.TensorProto.FLOAT, None)
+            model.graph.output.append(info)
+        self.session = ort_session(model.SerializeToString())
+
+    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        x = frame_to_input(frame, self.meta)
+        names = [self.logits_name] + ([self.labels_name] if self.labels_name else [])
+        outs = self.session.run(names, {self.meta.input.name: x})
+        return outs[0].astype(np.float32), (outs[1] if self.labels_name else None)
+
+
+#: a torch module (fed the candidate's graph input), an ONNX file, or BGR frame -> logits
+Reference = Union["torch.nn.Module", str, Path, Callable[[np.ndarray], np.ndarray]]
+
+
+def _reference_fn(reference: Reference, candidate: OnnxLogits
+                  ) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """A BGR frame -> float32 logits (N, C, H, W) function for any kind of reference."""
+    if isinstance(reference, (str, Path)):
+        other = OnnxLogits(reference)
+        return (lambda f: other(f)[0]), Path(reference).name
+    try:
+        import torch
+    except ImportError:  # a torch-free install can still compare two ONNX files
+        torch = None
+    if torch is not None and isinstance(reference, torch.nn.Module):
+        module = reference.eval()
+
+        @torch.no_grad()
+        def run(frame: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(frame_to_input(frame, candidate.meta))
+            return module(x).float().cpu().numpy()
+
+        return run, f"torch {type(reference).__name__}"
+    if callable(reference):
+        return (lambda f: np.asarray(reference(f), np.float32)), getattr(
+            reference, "__name__", "callable")
+    raise TypeError(f"parity reference must be a torch module, an ONNX path or a callable, "
+                    f"not {type(reference).__name__}")
+
+
+def check_parity(onnx_path: str | Path, reference: Reference, frames: Sequence[np.ndarray],
+                 thresholds: ParityThresholds = FP32) -> ParityReport:
+    """Compare ``onnx_path`` with ``reference`` on BGR uint8 ``frames`` (any sizes its
+    input accepts). A torch-module reference receives the candidate's graph input; a
+    callable receives the BGR frame; both return logits (1, C, H, W)."""
+    if not frames:
+        raise EdgesegError("parity check needs at least one frame")
+    candidate = OnnxLogits(onnx_path)
+    ref_fn, ref_name = _reference_fn(reference, candidate)
+    max_diff, abs_sum, values, same, pixels = 0.0, 0.0, 0, 0, 0
+    for frame in frames:
+        logits, labels = candidate(frame)
+        ref = ref_fn(frame).reshape(logits.shape)
+        diff = np.abs(logits - ref)
+        worst = float(diff.max())
+        max_diff = max(max_diff, worst if np.isfinite(worst) else float("inf"))  # NaN fails
+        abs_sum += float(diff.sum(dtype=np.float64))
+        values += diff.size
+        mine = logits.argmax(1) if labels is None else labels.astype(np.int64)
+        same += int((mine == ref.argmax(1)).sum())
+        pixels += mine.size
+    agreement = same / pixels
+    passed = agreement >= thresholds.min_agreement and (
+        thresholds.max_abs_logit_diff is None or max_diff <= thresholds.max_abs_logit_diff)
+    return ParityReport(len(frames), max_diff, abs_sum / values, agreement, passed, thresholds,
+                        ref_name, [list(f.shape[:2]) for f in frames])
