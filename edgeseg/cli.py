@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="mIoU / per-class IoU of a checkpoint on datasets")
-    p.add_argument("model", help="checkpoint (.pt)")
+    p = sub.add_parser("eval", help="mIoU / per-class IoU of a checkpoint, ONNX file or engine")
+    p.add_argument("model", help="checkpoint (.pt), ONNX file (.onnx) or engine (with manifest)")
     p.add_argument("--data", action="append", required=True, metavar="SPEC",
                    help="NAME:ROOT[:SPLIT], repeatable, e.g. camvid:../shared/data/camvid:day_val")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")

@@ -10,14 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgeseg.evaluate import evaluate, open_eval_dataset
+from edgeseg.evaluate import Predictor, evaluate, open_eval_dataset
 from edgeseg.fileio import write_json
 from edgeseg.labels import get_label_space
 from edgeseg.metrics import compare_summaries, format_table
 
 
-def load_predictor(model: str, device: str = "auto"):  # noqa: ANN201 - predictor callable
-    """A predictor and its label-space name for a checkpoint (ONNX/engines: export issue)."""
+def load_predictor(model: str, device: str = "auto") -> tuple[Predictor, str, dict]:
+    """(predictor, label-space name, info) for a checkpoint, an ONNX file or an engine."""
     suffix = Path(model).suffix.lower()
     if suffix in (".pt", ".pth", ".ckpt"):
         import torch
@@ -27,11 +27,14 @@ def load_predictor(model: str, device: str = "auto"):  # noqa: ANN201 - predicto
         dev = "cuda" if device == "auto" and torch.cuda.is_available() else (
             "cpu" if device == "auto" else device)
         predictor, ckpt = TorchPredictor.from_checkpoint(model, dev)
-        return predictor, ckpt["label_space"], {"method": ckpt.get("method"),
+        return predictor, ckpt["label_space"], {"kind": "checkpoint", "method": ckpt.get("method"),
                                                 "iteration": ckpt.get("iteration")}
-    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.predictor import BackendPredictor, load_backend
 
-    raise EdgesegError(f"{model}: unsupported model file; edgeseg eval takes a checkpoint (.pt)")
+    predictor = BackendPredictor(load_backend(model))
+    meta = predictor.meta
+    return predictor, meta.label_space, {"kind": "onnx/engine", "precision": meta.precision,
+                                         "method": meta.method}
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -1,0 +1,81 @@
+"""A pinhole camera over a flat world, and batched polygon clipping and projection.
+
+World frame: x to the right of the road, y up (ground at y = 0), z along the
+road. The camera only yaws, so the horizon is the row ``cy`` and ground depth
+depends on the image row alone. Camera frame: x right, y up, z forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Camera:
+    width: int
+    height: int
+    focal: float
+    cx: float
+    cy: float
+    x: float
+    y: float
+    z: float
+    yaw: float
+    near: float = 0.5
+
+    def to_camera(self, points: np.ndarray) -> np.ndarray:
+        """(..., 3) world points -> camera coordinates."""
+        c, s = math.cos(self.yaw), math.sin(self.yaw)
+        dx = points[..., 0] - self.x
+        dz = points[..., 2] - self.z
+        return np.stack([c * dx - s * dz, points[..., 1] - self.y, s * dx + c * dz], -1)
+
+    def intrinsics(self) -> np.ndarray:
+        """K with image v growing downwards: (u Z, v Z, Z) = K (X, Y, Z)."""
+        return np.array([[self.focal, 0, self.cx], [0, -self.focal, self.cy], [0, 0, 1.0]])
+
+    def perturbed(self, rng: np.random.Generator, pixels: float) -> Camera:
+        """The same camera nudged by about ``pixels`` of image motion (yaw, height, position)."""
+        angle = pixels / self.focal
+        return dataclasses.replace(
+            self,
+            x=self.x + rng.uniform(-0.25, 0.25),
+            y=self.y + rng.uniform(-0.08, 0.08),
+            z=self.z + rng.uniform(-0.5, 0.5),
+            yaw=self.yaw + rng.uniform(-angle, angle),
+            cy=self.cy + rng.uniform(-0.5, 0.5) * pixels,
+        )
+
+
+def clip_near(points: np.ndarray, starts: np.ndarray, near: float) -> tuple[np.ndarray, np.ndarray]:
+    """Clip polygons (camera coordinates) against the plane z = near, all at once.
+
+    ``starts`` holds the first vertex of each polygon plus the total count;
+    returns the clipped vertices and their starts (a polygon may end up empty).
+    """
+    inside = points[:, 2] >= near
+    if inside.all():
+        return points, starts
+    count = len(points)
+    nxt = np.arange(1, count + 1)
+    nxt[starts[1:] - 1] = starts[:-1]
+    z, zn = points[:, 2], points[nxt, 2]
+    crossing = inside != inside[nxt]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(crossing, (near - z) / (zn - z), 0.0)
+    cut = points + t[:, None] * (points[nxt] - points)
+    keep = np.stack([inside, crossing], 1)
+    out = np.stack([points, cut], 1)[keep]
+    kept_per_vertex = keep.sum(1)
+    counts = np.add.reduceat(kept_per_vertex, starts[:-1]) if len(starts) > 1 else np.zeros(0, int)
+    return out, np.concatenate([[0], np.cumsum(counts)])
+
+
+def project(cam: Camera, points: np.ndarray) -> np.ndarray:
+    """(N, 3) camera coordinates in front of the camera -> (N, 2) pixel coordinates."""
+    inv = 1.0 / points[:, 2]
+    return np.stack([cam.cx + cam.focal * points[:, 0] * inv, cam.cy - cam.focal * points[:, 1] * inv], 1)
