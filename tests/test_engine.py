@@ -229,7 +229,7 @@ def test_failed_builds_leave_nothing(models: dict[str, Path], tmp_path: Path) ->
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x07not an onnx model" * 10)
     out_dir = tmp_path / "out"
-    with pytest.raises(EngineBuildError, match="garbage.onnx: not a readable ONNX"):
+    with pytest.raises(MetadataError, match="garbage.onnx: not a readable ONNX"):
         build_engine(garbage, out_dir / "m.ort.onnx", CPU, "cmd")
     broken = tmp_path / "broken.onnx"  # valid protobuf and metadata, graph ORT cannot load
     model = onnx.load(str(models["fp32"]))
