@@ -25,7 +25,7 @@ from edgeseg.export.build_engine import (
     build_engine,
     load_profile,
 )
-from edgeseg.export.metadata import metadata_of, set_metadata
+from edgeseg.export.metadata import MetadataError, metadata_of, set_metadata
 from edgeseg.runtime.manifest import MachineInfo, manifest_path, read_manifest
 from tests.conftest import REPO
 
