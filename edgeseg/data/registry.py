@@ -10,6 +10,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from edgeseg.data import readers
 from edgeseg.data.base import DatasetError, DatasetSpec, SegDataset, parse_spec
 from edgeseg.labels import CITYSCAPES19, LabelSpace, cityscapes_to, get_label_space, remap_labels
@@ -113,3 +115,13 @@ def open_dataset(spec: str | DatasetSpec, label_space: str | LabelSpace | None =
         )
     dataset = factory(spec.root, spec.split, **options)
     return convert_labels(dataset, label_space) if label_space else dataset
+
+
+def spread_samples(spec: str | DatasetSpec, count: int) -> list[dict[str, Any]]:
+    """Up to ``count`` samples evenly spaced over a dataset (calibration, parity and
+    precision checks want frames from the whole sequence, not its first seconds)."""
+    dataset = open_dataset(spec)
+    if len(dataset) == 0:
+        raise DatasetError(f"{spec}: the dataset has no images")
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round())
+    return [dataset[int(i)] for i in picks.astype(int)]

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import onnx
 
-from edgeseg.data import open_dataset
+from edgeseg.data import DatasetError, spread_samples
 from edgeseg.data.transforms import to_chw_float
 from edgeseg.errors import EdgesegError
 from edgeseg.export.lint import load_onnx
@@ -117,12 +117,11 @@ def _read_video(path: Path, count: int, every: int) -> Iterator[np.ndarray]:
 
 
 def _read_dataset(spec: str, count: int) -> Iterator[np.ndarray]:
-    dataset = open_dataset(spec)
-    if len(dataset) == 0:
-        raise CalibrationError(f"{spec}: the dataset has no images to calibrate with")
-    picks = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round())
-    for i in picks.astype(int):
-        yield dataset[int(i)]["image"]
+    try:
+        samples = spread_samples(spec, count)
+    except DatasetError as exc:
+        raise CalibrationError(f"{exc}: nothing to calibrate with") from None
+    return (sample["image"] for sample in samples)
 
 
 def load_frames(source: str | Path, contract: InputContract, count: int = 64,

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 import onnx
 
+from edgeseg.data import spread_samples
 from edgeseg.data.transforms import to_chw_float
 from edgeseg.errors import EdgesegError
 from edgeseg.export.metadata import ModelMetadata, read_metadata
@@ -104,23 +105,14 @@ def sample_frames(spec: str | None, size: tuple[int, int], count: int,
     if count < 1:
         raise EdgesegError(f"parity frames: need at least 1, got {count}")
     h, w = size
-    images = _dataset_images(spec, count) if spec else _synthetic_images(size, count, seed)
+    images = ([s["image"] for s in spread_samples(spec, count)] if spec
+              else _synthetic_images(size, count, seed))
     frames = []
     for rgb in images:
         shrink = rgb.shape[0] > h or rgb.shape[1] > w
         rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         frames.append(np.ascontiguousarray(rgb[..., ::-1]))
     return frames
-
-
-def _dataset_images(spec: str, count: int) -> list[np.ndarray]:
-    from edgeseg.data import DatasetError, open_dataset
-
-    dataset = open_dataset(spec)
-    if len(dataset) == 0:
-        raise DatasetError(f"{spec}: no images to check parity on")
-    indices = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))
-    return [dataset[int(i)]["image"] for i in indices]
 
 
 def _synthetic_images(size: tuple[int, int], count: int, seed: int) -> list[np.ndarray]:
