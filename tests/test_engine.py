@@ -18,7 +18,6 @@ import pytest
 from edgeseg.config import ConfigError, from_dict, load_config, to_dict
 from edgeseg.export import build_cli, inspect_cli
 from edgeseg.export.build_engine import (
-    BestPrecisionNotImplemented,
     BuildProfile,
     EngineBuildError,
     PrecisionMismatchError,
@@ -216,7 +215,7 @@ def test_precision_mismatch_and_best(models: dict[str, Path], tmp_path: Path) ->
                      "cmd")
     assert (info.value.requested, info.value.found) == ("int8", "fp32")
     assert "--flavour onnxruntime" in str(info.value)  # the backend's Q/DQ flavour
-    with pytest.raises(BestPrecisionNotImplemented, match="not implemented"):
+    with pytest.raises(EngineBuildError, match="choose_precision"):
         build_engine(models["fp32"], out, BuildProfile(backend="onnxruntime", precision="best"),
                      "cmd")
     with pytest.raises(EngineBuildError, match="onnxruntime flavour .* --flavour tensorrt"):

@@ -77,3 +77,23 @@ def test_eval_cli_clear_error_for_missing_checkpoint(tmp_path: Path, capsys) -> 
     status = main(["eval", str(tmp_path / "nope.pt"), "--data", "camvid:/nowhere:day_val"])
     assert status == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_eval_scores_onnx_like_the_checkpoint(tiny_checkpoint: Path, tiny_synth: Path,
+                                              tmp_path: Path) -> None:
+    """The same model scored as checkpoint and as uint8-in/labels-out ONNX agrees."""
+    from edgeseg.data import open_dataset
+    from edgeseg.eval_cli import load_predictor
+    from edgeseg.export.onnx_export import ExportOptions, export_checkpoint
+
+    onnx_path = tmp_path / "m.onnx"
+    export_checkpoint(tiny_checkpoint, onnx_path, ExportOptions(height=32, width=64))
+    data = open_dataset(f"synthetic:{tiny_synth}:night_val")
+    scores = {}
+    for model in (tiny_checkpoint, onnx_path):
+        predict, space, info = load_predictor(str(model), "cpu")
+        assert space == "cityscapes19"
+        scores[info["kind"]] = evaluate(predict, data, space, progress=False).metrics
+    torch_m, onnx_m = scores["checkpoint"], scores["onnx/engine"]
+    assert onnx_m.num_pixels == torch_m.num_pixels
+    assert abs(onnx_m.miou - torch_m.miou) < 0.005

@@ -20,6 +20,8 @@ from edgeseg.export.build_engine import (
     load_profile,
     resolve_backend,
 )
+from edgeseg.export.metadata import read_metadata
+from edgeseg.export.variants import choose_precision, make_variant
 
 #: profile keys settable from the command line: key -> argparse options (flag = --key-with-dashes)
 FLAGS: dict[str, dict[str, Any]] = {
@@ -54,6 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="build profile, e.g. export/jetson-orin-int8.yaml")
     for key, options in FLAGS.items():
         parser.add_argument(_flag(key), dest=key, **{"default": None, **options})
+    cal = parser.add_argument_group("precision conversion (an fp32 ONNX built as fp16/int8/best)")
+    cal.add_argument("--calib", metavar="SPEC|VIDEO",
+                     help="int8 calibration frames (target domain), e.g. camvid:DIR:dusk_train")
+    cal.add_argument("--calib-frames", type=int, metavar="N", help="calibration frames")
+    cal.add_argument("--method", choices=["minmax", "entropy", "percentile"],
+                     help="int8 range calibration")
+    cal.add_argument("--accuracy-data", metavar="SPEC|VIDEO",
+                     help="best: set to score candidates on (labelled -> mIoU drop); "
+                          "default the calibration data")
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="the builder's full log")
 
@@ -72,14 +83,44 @@ def rebuild_command(model: str | Path, out: str | Path, profile: str | None,
     return shlex.join(cmd)
 
 
+#: conversion flags -> (profile section, key)
+CONVERSION_FLAGS = {"calib": ("calibration", "data"), "calib_frames": ("calibration", "frames"),
+                    "method": ("calibration", "method"), "accuracy_data": ("parity", "data")}
+
+
+def _with_conversion_flags(profile: Any, args: argparse.Namespace) -> Any:
+    for flag, (section, key) in CONVERSION_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            profile = replace(profile, **{section: replace(getattr(profile, section),
+                                                           **{key: value})})
+    return profile
+
+
 def run(args: argparse.Namespace) -> int:
     flags = {key: getattr(args, key, None) for key in FLAGS}
-    profile = load_profile(args.profile, flags)
+    profile = _with_conversion_flags(load_profile(args.profile, flags), args)
     backend = resolve_backend(profile.backend)
     profile = replace(profile, backend=backend)
     out = Path(args.output) if args.output else default_engine_path(args.model, backend)
-    command = rebuild_command(args.model, out, args.profile, {**flags, "backend": backend})
-    manifest = build_engine(args.model, out, profile, command,
-                            verbose=getattr(args, "verbose", False))
+    extra = {f: getattr(args, f, None) for f in CONVERSION_FLAGS}
+    command = rebuild_command(args.model, out, args.profile,
+                              {**flags, **extra, "backend": backend})
+    model = Path(args.model)
+    if profile.precision == "best":
+        manifest = choose_precision(model, out, profile, command)
+    else:
+        found = read_metadata(model).precision
+        if profile.precision not in (None, found) and found == "fp32":
+            # precision lives in the graph: make the variant beside the engine, then build it
+            variant = out.with_name(f"{out.name.split('.')[0]}.{profile.precision}.onnx")
+            cal = profile.calibration
+            make_variant(model, variant, profile.precision, calib=cal.data,
+                         calib_frames=cal.frames, method=cal.method,
+                         flavour=cal.flavour or backend)
+            print(f"made {variant} ({profile.precision}) from {model}")
+            model, profile = variant, replace(profile, precision=None)
+        manifest = build_engine(model, out, profile, command,
+                                verbose=getattr(args, "verbose", False))
     print(f"{out}: {manifest.precision} {manifest.describe()}")
     return 0

@@ -65,10 +65,6 @@ class PrecisionMismatchError(EdgesegError):
         self.requested, self.found, self.onnx_path = requested, found, onnx_path
 
 
-class BestPrecisionNotImplemented(EdgesegError):
-    """``--precision best`` needs accuracy and latency measurements that this module does not do."""
-
-
 # ------------------------------------------------------------------ the profile
 
 
@@ -97,8 +93,9 @@ class CalibrationConfig:
     """How the int8 ONNX is (or should be) made: used in hints and by the quantize step."""
 
     data: str | None = None  # dataset spec NAME:ROOT[:SPLIT] or a video file (quantize --calib)
-    frames: int = 256
-    method: Literal["minmax", "entropy", "percentile"] = "entropy"
+    frames: int = 64
+    #: minmax: onnxruntime's entropy search measured slower and less accurate (export/README.md)
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
     #: Q/DQ style: tensorrt (symmetric int8) or onnxruntime (u8 activations); None = the backend's
     flavour: Literal["tensorrt", "onnxruntime"] | None = None
 
@@ -110,6 +107,10 @@ class ParityConfig:
     min_agreement: float = 0.99  # fraction of pixels whose class matches
     max_abs_logit_diff: float | None = None
     max_miou_drop: float = 1.0  # mIoU points, for precision selection
+    #: accuracy set for `best`: dataset spec (labelled -> mIoU drop) or video; None = calibration
+    data: str | None = None
+    frames: int = 32
+    iterations: int = 20  # latency samples per candidate
 
 
 @dataclass(frozen=True)
@@ -197,10 +198,9 @@ def check_precision(meta: ModelMetadata, profile: BuildProfile, onnx_path: Path,
     """The precision to build: the ONNX's own; refuse a different request, explain ``best``."""
     requested = profile.precision
     if requested == "best":
-        raise BestPrecisionNotImplemented(
-            "--precision best is not implemented in build-engine: choosing it needs the "
-            "accuracy (mIoU vs fp32) and latency of each variant on this target. Build each "
-            "variant with --precision fp32|fp16|int8 and compare them with `edgeseg bench`")
+        raise EngineBuildError(
+            "build_engine builds the one precision its ONNX has; --precision best is chosen by "
+            "edgeseg.export.variants.choose_precision (what `edgeseg build-engine` runs)")
     if requested is None or requested == meta.precision:
         return meta.precision
     raise PrecisionMismatchError(
@@ -273,7 +273,8 @@ class BuiltEngine:
 
 
 def build_engine(onnx_path: str | Path, out_path: str | Path | None, profile: BuildProfile,
-                 command: str, *, verbose: bool = False) -> EngineManifest:
+                 command: str, *, verbose: bool = False,
+                 selection: list[dict] | None = None) -> EngineManifest:
     """Build ``onnx_path`` for ``profile``'s target; writes the engine + manifest atomically.
 
     ``command`` is the command line that rebuilds this engine; it goes into the
@@ -315,7 +316,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None, profile: Bu
             build_command=command, build=profile.build_options(backend),
             onnx_path=str(onnx_path), timing_cache_sha256=built.timing_cache_sha256,
             calibration_sha256=calibration.get("frames_sha256") or None,
-            metadata=props, notes=built.notes, created=utc_now(),
+            metadata=props, notes=built.notes, selection=selection or [], created=utc_now(),
             edgeseg_version=__version__)
         tmp_manifest.write_text(manifest.to_json())
     if built.timing_cache is not None and profile.timing_cache:

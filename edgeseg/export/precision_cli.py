@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgeseg.errors import EdgesegError
-from edgeseg.export.calibration import input_contract, load_frames
 from edgeseg.export.int8 import FLAVOURS, METHODS
+from edgeseg.export.variants import make_variant
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,27 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.precision == "fp16":
-        if args.calib or args.exclude or args.cache:
-            raise EdgesegError("--calib/--exclude/--cache apply to --precision int8 only")
-        from edgeseg.export.fp16 import convert_fp16
-
-        out = convert_fp16(args.model, args.output, keep_fp32=args.keep_fp32)
-    else:
-        if args.keep_fp32:
-            raise EdgesegError("--keep-fp32 applies to --precision fp16; use --exclude for int8")
-        if not args.calib and not (args.cache and Path(args.cache).is_file()):
-            raise EdgesegError("int8 needs calibration frames: --calib VIDEO|NAME:ROOT[:SPLIT] "
-                               "(or --cache FILE with ranges for this model)")
-        from edgeseg.export.int8 import quantize_int8
-
-        frames = None
-        if args.calib and not (args.cache and Path(args.cache).is_file()):
-            frames = load_frames(args.calib, input_contract(args.model), args.calib_frames,
-                                 args.calib_every)
-        out = quantize_int8(args.model, args.output, frames, method=args.method,
-                            flavour=args.flavour, exclude=args.exclude, cache=args.cache,
-                            source=args.calib or "")
+    out = make_variant(args.model, args.output, args.precision, calib=args.calib,
+                       calib_frames=args.calib_frames, calib_every=args.calib_every,
+                       method=args.method, flavour=args.flavour, exclude=args.exclude,
+                       keep_fp32=args.keep_fp32, cache=args.cache)
     size = Path(out).stat().st_size / 1e6
     print(f"wrote {out} ({args.precision}, {size:.1f} MB)")
     return 0

@@ -112,6 +112,8 @@ class EngineManifest:
     calibration_sha256: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)  # the ONNX's metadata_props
     notes: list[str] = field(default_factory=list)
+    #: `--precision best`: every candidate's latency and accuracy on the build machine
+    selection: list[dict[str, Any]] = field(default_factory=list)
     created: str = ""  # UTC ISO 8601
     edgeseg_version: str = __version__
     format_version: int = FORMAT_VERSION

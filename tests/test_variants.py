@@ -1,0 +1,71 @@
+"""build-engine converts an fp32 ONNX to the asked precision, and `best` measures its choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeseg.cli import main
+from edgeseg.export.metadata import read_metadata
+from edgeseg.export.onnx_export import ExportOptions, export_checkpoint
+from edgeseg.runtime.manifest import read_manifest
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("variants") / "tiny.onnx"
+    export_checkpoint(tiny_checkpoint, out, ExportOptions(height=32, width=64))
+    return out
+
+
+def test_build_engine_makes_the_int8_variant_first(fp32_onnx: Path, tiny_synth: Path,
+                                                   tmp_path: Path) -> None:
+    out = tmp_path / "tiny.ort.onnx"
+    status = main(["build-engine", str(fp32_onnx), "-o", str(out), "--backend", "onnxruntime",
+                   "--precision", "int8", "--calib", f"synthetic:{tiny_synth}:night_train",
+                   "--calib-frames", "8", "--threads", "1"])
+    assert status == 0
+    variant = tmp_path / "tiny.int8.onnx"
+    meta = read_metadata(variant)
+    assert meta.precision == "int8"
+    assert meta.extra["calibration"]["flavour"] == "onnxruntime"  # the backend's flavour
+    manifest = read_manifest(out)
+    assert manifest.precision == "int8" and "--calib" in manifest.build_command
+
+
+def test_int8_without_calibration_data_is_a_clear_error(fp32_onnx: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    status = main(["build-engine", str(fp32_onnx), "-o", str(tmp_path / "x.ort.onnx"),
+                   "--backend", "onnxruntime", "--precision", "int8"])
+    assert status == 2
+    assert "--calib" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("min_agreement", [0.5, 1.01])
+def test_best_keeps_the_fastest_candidate_that_passes(fp32_onnx: Path, tiny_synth: Path,
+                                                      tmp_path: Path, min_agreement: float,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeseg.export.build_engine import BuildProfile, ParityConfig
+    from edgeseg.export.build_engine import CalibrationConfig as Cal
+    from edgeseg.export.variants import choose_precision
+
+    profile = BuildProfile(
+        backend="onnxruntime", threads=1, precision="best",
+        calibration=Cal(data=f"synthetic:{tiny_synth}:night_train", frames=8),
+        parity=ParityConfig(data=f"synthetic:{tiny_synth}:night_val", frames=4,
+                            min_agreement=min_agreement, max_miou_drop=100.0, iterations=5))
+    out = tmp_path / "best.ort.onnx"
+    manifest = choose_precision(fp32_onnx, out, profile, "cmd")
+    rows = {row["precision"]: row for row in manifest.selection}
+    assert set(rows) == {"fp32", "int8"}
+    for row in rows.values():
+        assert row["latency_ms_p50"] > 0 and row["miou"] is not None  # labelled set: mIoU
+    assert rows["fp32"]["passed"] and rows["fp32"]["agreement"] == 1.0
+    assert rows["int8"]["passed"] == (rows["int8"]["agreement"] >= min_agreement)
+    passing = [r for r in rows.values() if r["passed"]]
+    assert manifest.precision == min(passing, key=lambda r: r["latency_ms_p50"])["precision"]
+    assert read_manifest(out).selection == manifest.selection
+    assert "best on this machine" in capsys.readouterr().out
