@@ -25,6 +25,8 @@ MODULE_COMMANDS: list[tuple[str, str, str]] = [
     ("build-engine", "edgeseg.export.build_cli",
      "build a TensorRT engine or an ONNX Runtime model for CPU targets"),
     ("inspect", "edgeseg.export.inspect_cli", "print the metadata of an ONNX file or engine"),
+    ("compare", "edgeseg.export.compare",
+     "compare two of checkpoint / ONNX / engine (polygraphy, segmentation-aware)"),
 ]
 
 

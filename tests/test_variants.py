@@ -69,3 +69,39 @@ def test_best_keeps_the_fastest_candidate_that_passes(fp32_onnx: Path, tiny_synt
     assert manifest.precision == min(passing, key=lambda r: r["latency_ms_p50"])["precision"]
     assert read_manifest(out).selection == manifest.selection
     assert "best on this machine" in capsys.readouterr().out
+
+
+def test_compare_checkpoint_onnx_and_int8(tiny_checkpoint: Path, fp32_onnx: Path,
+                                          tiny_synth: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from edgeseg.export.variants import make_variant
+
+    data = f"synthetic:{tiny_synth}:night_val"
+    assert main(["compare", str(tiny_checkpoint), str(fp32_onnx), "--data", data,
+                 "--json", str(tmp_path / "c.json")]) == 0
+    same = json.loads((tmp_path / "c.json").read_text())
+    assert same["pixel_agreement"] > 0.999 and same["passed"]
+    assert abs(same["miou_a"] - same["miou_b"]) < 0.005
+    assert "pixel agreement" in capsys.readouterr().out
+
+    int8 = make_variant(fp32_onnx, tmp_path / "q.onnx", "int8", calib=data, calib_frames=4,
+                        flavour="tensorrt")
+    # an impossible bar fails (exit 1) and still reports the measured agreement
+    assert main(["compare", str(fp32_onnx), str(int8), "--data", data,
+                 "--min-agreement", "1.01", "--json", str(tmp_path / "q.json")]) == 1
+    quant = json.loads((tmp_path / "q.json").read_text())
+    assert 0.5 < quant["pixel_agreement"] <= 1.0 and not quant["passed"]
+    assert quant["boundary_agreement"] is None or quant["boundary_agreement"] <= 1.0
+
+
+def test_compare_refuses_different_label_spaces_or_sizes(fp32_onnx: Path, tiny_checkpoint: Path,
+                                                         tmp_path: Path) -> None:
+    from edgeseg.errors import EdgesegError
+    from edgeseg.export.compare import compare_models
+
+    other = tmp_path / "other.onnx"
+    export_checkpoint(tiny_checkpoint, other, ExportOptions(height=64, width=64))
+    with pytest.raises(EdgesegError, match="same size"):
+        compare_models(fp32_onnx, other)
