@@ -214,6 +214,12 @@ def test_ops_are_tensorrt_friendly(fixed_onnx: Path, dynamic_onnx: Path) -> None
         first = [n for n in graph.node if graph.input[0].name in n.input]
         last = [n for n in graph.node if graph.output[0].name in n.output]
         assert [n.op_type for n in first] == ["Cast"] and [n.op_type for n in last] == ["Cast"]
+        # and the TensorRT pre-flight check finds nothing to fix, for TRT 10 and 11
+        from edgeseg.export.lint import lint
+
+        for major in (10, 11):
+            errors = [f for f in lint(path, trt_major=major) if f.severity == "error"]
+            assert errors == [], errors
 
 
 def test_float_nchw_logits_export(ckpt: Path, tmp_path: Path,

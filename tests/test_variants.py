@@ -105,3 +105,26 @@ def test_compare_refuses_different_label_spaces_or_sizes(fp32_onnx: Path, tiny_c
     export_checkpoint(tiny_checkpoint, other, ExportOptions(height=64, width=64))
     with pytest.raises(EdgesegError, match="same size"):
         compare_models(fp32_onnx, other)
+
+
+def test_precision_variants_keep_miou_on_a_synthetic_set(fp32_onnx: Path, tiny_synth: Path,
+                                                        tmp_path: Path) -> None:
+    """fp16 within 0.1 and TensorRT-flavour int8 within a few mIoU points of fp32 (ORT CPU),
+    and the int8 file passes the TensorRT lint (zero zero-points, no INT32 bias DQ)."""
+    from edgeseg.data import open_dataset
+    from edgeseg.evaluate import evaluate
+    from edgeseg.export.lint import lint
+    from edgeseg.export.variants import make_variant
+    from edgeseg.runtime.predictor import BackendPredictor, load_backend
+
+    data = open_dataset(f"synthetic:{tiny_synth}:day_val")
+    fp16 = make_variant(fp32_onnx, tmp_path / "m.fp16.onnx", "fp16")
+    int8 = make_variant(fp32_onnx, tmp_path / "m.int8.onnx", "int8", calib_frames=16,
+                        calib=f"synthetic:{tiny_synth}:day_train", flavour="tensorrt")
+    miou = {p.name: evaluate(BackendPredictor(load_backend(p)), data, "cityscapes19",
+                             progress=False).metrics.miou for p in (fp32_onnx, fp16, int8)}
+    assert abs(miou[fp16.name] - miou[fp32_onnx.name]) <= 0.001
+    # a 60-iteration width-0.25 model has near-tied logits; the real 1.0-point target is
+    # measured on the CamVid model (benchmarks/results/camvid)
+    assert miou[fp32_onnx.name] - miou[int8.name] <= 0.03
+    assert [f for f in lint(int8) if f.severity == "error"] == []

@@ -127,7 +127,9 @@ class MeshBuilder:
         attributes[:, A_OBJ] = obj
         self._verts.append(verts.reshape(-1, 3))
         self._sizes.append((p, k))
-        self._frames.append(np.broadcast_to(frames, (p, 4, 3)))
+        if frames.ndim == 2:  # one frame for all
+            frames = np.repeat(frames[None], p, 0)
+        self._frames.append(frames)
         self._attrs.append(attributes)
 
     def casters(self, obj: np.ndarray, x0: ArrayLike, z0: ArrayLike, x1: ArrayLike,
@@ -179,7 +181,19 @@ def arc(k: int, start: float = 0.0, stop: float = 2 * np.pi, endpoint: bool = Fa
 
 
 def _batch_shape(*values: ArrayLike) -> tuple[int, ...]:
-    return np.broadcast_shapes(*(np.shape(v) for v in values))
+    """The broadcast shape of per-item values (mostly scalars and equal-length columns:
+    checked in Python, much faster than `np.broadcast_shapes` for a handful of values)."""
+    shape: tuple[int, ...] = ()
+    for v in values:
+        if isinstance(v, np.ndarray):
+            s = v.shape
+        elif isinstance(v, (float, int)):
+            continue
+        else:
+            s = np.shape(v)
+        if s and s != shape:
+            shape = np.broadcast_shapes(shape, s) if shape else s
+    return shape
 
 
 def col(*values: ArrayLike) -> np.ndarray:

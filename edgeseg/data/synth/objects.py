@@ -71,23 +71,36 @@ def _per_object(value: object, n: int) -> bool:
     return isinstance(value, np.ndarray) and value.ndim > 0 and len(value) == n
 
 
-def _add(b: MeshBuilder, obj: np.ndarray, shapes: list[np.ndarray], label: object,
-         material: object, colour: object, frames: np.ndarray | list[np.ndarray] | None = None,
-         **kw: object) -> None:
-    """Add one part per object for each (N, K, 2|3) array in ``shapes`` (same K).
+def _add(b: MeshBuilder, obj: np.ndarray, shapes: list[np.ndarray] | np.ndarray, label: object,
+         material: object, colour: object,
+         frames: np.ndarray | list[np.ndarray] | None = None, **kw: object) -> None:
+    """Add one part per object for each (N, K, 2|3) array in ``shapes`` (same K), or
+    for each of the R parts of a stacked (R, N, K, 2|3) array.
 
     2-D shapes are billboard outlines; 3-D ones lie on per-object ``frames``
-    (N, 4, 3) or a list of those, one per shape. Every attribute is a constant, a
-    per-object array or a list with one of those per shape (see `mesh.attrs`).
+    (N, 4, 3), a list of those, one per shape, or a stacked (R, N, 4, 3) array.
+    Every attribute is a constant, a per-object array or a list with one of those
+    per shape (see `mesh.attrs`).
     """
-    n, reps = len(obj), len(shapes)
+    n = len(obj)
     if n == 0:
         return
-    verts = np.concatenate(shapes)
+    if isinstance(shapes, np.ndarray):
+        reps = len(shapes)
+        verts = shapes.reshape(reps * n, *shapes.shape[2:])
+    else:
+        reps = len(shapes)
+        verts = shapes[0] if reps == 1 else np.concatenate(shapes)
     if verts.shape[-1] == 2:
         verts = billboard(verts)
+    if frames is None:
+        frames = BILLBOARD
+    elif isinstance(frames, np.ndarray) and frames.ndim == 4:
+        frames = frames.reshape(-1, 4, 3)
+    else:
+        frames = _column(frames, n, reps)  # type: ignore[assignment]
     extra = {k: _column(v, n, reps) for k, v in kw.items()}
-    b.polys(np.tile(obj, reps), verts, BILLBOARD if frames is None else _column(frames, n, reps),
+    b.polys(obj if reps == 1 else np.concatenate([obj] * reps), verts, frames,  # type: ignore[arg-type]
             attrs(len(verts), _column(label, n, reps), _column(material, n, reps),
                   _column(colour, n, reps), **extra))  # type: ignore[arg-type]
 
@@ -97,9 +110,22 @@ def _box(b: MeshBuilder, obj: np.ndarray, lo: np.ndarray, hi: np.ndarray, label:
     """Add the first ``faces`` faces (back, front, left, right, top) of boxes; returns
     their frames (N, 5, 4, 3)."""
     verts, frames = boxes(lo, hi)
-    _add(b, obj, list(verts[:, :faces].swapaxes(0, 1)), label, material, colour,
-         list(frames[:, :faces].swapaxes(0, 1)), **kw)
+    _add(b, obj, verts[:, :faces].swapaxes(0, 1), label, material, colour,
+         frames[:, :faces].swapaxes(0, 1), **kw)
     return frames
+
+
+def _face_rects(frames: np.ndarray, a0: list[object], b0: list[object], a1: list[object],
+                b1: list[object]) -> np.ndarray:
+    """Rectangles in face coordinates (metres along u, down v; one scalar or (N,) value
+    per part) on per-part face ``frames`` (R, N, 4, 3) -> (R, N, 4, 3) local points."""
+    r, n = frames.shape[:2]
+    ab = np.empty((4, r, n))
+    for i, values in enumerate((a0, b0, a1, b1)):
+        for k, v in enumerate(values):
+            ab[i, k] = v
+    return on_face(frames.reshape(r * n, 4, 3),
+                   rects(ab[0], ab[1], ab[2], ab[3]).reshape(r * n, 4, 2)).reshape(r, n, 4, 3)
 
 
 # --- vehicles ----------------------------------------------------------------------
@@ -149,16 +175,18 @@ def emit_vehicles(b: MeshBuilder, obj: np.ndarray, p: Params, t: float) -> None:
         if face in (LEFT, RIGHT):
             parts.append((upper[:, face], 0.52 * span - pillar, 0.0, 0.52 * span + pillar,
                           bottom, colour, _OFF))
-    _add(b, obj, [on_face(f, rects(a0, b0, a1, b1)) for f, a0, b0, a1, b1, _, _ in parts], label,
-         Mat.FLAT, [c for *_, c, _ in parts], [f for f, *_ in parts],
+    frames = np.stack([f for f, *_ in parts])
+    quads = _face_rects(frames, *([part[i] for part in parts] for i in range(1, 5)))
+    _add(b, obj, quads, label, Mat.FLAT, [c for *_, c, _ in parts], frames,
          emission=[e for *_, e in parts])
     radius = np.minimum(np.where(label == CAR, 0.33, 0.5), belt * 0.6)
-    wheels = [(body[:, side], a) for side in (LEFT, RIGHT)
-              for a in (0.17 * length + 0.25, 0.83 * length - 0.25)]
-    _add(b, obj, [on_face(f, ellipses(a, belt - radius, radius, radius)) for f, a in wheels],
-         label, Mat.FLAT, _TYRE, [f for f, _ in wheels])
-    _add(b, obj, [on_face(f, ellipses(a, belt - radius, 0.55 * radius, 0.55 * radius, 8))
-                  for f, a in wheels], label, Mat.FLAT, _RIM, [f for f, _ in wheels])
+    sides = np.stack([body[:, LEFT], body[:, LEFT], body[:, RIGHT], body[:, RIGHT]])
+    along = np.stack([0.17 * length + 0.25, 0.83 * length - 0.25] * 2)  # (4 wheels, N)
+    on_sides = sides.reshape(-1, 4, 3)
+    for k, scale, colour_ in ((12, 1.0, _TYRE), (8, 0.55, _RIM)):
+        disc = ellipses(along, belt - radius, scale * radius, scale * radius, k)
+        wheels = on_face(on_sides, disc.reshape(-1, k, 2)).reshape(4, -1, k, 3)
+        _add(b, obj, wheels, label, Mat.FLAT, colour_, sides)
     b.casters(obj, -hw, -hl, hw, hl, 0.0, np.maximum(top, p["cargo"]))
     b.blobs(obj, -hw - 0.15, -hl - 0.1, hw + 0.15, hl + 0.1)
     on = p["lit"] > 0
