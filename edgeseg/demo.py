@@ -30,7 +30,7 @@ DEMO_RECIPE = {
         "workers": 1,
     },
     "model": {"backbone": "mobilenet_v2", "head": "deeplabv3plus", "separable": True,
-              "num_classes": 19, "output_stride": 16, "width_mult": 1.0},
+              "num_classes": 19, "output_stride": 16, "width_mult": 0.5, "aspp_channels": 128},
     "method": {"name": "source_only"},
     "optim": {"name": "adam", "lr": 0.002, "weight_decay": 0.0001, "schedule": "poly",
               "warmup_iters": 20},

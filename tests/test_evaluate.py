@@ -13,7 +13,7 @@ from edgeseg.config import Recipe, from_dict
 from edgeseg.data.base import SegDataset
 from edgeseg.evaluate import evaluate
 from edgeseg.labels import CAMVID11, CITYSCAPES19
-from tests.conftest import tiny_recipe
+from tests.conftest import CAMVID, tiny_recipe
 
 
 class _InMemory(SegDataset):
@@ -97,3 +97,28 @@ def test_eval_scores_onnx_like_the_checkpoint(tiny_checkpoint: Path, tiny_synth:
     torch_m, onnx_m = scores["checkpoint"], scores["onnx/engine"]
     assert onnx_m.num_pixels == torch_m.num_pixels
     assert abs(onnx_m.miou - torch_m.miou) < 0.005
+
+
+@pytest.mark.skipif(not (CAMVID / "splits").is_dir(), reason="../shared/data/camvid is absent")
+def test_eval_skips_a_split_without_labels(tiny_checkpoint: Path, capsys) -> None:  # noqa: ANN001
+    """CamVid's dusk_test labels are withheld: the split is skipped with a message. (The
+    Cityscapes-19 model is scored on CamVid-11 classes through the class mapping.)"""
+    status = main(["eval", str(tiny_checkpoint), "--max-images", "2",
+                   "--data", f"camvid:{CAMVID}:dusk_test", "--data", f"camvid:{CAMVID}:day_val"])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert "skip camvid" in captured.err and "dusk_test" in captured.err
+    assert "day_val" in captured.out and "sidewalk" in captured.out
+
+
+def test_demo_end_to_end(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """`make demo`'s code path: synth -> train -> eval day/night -> pictures (2 iterations),
+    then a second run reuses the cached model."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--iterations", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "gap" in text and "night_val" in text
+    for name in ("eval.json", "overlays.png", "iou_bars.png", "run/last.pt"):
+        assert (out / name).stat().st_size > 0
+    assert main(["demo", "--out", str(out), "--iterations", "2"]) == 0
+    assert "reusing the trained demo model" in capsys.readouterr().out

@@ -210,27 +210,28 @@ def _figure(b: MeshBuilder, obj: np.ndarray, p: Params, label: int, hip: np.ndar
     hx, hy = hip[:, 0], hip[:, 1]
     sx, sy = hx + lean * h, hy + 0.29 * h
     half = np.where(side, 0.075, 0.125) * h
-    quads, colours = [], []
-    for i, sign in ((0, -1), (1, 1)):
-        start_x = np.where(side, hx, hx + sign * 0.055 * h)
-        quads += [strokes(start_x, hy, knees[:, i, 0], knees[:, i, 1], 0.075 * h),
-                  strokes(knees[:, i, 0], knees[:, i, 1], feet[:, i, 0], feet[:, i, 1], 0.07 * h)]
-        colours += [p["legs"], p["legs"]]
-    quads.append(np.stack([col(hx - 0.8 * half, hy - 0.02 * h), col(hx + 0.8 * half, hy - 0.02 * h),
-                           col(sx + half, sy), col(sx - half, sy)], 1))
+    legs_x = [np.where(side, hx, hx - 0.055 * h), np.where(side, hx, hx + 0.055 * h)]
+    arms_x = [np.where(side, sx, sx - 0.95 * half), np.where(side, sx, sx + 0.95 * half)]
+    # legs (hip to knee, knee to foot, per side) and arms in one go
+    limbs = strokes(np.stack([legs_x[0], knees[:, 0, 0], legs_x[1], knees[:, 1, 0], *arms_x]),
+                    np.stack([hy, knees[:, 0, 1], hy, knees[:, 1, 1], sy, sy]),
+                    np.stack([knees[:, 0, 0], feet[:, 0, 0], knees[:, 1, 0], feet[:, 1, 0],
+                              hands[:, 0, 0], hands[:, 1, 0]]),
+                    np.stack([knees[:, 0, 1], feet[:, 0, 1], knees[:, 1, 1], feet[:, 1, 1],
+                              hands[:, 0, 1], hands[:, 1, 1]]),
+                    np.stack([0.075 * h, 0.07 * h] * 2 + [0.055 * h] * 2))
+    torso = np.stack([col(hx - 0.8 * half, hy - 0.02 * h), col(hx + 0.8 * half, hy - 0.02 * h),
+                      col(sx + half, sy), col(sx - half, sy)], 1)
     bag = np.where(p["has_bag"] > 0, 0.7 * half, 0.0)
-    quads.append(rects(sx - bag, sy - 0.2 * h, sx + bag, sy - 0.04 * h))
-    colours += [p["top"], p["bag"]]
-    for i, sign in ((0, -1), (1, 1)):
-        quads.append(strokes(np.where(side, sx, sx + sign * 0.95 * half), sy, hands[:, i, 0],
-                             hands[:, i, 1], 0.055 * h))
-        colours.append(p["top"])
-    quads.append(rects(sx - 0.025 * h, sy - 0.01 * h, sx + 0.025 * h, sy + 0.04 * h))
-    colours.append(p["skin"])
+    quads = [*limbs[:4], torso, rects(sx - bag, sy - 0.2 * h, sx + bag, sy - 0.04 * h),
+             *limbs[4:], rects(sx - 0.025 * h, sy - 0.01 * h, sx + 0.025 * h, sy + 0.04 * h)]
+    colours = [p["legs"]] * 4 + [p["top"], p["bag"], p["top"], p["top"], p["skin"]]
     _add(b, obj, quads, label, Mat.FABRIC, colours, wrap=1.0)
-    small = [ellipses(feet[:, i, 0], feet[:, i, 1] + 0.015 * h, 0.05 * h, 0.02 * h, 8)
-             for i in (0, 1)] + [ellipses(hands[:, i, 0], hands[:, i, 1], 0.025 * h, 0.03 * h, 8)
-                                 for i in (0, 1)]
+    small = ellipses(np.stack([feet[:, 0, 0], feet[:, 1, 0], hands[:, 0, 0], hands[:, 1, 0]]),
+                     np.stack([feet[:, 0, 1] + 0.015 * h, feet[:, 1, 1] + 0.015 * h,
+                               hands[:, 0, 1], hands[:, 1, 1]]),
+                     np.stack([0.05 * h] * 2 + [0.025 * h] * 2),
+                     np.stack([0.02 * h] * 2 + [0.03 * h] * 2), 8)
     _add(b, obj, small, label, Mat.FLAT, [_DARK, _DARK, p["skin"], p["skin"]])
     head_y = sy + 0.105 * h
     _add(b, obj, [ellipses(sx, head_y, 0.055 * h, 0.068 * h)], label, Mat.FLAT, p["skin"], wrap=1.0)
@@ -340,8 +341,10 @@ def emit_lamps(b: MeshBuilder, obj: np.ndarray, p: Params, t: float) -> None:
     glows at night and lights the street. Columns: height, reach, glow, colour."""
     h, arm = p["height"], p["reach"]
     sign = np.sign(arm)
-    _add(b, obj, [strokes(0, 0, 0, h, 0.18, 0.11), strokes(0, h - 0.3, arm, h + 0.1, 0.09),
-                  rects(arm - 0.3 * sign, h, arm + 0.15 * sign, h + 0.16)], POLE,
+    poles = strokes(np.stack([0.0 * h, 0.0 * h]), np.stack([0.0 * h, h - 0.3]),
+                    np.stack([0.0 * h, arm]), np.stack([h, h + 0.1]), np.array([[0.18], [0.09]]),
+                    np.array([[0.11], [0.09]]))
+    _add(b, obj, [*poles, rects(arm - 0.3 * sign, h, arm + 0.15 * sign, h + 0.16)], POLE,
          [Mat.CONCRETE, Mat.PAINT, Mat.FLAT], [p["colour"], p["colour"], (0.8, 0.8, 0.78)],
          emission=[_OFF, _OFF, p["glow"]], wrap=[1.0, 0.0, 0.0])
     b.lights(obj, col(arm, h, 0.0), p["glow"] * 0.18, (0.0, -1.0, 0.0), 6.0, 2.0)
@@ -413,9 +416,9 @@ def emit_buildings(b: MeshBuilder, obj: np.ndarray, p: Params, t: float) -> None
     frames = _box(b, obj, col(x0, 0.0, -length / 2), col(x0 + depth, h, length / 2), BUILDING,
                   p["material"], p["colour"], faces=4, glass=p["glass"], lit=p["lit"], scale=scale)
     faces = [BACK, FRONT, LEFT, RIGHT]
-    trims = [on_face(frames[:, f], rects(0, 0, span, 0.35))
-             for f, span in zip(faces, (depth, depth, length, length))]
-    _add(b, obj, trims, BUILDING, Mat.CONCRETE, p["trim"], [frames[:, f] for f in faces])
+    walls = frames[:, faces].swapaxes(0, 1)
+    trims = _face_rects(walls, [0.0] * 4, [0.0] * 4, [depth, depth, length, length], [0.35] * 4)
+    _add(b, obj, trims, BUILDING, Mat.CONCRETE, p["trim"], walls)
     s = p["has_shop"] > 0
     facade = np.where((side[s] > 0)[:, None, None], frames[s, LEFT], frames[s, RIGHT])
     _add(b, obj[s], [on_face(facade, rects(0.4, h[s] - 3.6, length[s] - 0.4, h[s] - 0.05))],
