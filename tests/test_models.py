@@ -372,3 +372,16 @@ def test_onnx_dynamic_height_width(tmp_path: Path) -> None:
     check_graph(path)
     for shape in [(1, 3, 72, 100), (2, 3, 96, 64)]:
         assert_parity(model, path, torch.randn(*shape))
+
+
+def test_forward_with_features_matches_forward_features() -> None:
+    from edgeseg.config import ModelConfig
+    from edgeseg.models import build_model
+
+    model = build_model(ModelConfig(width_mult=0.25, aspp_channels=32, separable=True)).eval()
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        feats = model(x, features=True)
+        assert set(feats) == {"low_level", "out", "decoder", "logits"}
+        assert torch.equal(feats["logits"], model(x))
+        assert feats["out"].shape[1] == model.encoder_channels

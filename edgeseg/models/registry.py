@@ -44,8 +44,13 @@ class SegmentationModel(nn.Module):
         logits = resize_to(logits, x.shape[-2:])
         return {"low_level": low_level, "out": out, "decoder": decoder, "logits": logits}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)["logits"]
+    def forward(self, x: torch.Tensor, features: bool = False
+                ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Logits; with ``features=True`` the `forward_features` dict. Methods under DDP must
+        call the wrapped module (``net(x, features=True)``), never ``forward_features``
+        directly: DDP only syncs gradients of what goes through its own forward."""
+        out = self.forward_features(x)
+        return out if features else out["logits"]
 
     def param_groups(self, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
         """Optimizer groups: backbone at ``lr``, head at ``lr * head_lr_mult``.

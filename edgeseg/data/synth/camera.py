@@ -60,19 +60,18 @@ def clip_near(points: np.ndarray, starts: np.ndarray, near: float) -> tuple[np.n
     inside = points[:, 2] >= near
     if inside.all():
         return points, starts
-    count = len(points)
-    nxt = np.arange(1, count + 1)
+    nxt = np.arange(1, len(points) + 1)
     nxt[starts[1:] - 1] = starts[:-1]
-    z, zn = points[:, 2], points[nxt, 2]
-    crossing = inside != inside[nxt]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(crossing, (near - z) / (zn - z), 0.0)
-    cut = points + t[:, None] * (points[nxt] - points)
-    keep = np.stack([inside, crossing], 1)
-    out = np.stack([points, cut], 1)[keep]
-    kept_per_vertex = keep.sum(1)
-    counts = np.add.reduceat(kept_per_vertex, starts[:-1]) if len(starts) > 1 else np.zeros(0, int)
-    return out, np.concatenate([[0], np.cumsum(counts)])
+    at = np.flatnonzero(inside != inside[nxt])  # edges crossing the plane
+    a, b = points[at], points[nxt[at]]
+    cut = a + ((near - a[:, 2]) / (b[:, 2] - a[:, 2]))[:, None] * (b - a)
+    kept = inside.astype(np.intp)  # per vertex: itself if inside, then its edge's cut
+    kept[at] += 1
+    ends = np.cumsum(kept)
+    out = np.empty((ends[-1] if len(ends) else 0, 3))
+    out[(ends - kept)[inside]] = points[inside]
+    out[ends[at] - 1] = cut
+    return out, np.concatenate([[0], ends])[starts]
 
 
 def project(cam: Camera, points: np.ndarray) -> np.ndarray:

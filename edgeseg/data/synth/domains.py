@@ -36,60 +36,64 @@ def _sun(rng: np.random.Generator, elevation: tuple[float, float]) -> np.ndarray
     return np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
 
 
-def _sky(surface: Surface, horizon: tuple[float, ...], zenith: tuple[float, ...],
-         power: float = 0.6) -> np.ndarray:
+def _sky(surface: Surface, horizon: Any, zenith: Any, power: float = 0.6) -> np.ndarray:
     """(H, W, 3) vertical sky gradient from the horizon row up to the top of the image."""
     cam = surface.cam
     rows = np.arange(cam.height, dtype=np.float32)
     t = np.clip((cam.cy - rows) / max(cam.cy, 1.0), 0, 1) ** power
-    grad = np.asarray(horizon, np.float32) + t[:, None] * (
-        np.asarray(zenith, np.float32) - np.asarray(horizon, np.float32))
-    return np.repeat(grad[:, None], cam.width, 1)
+    low, high = np.asarray(horizon, np.float32), np.asarray(zenith, np.float32)
+    grad = (low + t[:, None] * (high - low))[:, None]
+    return cv2.resize(grad, (cam.width, cam.height), interpolation=cv2.INTER_NEAREST)
 
 
 def _with_sky(light: np.ndarray, surface: Surface, sky: np.ndarray) -> np.ndarray:
-    """Light with sky pixels replaced by the sky's own radiance."""
+    """Light with sky pixels replaced by the sky's own radiance (in place)."""
     cv2.copyTo(sky, surface.sky.view(np.uint8), light)
     return light
 
 
-def _occlusion(surface: Surface) -> np.ndarray:
-    """(H, W) darkening of the ground under vehicles (applies to all light)."""
-    return np.where(surface.contact, np.float32(0.45), np.float32(1.0))
+def _lit(light: np.ndarray, surface: Surface, sky: np.ndarray) -> np.ndarray:
+    """albedo * light, sky pixels showing ``sky`` instead (computed in ``light``)."""
+    return np.multiply(_with_sky(light, surface, sky), surface.albedo, out=light)
 
 
-def _planes(plane: np.ndarray, rgb: np.ndarray, base: np.ndarray | None = None,
-            rgb_base: np.ndarray | None = None) -> np.ndarray:
+def _planes(plane: np.ndarray, rgb: Any, base: np.ndarray | None = None,
+            rgb_base: Any = None) -> np.ndarray:
     """(H, W, 3) = plane * rgb (+ base * rgb_base), computed plane by plane (much faster
     than broadcasting an (H, W, 1) array over colour channels)."""
     if base is None:
         return cv2.merge([plane * np.float32(c) for c in rgb])
-    return cv2.merge([plane * np.float32(c) + base * np.float32(b) for c, b in zip(rgb, rgb_base)])
+    return cv2.merge([cv2.addWeighted(plane, float(c), base, float(b), 0.0)
+                      for c, b in zip(rgb, rgb_base)])
 
 
-def _sunlit(surface: Surface, sun: np.ndarray, sun_rgb: np.ndarray, ambient: np.ndarray
-            ) -> np.ndarray:
+def _sunlit(surface: Surface, sun: np.ndarray, sun_rgb: Any, ambient: Any) -> np.ndarray:
     """(H, W, 3) irradiance from the sky (ambient) and the sun (with cast shadows)."""
-    occlusion = _occlusion(surface)
-    return _planes(surface.direct_sun(sun) * occlusion, sun_rgb, occlusion, ambient)
+    occlusion = surface.occlusion
+    direct = surface.direct_sun(sun)
+    direct *= occlusion
+    return _planes(direct, sun_rgb, occlusion, ambient)
 
 
-def _point_lights(surface: Surface, lights: np.ndarray) -> np.ndarray:
+def _point_lights(surface: Surface, lights: np.ndarray, ambient: Any = (0.0, 0.0, 0.0)
+                  ) -> np.ndarray:
     """(H, W, 3) irradiance from spot and down lights (camera frame rows: position,
-    colour, direction, reach, exponent), computed at 1/8 resolution: light is smooth."""
+    colour, direction, reach, exponent) plus ``ambient``, computed at 1/8 resolution:
+    light is smooth."""
     cam = surface.cam
     px, py, pz = cv2.split(surface.points(8))
     lights = lights[(lights[:, 2] > -5) & (lights[:, 2] < 90)].astype(np.float32)
-    out = np.zeros(px.shape + (3,), np.float32)
+    out = np.empty(px.shape + (3,), np.float32)
+    out[:] = ambient
     for exponent in np.unique(lights[:, 10]):
         group = lights[lights[:, 10] == exponent]
         at = group[:, :, None, None]  # (k, 11, 1, 1): broadcast over the grid
         dx, dy, dz = px - at[:, 0], py - at[:, 1], pz - at[:, 2]
         dist2 = dx * dx + dy * dy + dz * dz + np.float32(1e-6)
         cos = np.maximum((dx * at[:, 6] + dy * at[:, 7] + dz * at[:, 8]) / np.sqrt(dist2), 0)
-        spot = np.ones_like(cos)
-        for _ in range(int(exponent)):  # small integer exponents: multiply, no pow()
-            spot *= cos
+        spot = cos
+        for _ in range(int(exponent) - 1):  # small integer exponents: multiply, no pow()
+            spot = spot * cos
         weight = spot / (1 + dist2 / (at[:, 9] * at[:, 9]))
         out += np.tensordot(weight, group[:, 3:6], axes=(0, 0)).astype(np.float32)
     return cv2.resize(out, (cam.width, cam.height), interpolation=cv2.INTER_LINEAR)
@@ -99,8 +103,16 @@ def _bloom(glow: np.ndarray, strength: float) -> np.ndarray:
     """A soft halo around bright lights: two blurs at low resolution."""
     h, w = glow.shape[:2]
     small = cv2.resize(glow, (w // _LOW, h // _LOW), interpolation=cv2.INTER_AREA)
-    halo = cv2.GaussianBlur(small, (0, 0), 1.5) * 0.6 + cv2.GaussianBlur(small, (0, 0), 5) * 0.9
-    return cv2.resize(halo * strength, (w, h), interpolation=cv2.INTER_LINEAR)
+    halo = cv2.addWeighted(cv2.GaussianBlur(small, (0, 0), 1.5), 0.6 * strength,
+                           cv2.GaussianBlur(small, (0, 0), 5), 0.9 * strength, 0.0)
+    return cv2.resize(halo, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _glow(img: np.ndarray, glow: np.ndarray, strength: float) -> np.ndarray:
+    """``img`` plus lights and their bloom (in place)."""
+    img += glow
+    img += _bloom(glow, strength)
+    return img
 
 
 def _windows(surface: Surface, colour: np.ndarray) -> np.ndarray:
@@ -118,10 +130,16 @@ def _haze(img: np.ndarray, surface: Surface, beta: float, airlight: np.ndarray) 
 
 def _sensor_noise(img: np.ndarray, rng: np.random.Generator, read: float, shot: float
                   ) -> np.ndarray:
-    """Photon (signal-dependent) and read noise from a pre-drawn bank."""
+    """Photon (signal-dependent) and read noise from a pre-drawn bank (in place)."""
     h, w = img.shape[:2]
     noise = bank_slice(gaussian_bank(h, w), rng, h, w)
-    return img + noise * (read + shot * np.sqrt(np.maximum(img, 0)))
+    sigma = np.maximum(img, np.float32(0))
+    np.sqrt(sigma, out=sigma)
+    sigma *= shot
+    sigma += read
+    sigma *= noise
+    img += sigma
+    return img
 
 
 def _day_look(rng: np.random.Generator) -> dict[str, Any]:
@@ -131,10 +149,12 @@ def _day_look(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _day(surface: Surface, look: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
-    light = _sunlit(surface, look["sun"], look["sun_rgb"], look["ambient"])
-    sky = _sky(surface, (0.8, 0.86, 0.95), (0.3, 0.5, 0.85))
-    img = surface.albedo * _with_sky(light, surface, sky) * np.float32(look["exposure"])
-    return img + surface.emission * np.float32(0.15)
+    exposure = look["exposure"]
+    light = _sunlit(surface, look["sun"], look["sun_rgb"] * exposure, look["ambient"] * exposure)
+    sky = _sky(surface, np.multiply((0.8, 0.86, 0.95), exposure),
+               np.multiply((0.3, 0.5, 0.85), exposure))
+    img = _lit(light, surface, sky)
+    return cv2.scaleAdd(surface.emission, 0.15, img, dst=img)
 
 
 def _night_look(rng: np.random.Generator) -> dict[str, Any]:
@@ -147,12 +167,13 @@ def _night_look(rng: np.random.Generator) -> dict[str, Any]:
 
 def _night(surface: Surface, look: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
     lights = np.concatenate([surface.lights(), _EGO_LIGHTS])
-    light = _point_lights(surface, lights) + look["ambient"].astype(np.float32)
-    light *= channels3(_occlusion(surface))
-    sky = _sky(surface, look["glow"], (0.01, 0.012, 0.03), 0.35)
-    img = surface.albedo * _with_sky(light, surface, sky)
-    glow = surface.emission + _windows(surface, look["warm"] * look["windows"])
-    img += glow + _bloom(glow, look["bloom"])
+    light = _point_lights(surface, lights, look["ambient"])
+    if surface.contact_any:
+        light *= channels3(surface.occlusion)
+    img = _lit(light, surface, _sky(surface, look["glow"], (0.01, 0.012, 0.03), 0.35))
+    glow = _windows(surface, look["warm"] * look["windows"])
+    glow += surface.emission
+    img = _glow(img, glow, look["bloom"])
     return _sensor_noise(img, rng, look["read"], look["shot"])
 
 
@@ -164,12 +185,14 @@ def _dusk_look(rng: np.random.Generator) -> dict[str, Any]:
 
 def _dusk(surface: Surface, look: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
     light = _sunlit(surface, look["sun"], look["sun_rgb"], look["ambient"])
-    light += _point_lights(surface, surface.lights()) * np.float32(0.4)
-    sky = _sky(surface, (1.0, 0.58, 0.32), (0.22, 0.22, 0.48), 0.5)
-    img = surface.albedo * _with_sky(light, surface, sky)
-    glow = surface.emission * np.float32(0.6) + _windows(surface, look["warm"] * 0.35)
-    img += glow + _bloom(glow, 0.5)
-    return (img - 0.5) * np.float32(1.12) + np.float32(0.5)  # more contrast
+    cv2.scaleAdd(_point_lights(surface, surface.lights()), 0.4, light, dst=light)
+    img = _lit(light, surface, _sky(surface, (1.0, 0.58, 0.32), (0.22, 0.22, 0.48), 0.5))
+    glow = _windows(surface, look["warm"] * 0.35)
+    cv2.scaleAdd(surface.emission, 0.6, glow, dst=glow)
+    img = _glow(img, glow, 0.5)
+    img *= np.float32(1.12)  # more contrast: (img - 0.5) 1.12 + 0.5
+    img -= np.float32(0.06)
+    return img
 
 
 def _fog_look(rng: np.random.Generator) -> dict[str, Any]:
@@ -178,9 +201,9 @@ def _fog_look(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _fog(surface: Surface, look: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
-    light = _sunlit(surface, look["sun"], np.array([0.3, 0.3, 0.3]), np.array([0.7, 0.72, 0.75]))
-    sky = _sky(surface, (0.85, 0.86, 0.88), (0.75, 0.78, 0.82))
-    img = surface.albedo * _with_sky(light, surface, sky) + surface.emission * np.float32(0.3)
+    light = _sunlit(surface, look["sun"], (0.3, 0.3, 0.3), (0.7, 0.72, 0.75))
+    img = _lit(light, surface, _sky(surface, (0.85, 0.86, 0.88), (0.75, 0.78, 0.82)))
+    cv2.scaleAdd(surface.emission, 0.3, img, dst=img)
     return _haze(img, surface, look["beta"], look["airlight"])
 
 
@@ -192,9 +215,8 @@ def _rain_look(rng: np.random.Generator) -> dict[str, Any]:
 
 def _rain(surface: Surface, look: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
     cam = surface.cam
-    light = _planes(_occlusion(surface), look["ambient"])
-    sky = _sky(surface, (0.62, 0.64, 0.66), (0.45, 0.47, 0.5))
-    img = surface.albedo * _with_sky(light, surface, sky)
+    light = _planes(surface.occlusion, look["ambient"])
+    img = _lit(light, surface, _sky(surface, (0.62, 0.64, 0.66), (0.45, 0.47, 0.5)))
     grey = channels3(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
     img = cv2.addWeighted(img, 0.55, grey, 0.45, 0.0)  # desaturated
     # wet ground: mirror the scene about the horizon, blurred, stronger far away
@@ -204,7 +226,7 @@ def _rain(surface: Surface, look: dict[str, Any], rng: np.random.Generator) -> n
     wet = (surface.labels <= _SIDEWALK) * np.minimum(0.2 + surface.depth / 60, 0.5)
     wet *= np.float32(look["wet"])
     img = cv2.blendLinear(img, mirror, 1 - wet, wet)
-    img += glow + _bloom(glow, 0.4)
+    img = _glow(img, glow, 0.4)
     streaks = bank_slice(rain_bank(cam.height, cam.width), rng, cam.height, cam.width)
     img += channels3(streaks * np.float32(look["streaks"]))
     img = _haze(img, surface, look["beta"], np.array([0.55, 0.57, 0.6]))
@@ -250,4 +272,5 @@ def apply_domain(surface: Surface, look: Look | str, rng: np.random.Generator) -
         look = sample_look(look, rng)
     _, render = _DOMAINS[look.domain]
     img = render(surface, look.params, rng)
-    return cv2.convertScaleAbs(np.maximum(img, 0, out=img), alpha=255.0)
+    # saturating conversion: negative values (noise) become 0
+    return cv2.addWeighted(img, 255.0, img, 0.0, 0.0, dtype=cv2.CV_8U)

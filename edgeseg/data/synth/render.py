@@ -1,7 +1,7 @@
 """Geometry -> pixels: one id buffer, then everything else by table lookup.
 
 Polygons are drawn far to near (painter's algorithm) as *ids* into a single
-int32 buffer, one `cv2.fillPoly` each. Every visible pixel then knows its
+int16 buffer, one `cv2.fillPoly` each. Every visible pixel then knows its
 polygon, so labels, colours and materials are table lookups and can never
 disagree with the image. Each polygon is planar, and the inverse of its
 plane's homography gives, per pixel and exactly, 1/depth and texture
@@ -36,7 +36,7 @@ from edgeseg.data.synth.mesh import (
     L_GROUND,
     Mesh,
 )
-from edgeseg.data.synth.textures import DENSITY, TILE, atlas, atlas_maps
+from edgeseg.data.synth.textures import DENSITY, TILE, atlas, atlas_column, atlas_maps
 from edgeseg.labels import CITYSCAPES19
 
 STYLES = ("textured", "flat")
@@ -53,6 +53,13 @@ def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return cv2.merge([u] * 3), cv2.merge([v] * 3)
 
 
+@functools.lru_cache(maxsize=8)
+def _grid_centres(height: int, width: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Full-resolution pixel coordinates of the cells of a 1/``factor`` grid."""
+    v, u = np.mgrid[0:height, 0:width].astype(np.float32) * factor + (factor - 1) / 2
+    return u, v
+
+
 def channels3(plane: np.ndarray) -> np.ndarray:
     """(H, W) -> contiguous (H, W, 3), much faster to combine than a broadcast view."""
     return cv2.merge([plane] * 3)
@@ -65,22 +72,44 @@ def _rotate(rel: np.ndarray, obj: np.ndarray, local: np.ndarray) -> np.ndarray:
     return np.stack([c * x + s * z, y, -s * x + c * z], 1)
 
 
+def _inverse_homographies(cam: Camera, a: np.ndarray, b: np.ndarray, c: np.ndarray
+                          ) -> np.ndarray:
+    """(n, 3, 3) inverses of K [a b c] (planes spanned by ``a``, ``b`` at ``c``, camera frame),
+    in closed form: rows s, t, 1/z; columns u, v, 1."""
+    rows = np.stack([np.cross(b, c), np.cross(c, a), np.cross(a, b)], 1)  # adjugate of [a b c]
+    rows /= np.einsum("ij,ij->i", a, rows[:, 0])[:, None, None]
+    f = cam.focal
+    out = np.empty_like(rows)
+    out[:, :, 0] = rows[:, :, 0] / f
+    out[:, :, 1] = rows[:, :, 1] / -f
+    out[:, :, 2] = rows[:, :, 2] - out[:, :, 0] * cam.cx - out[:, :, 1] * cam.cy
+    return out
+
+
 @dataclass
 class Raster:
-    """The id buffer and per-id tables of one rendered view (tables are float32 (n, k))."""
+    """The id buffer and per-id tables of one rendered view (tables are float32)."""
 
     cam: Camera
-    ids: np.ndarray        # (H, W) int32
+    idmap: np.ndarray      # (H, W, 2) int16: polygon id, 0 (a `cv2.remap` map)
     coef: tuple[np.ndarray, np.ndarray, np.ndarray]  # factors of u, v and 1 giving (s, t, 1/z) z
     labels: np.ndarray     # (n,) uint8
     base: np.ndarray       # (n, 3) albedo
     glass: np.ndarray      # (n, 3) window glass colour
     emission: np.ndarray   # (n, 3)
-    scalars: np.ndarray    # (n, 4) material, texels per pixel per metre of depth, lit, seed
+    atlas_x: np.ndarray    # (n,) first atlas column of the material's tile
+    fade: np.ndarray       # (n,) 2 / texels per pixel per metre of depth
+    lit: np.ndarray        # (n,) share of windows lit at night
+    seed: np.ndarray       # (n,) int64 per-object hash seed (windows)
     normals: np.ndarray    # (n, 3) camera-frame normals
     wrap: np.ndarray       # (n,) shading wrap
-    ground: np.ndarray     # (n,) bool: receives cast shadows
+    ground: np.ndarray     # (n,) uint8: receives cast shadows
     mesh: Mesh
+
+    @property
+    def ids(self) -> np.ndarray:
+        """(H, W) int16 polygon ids."""
+        return self.idmap[..., 0]
 
 
 def rasterize(mesh: Mesh, cam: Camera) -> Raster:
@@ -96,7 +125,7 @@ def rasterize(mesh: Mesh, cam: Camera) -> Raster:
     frames[:, 3] += origin[obj]
     normal, point = frames[:, 0], frames[:, 3]
     facing = np.einsum("ij,ij->i", normal, point)
-    visible = facing < -1e-3 * np.linalg.norm(point, axis=1)
+    visible = facing < -1e-3 * np.sqrt(np.einsum("ij,ij->i", point, point))
 
     counts = np.diff(mesh.starts)
     keep_vert = np.repeat(visible, counts)
@@ -116,10 +145,13 @@ def rasterize(mesh: Mesh, cam: Camera) -> Raster:
                  & (lo[:, 1] <= cam.height) & ((hi - lo).max(1) >= 0.5))
     sel = np.flatnonzero(ok)[on_screen]
     poly = poly[sel]
+    if len(poly) > 32767:
+        raise ValueError("more than 32767 polygons in one view")
     a_sel = attrs[poly]
 
-    layer = mesh.layers[a_sel[:, A_OBJ].astype(int)]
-    depth_key = np.where(layer <= GROUND_LAYERS, 0.0, origin[a_sel[:, A_OBJ].astype(int), 2])
+    sel_obj = a_sel[:, A_OBJ].astype(int)
+    layer = mesh.layers[sel_obj]
+    depth_key = np.where(layer <= GROUND_LAYERS, 0.0, origin[sel_obj, 2])
     order = np.lexsort((np.arange(len(poly)), -depth_key, layer))
     if len(poly) == 0 or poly[order[0]] != 0:
         raise ValueError("the first polygon of a mesh must be the sky")
@@ -128,31 +160,35 @@ def rasterize(mesh: Mesh, cam: Camera) -> Raster:
     du = DENSITY[material] * a_sel[:, A_SU]
     dv = DENSITY[material] * a_sel[:, A_SV]
     basis = frames[poly]
-    m = np.stack([basis[:, 1] / du[:, None], basis[:, 2] / dv[:, None], basis[:, 3]], 2)
-    coef = np.linalg.inv(cam.intrinsics() @ m).reshape(-1, 9)
+    coef = _inverse_homographies(cam, basis[:, 1] / du[:, None], basis[:, 2] / dv[:, None],
+                                 basis[:, 3])
 
-    ids = np.zeros((cam.height, cam.width), np.int32)
+    # ids as a 2-channel int16 image: directly the map of the per-id table lookups
+    idmap = np.zeros((cam.height, cam.width, 2), np.int16)
     fixed = np.round(uv * (1 << _SHIFT)).astype(np.int32)
     draw = order[1:]
-    for k, a, b in zip(draw.tolist(), starts[sel[draw]].tolist(), starts[sel[draw] + 1].tolist()):
-        cv2.fillPoly(ids, [fixed[a:b]], k, cv2.LINE_8, _SHIFT)
+    bounds = sel[draw]
+    for k, a, b in zip(draw.tolist(), starts[bounds].tolist(), starts[bounds + 1].tolist()):
+        cv2.fillPoly(idmap, [fixed[a:b]], (k, 0), cv2.LINE_8, _SHIFT)
 
-    pose = mesh.poses[a_sel[:, A_OBJ].astype(int)]
+    pose = mesh.poses[sel_obj]
     seed = (np.round(pose[:, 0] * 7) * 92821 + np.round(pose[:, 2] * 7) * 68917) % 65521
-    scalars = np.stack([material, np.maximum(du, dv) / cam.focal, a_sel[:, A_LIT], seed], 1)
-    table = coef.reshape(-1, 3, 3).astype(np.float32)  # rows: s, t, 1/z; columns: u, v, 1
+    table = coef.astype(np.float32)  # rows: s, t, 1/z; columns: u, v, 1
     return Raster(
         cam=cam,
-        ids=ids,
+        idmap=idmap,
         coef=tuple(np.ascontiguousarray(table[:, :, k]) for k in range(3)),
         labels=a_sel[:, A_LABEL].astype(np.uint8),
         base=a_sel[:, A_R:A_B + 1].astype(np.float32),
         glass=a_sel[:, A_GR:A_GB + 1].astype(np.float32),
         emission=a_sel[:, A_ER:A_EB + 1].astype(np.float32),
-        scalars=scalars.astype(np.float32),
+        atlas_x=atlas_column(material),
+        fade=(2 * cam.focal / np.maximum(du, dv)).astype(np.float32),
+        lit=a_sel[:, A_LIT].astype(np.float32),
+        seed=seed.astype(np.int64),
         normals=basis[:, 0],
         wrap=a_sel[:, A_WRAP],
-        ground=(layer >= L_GROUND) & (layer <= GROUND_LAYERS),
+        ground=((layer >= L_GROUND) & (layer <= GROUND_LAYERS)).astype(np.uint8),
         mesh=mesh,
     )
 
@@ -163,50 +199,74 @@ def _saturate(colours: np.ndarray, amount: float) -> np.ndarray:
     return np.clip(grey + (colours - grey) * amount, 0, 1)
 
 
-def _fill_ground_polygons(raster: Raster, polygons: list[np.ndarray]) -> np.ndarray:
-    """Rasterise world xz polygons lying on the ground into a bool mask of ground pixels."""
+def shadow_prisms(base: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(C, 8, 2) ground outlines of the shadows of vertical prisms over convex (C, 4, 2)
+    footprints ``base`` whose bottom and top cast to offsets ``low`` and ``high`` (C, 2):
+    the footprint at ``low`` swept to ``high`` (a hexagon; repeated corners where the
+    sweep runs along a side). Convex, so each fills with `cv2.fillConvexPoly`."""
+    p = base + low[:, None]
+    sweep = (high - low)[:, None]  # (C, 1, 2)
+    edge = np.roll(p, -1, 1) - p  # edge i runs from corner i to corner i + 1
+    turn = p[:, :, 0] * np.roll(p, -1, 1)[:, :, 1] - p[:, :, 1] * np.roll(p, -1, 1)[:, :, 0]
+    orient = np.sign(turn.sum(1))[:, None]  # +1 counter-clockwise
+    # edges facing the sweep move with it; corners between moving and staying edges split
+    out = orient * (edge[:, :, 1] * sweep[:, :, 0] - edge[:, :, 0] * sweep[:, :, 1]) > 0
+    into = np.roll(out, 1, 1)
+    corners = np.stack([p + into[..., None] * sweep, p + out[..., None] * sweep], 2)
+    return corners.reshape(len(p), 8, 2)
+
+
+def _fill_ground_polygons(raster: Raster, polygons: np.ndarray, ground: np.ndarray
+                          ) -> np.ndarray:
+    """Rasterise convex world xz polygons (P, K, 2) lying on the ground into a uint8 mask
+    (1 = covered) restricted to the ``ground`` pixels. One fill per polygon: a single
+    fill of overlapping polygons would leave their overlaps empty (even-odd rule)."""
     cam = raster.cam
     mask = np.zeros((cam.height, cam.width), np.uint8)
-    if polygons:
-        counts = [len(p) for p in polygons]
-        xz = np.concatenate(polygons)
+    if len(polygons):
+        p, k = polygons.shape[:2]
+        xz = polygons.reshape(-1, 2)
         world = np.stack([xz[:, 0], np.zeros(len(xz)), xz[:, 1]], 1)
-        verts, starts = clip_near(cam.to_camera(world), np.concatenate([[0], np.cumsum(counts)]),
-                                  cam.near)
-        fixed = np.round(project(cam, verts) * (1 << _SHIFT)).astype(np.int32)
-        contours = [fixed[a:b] for a, b in zip(starts[:-1], starts[1:]) if b - a >= 3]
-        cv2.fillPoly(mask, contours, 1, cv2.LINE_8, _SHIFT)
-    return mask.astype(bool) & raster.ground[raster.ids]
+        verts, starts = clip_near(cam.to_camera(world), np.arange(0, p * k + 1, k), cam.near)
+        if len(verts):
+            uv = project(cam, verts)
+            fixed = np.round(uv * (1 << _SHIFT)).astype(np.int32)
+            fill = cv2.fillConvexPoly
+            for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
+                if b - a >= 3:
+                    fill(mask, fixed[a:b], 1, cv2.LINE_8, _SHIFT)
+    return cv2.bitwise_and(mask, ground, dst=mask)
 
 
 class Surface:
     """Per-pixel albedo, depth, labels and the lighting inputs of one view.
 
-    Domain-independent: `domains.apply_domain` lights it as day, night, ...
+    Domain-independent (`domains.apply_domain` lights it as day, night, ...): its
+    arrays are shared by all domains and never modified.
     """
 
     def __init__(self, raster: Raster, style: str = "textured") -> None:
         if style not in STYLES:
             raise ValueError(f"unknown style {style!r}; choose one of {STYLES}")
-        if len(raster.labels) > 32767:
-            raise ValueError("more than 32767 polygons in one view")
         self.raster = raster
         self.style = style
         cam = raster.cam
-        u3, v3 = _pixel_grid(cam.height, cam.width)
-        # cv2.remap with nearest lookup is a fast gather of per-id table rows
-        self._map, _ = cv2.convertMaps(raster.ids.astype(np.float32), np.zeros_like(u3[..., 0]),
-                                       cv2.CV_16SC2, nninterpolation=True)
+        # cv2.remap with nearest lookup through the id map is a fast gather of table rows
+        self._map = raster.idmap
         self.labels = self.lookup(raster.labels)
-        cu, cv, c1 = (self.lookup(t) for t in raster.coef)
-        num = cu * u3
-        num += cv * v3
+        u3, v3 = _pixel_grid(cam.height, cam.width)
+        num, cv, c1 = (self.lookup(t) for t in raster.coef)
+        num *= u3
+        cv *= v3
+        num += cv
         num += c1
-        self.depth = 1.0 / np.maximum(num[..., 2], np.float32(1 / _MAX_DEPTH))
-        self.tex_u = num[..., 0] * self.depth
-        self.tex_v = num[..., 1] * self.depth
-        self._scalars = self.lookup(raster.scalars)
-        map_x, map_y = atlas_maps(self.tex_u, self.tex_v, self._scalars[..., 0])
+        tex_u, tex_v, inv_z = cv2.split(num)
+        np.maximum(inv_z, np.float32(1 / _MAX_DEPTH), out=inv_z)
+        self.depth = np.reciprocal(inv_z)
+        tex_u *= self.depth
+        tex_v *= self.depth
+        self.tex_u, self.tex_v = tex_u, tex_v
+        map_x, map_y = atlas_maps(tex_u, tex_v, self.lookup(raster.atlas_x))
         lum, self.glass = cv2.split(cv2.remap(atlas(), map_x, map_y, cv2.INTER_LINEAR))
         base, glass = raster.base, raster.glass
         if style == "flat":
@@ -215,8 +275,13 @@ class Surface:
                                       self.glass)
         if style == "textured":
             # fade texture detail where a pixel covers more than ~2 texels (no moire)
-            fade = np.minimum(np.float32(2.0) / (self.depth * self._scalars[..., 1] + 1e-6), 1)
-            self.albedo *= channels3(1 + (lum - 1) * fade)
+            fade = self.lookup(raster.fade)
+            fade *= inv_z
+            np.minimum(fade, np.float32(1), out=fade)
+            lum -= np.float32(1)
+            lum *= fade
+            lum += np.float32(1)
+            self.albedo *= channels3(lum)
         self.sky = self.labels == _SKY
 
     @functools.cached_property
@@ -225,10 +290,27 @@ class Surface:
         return self.lookup(self.raster.emission)
 
     @functools.cached_property
+    def ground(self) -> np.ndarray:
+        """(H, W) uint8: 1 where a pixel shows the ground (receives shadows)."""
+        return self.lookup(self.raster.ground)
+
+    @functools.cached_property
     def contact(self) -> np.ndarray:
-        """(H, W) bool: ground darkened under vehicles whatever the light."""
+        """(H, W) uint8: 1 where the ground is darkened under vehicles whatever the light."""
         mesh = self.raster.mesh
-        return _fill_ground_polygons(self.raster, list(mesh.footprints(mesh.blobs)))
+        return _fill_ground_polygons(self.raster, mesh.footprints(mesh.blobs), self.ground)
+
+    @functools.cached_property
+    def contact_any(self) -> bool:
+        """Whether any pixel is in a contact shadow."""
+        return bool(cv2.countNonZero(self.contact))
+
+    @functools.cached_property
+    def occlusion(self) -> np.ndarray:
+        """(H, W) float32 darkening of the ground under vehicles (applies to all light)."""
+        occlusion = np.ones(self.contact.shape, np.float32)
+        np.copyto(occlusion, np.float32(0.45), where=self.contact.view(bool))
+        return occlusion
 
     def lookup(self, table: np.ndarray) -> np.ndarray:
         """Per-pixel rows of a per-id table: (n,) -> (H, W), (n, k <= 4) -> (H, W, k)."""
@@ -250,29 +332,33 @@ class Surface:
         lit = self.lookup(shade.astype(np.float32))
         reach = -sun[[0, 2]] / max(sun[1], 0.05)
         mesh = self.raster.mesh
-        base = mesh.footprints(mesh.casters[:, :5])
-        ends = mesh.casters[:, 5:7, None, None] * reach  # (C, 2, 1, 2)
-        prisms = (base[:, None] + ends).reshape(-1, 8, 2).astype(np.float32)
-        hulls = [cv2.convexHull(pts)[:, 0].astype(float) for pts in prisms]
-        shadow = _fill_ground_polygons(self.raster, hulls) | self.contact
-        lit[shadow] = 0
+        casters = mesh.casters
+        prisms = shadow_prisms(mesh.footprints(casters[:, :5]), casters[:, 5:6] * reach,
+                               casters[:, 6:7] * reach)
+        shadow = _fill_ground_polygons(self.raster, prisms, self.ground)
+        shadow |= self.contact
+        np.copyto(lit, np.float32(0), where=shadow.view(bool))
         return lit
 
     def lit_windows(self) -> np.ndarray:
         """(H, W) glass coverage of the windows lit at night (a stable hash per window)."""
-        cells_u = np.floor(self.tex_u * (1 / TILE)).astype(np.int64)  # one window per tile
-        cells_v = np.floor(self.tex_v * (1 / TILE)).astype(np.int64)
-        seed = self._scalars[..., 3].astype(np.int64)
-        h = (cells_u * 73856093) ^ (cells_v * 19349663) ^ (seed * 83492791)
+        glass = self.glass.reshape(-1)
+        at = np.flatnonzero(glass)  # only window pixels: a small share of the frame
+        ids = self._map[..., 0].reshape(-1)[at]
+        cells_u = np.floor(self.tex_u.reshape(-1)[at] * (1 / TILE)).astype(np.int64)
+        cells_v = np.floor(self.tex_v.reshape(-1)[at] * (1 / TILE)).astype(np.int64)
+        h = (cells_u * 73856093) ^ (cells_v * 19349663) ^ (self.raster.seed[ids] * 83492791)
         h = ((h ^ (h >> 13)) * 1274126177) & 0xFFFF
-        return self.glass * (h < self._scalars[..., 2] * 65536)
+        out = np.zeros_like(glass)
+        out[at] = glass[at] * (h < self.raster.lit[ids] * 65536)
+        return out.reshape(self.glass.shape)
 
     def points(self, factor: int) -> np.ndarray:
         """Camera-frame 3-D points of a 1/``factor`` resolution grid (for lighting)."""
         cam = self.cam
         h, w = cam.height // factor, cam.width // factor
         depth = cv2.resize(self.depth, (w, h), interpolation=cv2.INTER_NEAREST)
-        v, u = np.mgrid[0:h, 0:w].astype(np.float32) * factor + (factor - 1) / 2
+        u, v = _grid_centres(h, w, factor)
         scale = depth / cam.focal
         return np.stack([(u - cam.cx) * scale, (cam.cy - v) * scale, depth], -1)
 

@@ -151,12 +151,24 @@ def atlas() -> np.ndarray:
     return out
 
 
-def atlas_maps(u: np.ndarray, v: np.ndarray, material: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel texel coordinates (any range) -> cv2.remap maps into the atlas."""
+def atlas_column(material: np.ndarray) -> np.ndarray:
+    """The first atlas column (after the border) of each material's tile, float32."""
+    return (np.asarray(material) * _STRIDE + 1).astype(np.float32)
+
+
+def atlas_maps(u: np.ndarray, v: np.ndarray, column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel texel coordinates (any range) and tile columns (`atlas_column`) ->
+    cv2.remap maps into the atlas."""
     inv = np.float32(1.0 / TILE)
-    map_x = u - np.floor(u * inv) * TILE + (material * _STRIDE + 1).astype(np.float32)
-    map_y = v - np.floor(v * inv) * TILE + np.float32(1)
-    return map_x, map_y
+    maps = []
+    for coord, offset in ((u, column), (v, np.float32(1))):
+        out = coord * inv
+        np.floor(out, out=out)
+        out *= np.float32(-TILE)
+        out += coord
+        out += offset
+        maps.append(out)
+    return maps[0], maps[1]
 
 
 @functools.lru_cache(maxsize=4)
