@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import colorsys
 import json
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from edgeseg.data.synth import (
 from edgeseg.data.synth.cli import add_arguments, run
 from edgeseg.data.synth.domains import apply_domain
 from edgeseg.data.synth.generate import surface_of
+from edgeseg.data.synth.render import _fill_ground_polygons, rasterize, shadow_prisms
+from edgeseg.data.synth.scene import Draws
 from edgeseg.data.synth.world import World
 from edgeseg.fileio import write_image
 from edgeseg.labels import CITYSCAPES19, IGNORE_INDEX
@@ -64,6 +67,72 @@ def test_same_seed_gives_identical_scenes_and_other_seeds_differ() -> None:
     c = render_scene(4, 4, ("day",), SIZE)
     assert not np.array_equal(a.labels, c.labels)
     assert not np.array_equal(a.images["day"], c.images["day"])
+
+
+@pytest.mark.parametrize("style", ["textured", "flat"])
+def test_renders_are_bit_identical_whatever_was_rendered_before(style: str) -> None:
+    """Golden determinism: the same seed gives the same bytes in every output, also
+    after other scenes and sizes went through the generator's caches."""
+    first = render_scene(6, 2, DOMAINS, SIZE, style)
+    render_scene(7, 0, DOMAINS, (96, 48), style)  # other worlds, another frame size
+    render_pair(6, 2, SIZE, style)
+    again = render_scene(6, 2, DOMAINS, SIZE, style)
+    assert first.labels.tobytes() == again.labels.tobytes()
+    assert first.depth.tobytes() == again.depth.tobytes()
+    for domain in DOMAINS:
+        assert first.images[domain].tobytes() == again.images[domain].tobytes(), domain
+    one = render_pair(6, 2, SIZE, style)
+    two = render_pair(6, 2, SIZE, style)
+    for name in ("day", "night", "labels", "night_labels"):
+        assert getattr(one, name).tobytes() == getattr(two, name).tobytes(), name
+    video = [list(iter_video_frames(d, SIZE, seed=6, num_frames=3, style=style))
+             for d in ("rain", "rain")]
+    for (rgb, labels), (rgb2, labels2) in zip(*video):
+        assert rgb.tobytes() == rgb2.tobytes() and labels.tobytes() == labels2.tobytes()
+
+
+def test_things_keep_their_looks_along_a_video() -> None:
+    """A thing's parameters come from its own seed: the static street is drawn the same
+    in every frame of a video, whatever else comes into view (only the camera moves)."""
+    world = World(8, "video", 0)
+    first = world.visible(world.camera(*SIZE, 0.0), 0.0)
+    later = world.visible(world.camera(*SIZE, 2.0), 2.0)
+    for kind in ("buildings", "trees"):
+        rows = {}
+        for batch, _ in (first[kind], later[kind]):
+            for i, key in enumerate(batch["seed"].tolist()):
+                row = {k: np.asarray(v[i]).tolist() for k, v in batch.columns.items()}
+                assert rows.setdefault(key, row) == row, kind
+
+
+def test_overlapping_shadows_are_filled_not_cancelled() -> None:
+    """Each shadow is filled on its own: where two overlap, the ground stays dark (one
+    fill of overlapping polygons would leave the overlap lit, by the even-odd rule)."""
+    world = World(2, "scene", 1)
+    cam = world.camera(*SIZE)
+    raster = rasterize(world.mesh(cam), cam)
+    ground = np.full((SIZE[1], SIZE[0]), 255, np.uint8)
+    square = np.array([[-2.0, 8.0], [2.0, 8.0], [2.0, 12.0], [-2.0, 12.0]])
+    square[:, 0] += cam.x
+    one = _fill_ground_polygons(raster, square[None], ground)
+    two = _fill_ground_polygons(raster, np.stack([square, square + [1.0, 1.0]]), ground)
+    assert one.sum() > 50 and (two >= one).all() and two.sum() > one.sum()
+    # a prism's shadow is the footprint swept from its bottom's to its top's shadow
+    prism = shadow_prisms(square[None], np.zeros((1, 2)), np.array([[3.0, 2.0]]))[0]
+    hull = cv2.convexHull(np.concatenate([square, square + [3.0, 2.0]]).astype(np.float32))
+    assert abs(cv2.contourArea(prism.astype(np.float32)) - cv2.contourArea(hull)) < 1e-3
+
+
+def test_vectorised_draws_match_the_scalar_colour_rules() -> None:
+    draws = Draws(np.arange(500, dtype=float), 8)
+    h, s, v = (row.copy() for row in draws._u[:3])
+    rgb = draws.hsv((0.2, 0.9), (0.1, 0.8))
+    expected = [colorsys.hsv_to_rgb(a, 0.2 + 0.7 * b, 0.1 + 0.7 * c) for a, b, c in zip(h, s, v)]
+    assert np.allclose(rgb, expected, atol=1e-12)
+    assert (0 <= draws.index(7)).all() and (draws.index(7) < 7).all()
+    # the same seeds always give the same draws, different seeds different ones
+    assert np.array_equal(Draws(np.arange(5.0), 4).u(), Draws(np.arange(5.0), 4).u())
+    assert len(set(Draws(np.arange(500.0), 4).u().tolist())) == 500
 
 
 def test_labels_are_trainids_and_cover_the_street_classes(labels20: list[np.ndarray]) -> None:

@@ -32,7 +32,11 @@ class Camera:
         c, s = math.cos(self.yaw), math.sin(self.yaw)
         dx = points[..., 0] - self.x
         dz = points[..., 2] - self.z
-        return np.stack([c * dx - s * dz, points[..., 1] - self.y, s * dx + c * dz], -1)
+        out = np.empty(points.shape)
+        out[..., 0] = c * dx - s * dz
+        out[..., 1] = points[..., 1] - self.y
+        out[..., 2] = s * dx + c * dz
+        return out
 
     def intrinsics(self) -> np.ndarray:
         """K with image v growing downwards: (u Z, v Z, Z) = K (X, Y, Z)."""
@@ -76,5 +80,8 @@ def clip_near(points: np.ndarray, starts: np.ndarray, near: float) -> tuple[np.n
 
 def project(cam: Camera, points: np.ndarray) -> np.ndarray:
     """(N, 3) camera coordinates in front of the camera -> (N, 2) pixel coordinates."""
-    inv = 1.0 / points[:, 2]
-    return np.stack([cam.cx + cam.focal * points[:, 0] * inv, cam.cy - cam.focal * points[:, 1] * inv], 1)
+    scale = cam.focal / points[:, 2]
+    out = np.empty((len(points), 2))
+    out[:, 0] = cam.cx + points[:, 0] * scale
+    out[:, 1] = cam.cy - points[:, 1] * scale
+    return out

@@ -5,7 +5,7 @@ so a scene's label map is shared by all its domains and only appearance
 changes. The gap is made to be real: night is dark, blue-cast and noisy, lit
 by street lamps, headlights and windows with bloom; fog fades with depth
 (I = I t + A (1 - t), t = exp(-beta depth)); rain is dim, desaturated, streaked
-and reflective. Lights and blurs work at quarter resolution for speed.
+and reflective. Lights and blurs work at 1/8 and 1/4 resolution for speed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from edgeseg.data.synth.render import Surface, channels3
 from edgeseg.data.synth.textures import bank_slice, gaussian_bank, rain_bank
 
 DOMAINS = ("day", "night", "dusk", "fog", "rain")
-_LOW = 4  # resolution divisor for glows
 #: the ego car's headlights (camera frame): position, colour, direction, reach, exponent
 _EGO_LIGHTS = np.array([[-0.6, -0.8, 0.5, 0.22, 0.21, 0.19, 0.0, -0.08, 1.0, 12.0, 8.0],
                         [0.6, -0.8, 0.5, 0.22, 0.21, 0.19, 0.0, -0.08, 1.0, 12.0, 8.0]])
@@ -91,20 +90,33 @@ def _point_lights(surface: Surface, lights: np.ndarray, ambient: Any = (0.0, 0.0
         dx, dy, dz = px - at[:, 0], py - at[:, 1], pz - at[:, 2]
         dist2 = dx * dx + dy * dy + dz * dz + np.float32(1e-6)
         cos = np.maximum((dx * at[:, 6] + dy * at[:, 7] + dz * at[:, 8]) / np.sqrt(dist2), 0)
-        spot = cos
-        for _ in range(int(exponent) - 1):  # small integer exponents: multiply, no pow()
-            spot = spot * cos
+        spot = _power(cos, int(exponent))
         weight = spot / (1 + dist2 / (at[:, 9] * at[:, 9]))
         out += np.tensordot(weight, group[:, 3:6], axes=(0, 0)).astype(np.float32)
     return cv2.resize(out, (cam.width, cam.height), interpolation=cv2.INTER_LINEAR)
 
 
+def _power(x: np.ndarray, n: int) -> np.ndarray:
+    """``x ** n`` for a small integer ``n`` >= 1 by repeated squaring (no pow())."""
+    out = None
+    while n:
+        if n & 1:
+            out = x if out is None else out * x
+        n >>= 1
+        if n:
+            x = x * x
+    return out
+
+
 def _bloom(glow: np.ndarray, strength: float) -> np.ndarray:
     """A soft halo around bright lights: two blurs at low resolution."""
     h, w = glow.shape[:2]
-    small = cv2.resize(glow, (w // _LOW, h // _LOW), interpolation=cv2.INTER_AREA)
-    halo = cv2.addWeighted(cv2.GaussianBlur(small, (0, 0), 1.5), 0.6 * strength,
-                           cv2.GaussianBlur(small, (0, 0), 5), 0.9 * strength, 0.0)
+    small = cv2.pyrDown(cv2.pyrDown(glow))  # 1/4 resolution
+    size = (small.shape[1], small.shape[0])
+    wide = cv2.resize(cv2.GaussianBlur(cv2.pyrDown(small), (0, 0), 2.5), size,
+                      interpolation=cv2.INTER_LINEAR)  # a wide halo from 1/8 resolution
+    halo = cv2.addWeighted(cv2.GaussianBlur(small, (0, 0), 1.5), 0.6 * strength, wide,
+                           0.9 * strength, 0.0)
     return cv2.resize(halo, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
@@ -115,14 +127,16 @@ def _glow(img: np.ndarray, glow: np.ndarray, strength: float) -> np.ndarray:
     return img
 
 
-def _windows(surface: Surface, colour: np.ndarray) -> np.ndarray:
-    """(H, W, 3) light of the lit windows."""
-    return _planes(surface.lit_windows(), colour)
+def _lights(surface: Surface, emission: float, windows: np.ndarray) -> np.ndarray:
+    """(H, W, 3) light of lamps, vehicles and signals (times ``emission``) and of the lit
+    windows (``windows``: their colour)."""
+    glow = surface.emission * np.float32(emission)
+    return surface.add_lit_windows(glow, windows)
 
 
 def _haze(img: np.ndarray, surface: Surface, beta: float, airlight: np.ndarray) -> np.ndarray:
     """Depth-dependent haze: I t + A (1 - t) with t = exp(-beta depth)."""
-    t = np.exp(np.float32(-beta) * surface.depth)
+    t = cv2.exp(surface.depth * np.float32(-beta))
     air = np.empty_like(img)
     air[:] = airlight
     return cv2.blendLinear(img, air, t, 1 - t)
@@ -133,13 +147,10 @@ def _sensor_noise(img: np.ndarray, rng: np.random.Generator, read: float, shot: 
     """Photon (signal-dependent) and read noise from a pre-drawn bank (in place)."""
     h, w = img.shape[:2]
     noise = bank_slice(gaussian_bank(h, w), rng, h, w)
-    sigma = np.maximum(img, np.float32(0))
-    np.sqrt(sigma, out=sigma)
-    sigma *= shot
-    sigma += read
-    sigma *= noise
-    img += sigma
-    return img
+    sigma = cv2.max(img, 0.0)
+    cv2.sqrt(sigma, sigma)
+    cv2.addWeighted(sigma, shot, sigma, 0.0, read, dst=sigma)
+    return cv2.accumulateProduct(sigma, noise, img)
 
 
 def _day_look(rng: np.random.Generator) -> dict[str, Any]:
@@ -169,11 +180,9 @@ def _night(surface: Surface, look: dict[str, Any], rng: np.random.Generator) -> 
     lights = np.concatenate([surface.lights(), _EGO_LIGHTS])
     light = _point_lights(surface, lights, look["ambient"])
     if surface.contact_any:
-        light *= channels3(surface.occlusion)
+        light *= surface.occlusion3
     img = _lit(light, surface, _sky(surface, look["glow"], (0.01, 0.012, 0.03), 0.35))
-    glow = _windows(surface, look["warm"] * look["windows"])
-    glow += surface.emission
-    img = _glow(img, glow, look["bloom"])
+    img = _glow(img, _lights(surface, 1.0, look["warm"] * look["windows"]), look["bloom"])
     return _sensor_noise(img, rng, look["read"], look["shot"])
 
 
@@ -187,9 +196,7 @@ def _dusk(surface: Surface, look: dict[str, Any], rng: np.random.Generator) -> n
     light = _sunlit(surface, look["sun"], look["sun_rgb"], look["ambient"])
     cv2.scaleAdd(_point_lights(surface, surface.lights()), 0.4, light, dst=light)
     img = _lit(light, surface, _sky(surface, (1.0, 0.58, 0.32), (0.22, 0.22, 0.48), 0.5))
-    glow = _windows(surface, look["warm"] * 0.35)
-    cv2.scaleAdd(surface.emission, 0.6, glow, dst=glow)
-    img = _glow(img, glow, 0.5)
+    img = _glow(img, _lights(surface, 0.6, look["warm"] * 0.35), 0.5)
     img *= np.float32(1.12)  # more contrast: (img - 0.5) 1.12 + 0.5
     img -= np.float32(0.06)
     return img
@@ -223,7 +230,7 @@ def _rain(surface: Surface, look: dict[str, Any], rng: np.random.Generator) -> n
     rows = np.clip(2 * int(round(cam.cy)) - np.arange(cam.height), 0, cam.height - 1)
     glow = surface.emission * np.float32(0.8)
     mirror = cv2.blur((img + glow)[rows], (1, 9))
-    wet = (surface.labels <= _SIDEWALK) * np.minimum(0.2 + surface.depth / 60, 0.5)
+    wet = (surface.labels <= _SIDEWALK) * cv2.min(surface.depth * np.float32(1 / 60) + 0.2, 0.5)
     wet *= np.float32(look["wet"])
     img = cv2.blendLinear(img, mirror, 1 - wet, wet)
     img = _glow(img, glow, 0.4)

@@ -92,6 +92,15 @@ def _to_world(pose: np.ndarray, x: np.ndarray, z: np.ndarray) -> tuple[np.ndarra
     return pose[:, 0].reshape(shape) + c * x + s * z, pose[:, 2].reshape(shape) - s * x + c * z
 
 
+def _rows(obj: np.ndarray, *values: ArrayLike) -> np.ndarray:
+    """(N, 1 + len(values)) rows: object index, then per-object values (scalars broadcast)."""
+    out = np.empty((len(obj), 1 + len(values)))
+    out[:, 0] = obj
+    for i, v in enumerate(values, 1):
+        out[:, i] = v
+    return out
+
+
 class MeshBuilder:
     def __init__(self, cam: Camera) -> None:
         self.cam = cam
@@ -109,22 +118,27 @@ class MeshBuilder:
     def objects(self, x: ArrayLike, y: ArrayLike, z: ArrayLike, heading: ArrayLike,
                 layer: ArrayLike) -> np.ndarray:
         """Open objects at world (x, y, z) with a heading; returns their indices."""
-        *pose, layer = np.broadcast_arrays(x, y, z, heading, layer)
-        pose = np.stack(pose, -1).astype(float).reshape(-1, 4)
-        n = len(pose)
+        n = max(np.size(v) for v in (x, y, z, heading, layer))
+        pose = np.empty((n, 4))
+        for i, v in enumerate((x, y, z, heading)):
+            pose[:, i] = v
+        layers = np.empty(n, int)
+        layers[:] = layer
         self._poses.append(pose)
-        self._layers.append(layer.astype(int).reshape(n))
+        self._layers.append(layers)
         self._count += n
         return np.arange(self._count - n, self._count)
 
-    def polys(self, obj: np.ndarray, verts: np.ndarray, frames: np.ndarray,
+    def polys(self, obj: np.ndarray | None, verts: np.ndarray, frames: np.ndarray,
               attributes: np.ndarray) -> None:
         """Add P polygons of K vertices: ``verts`` (P, K, 3) in the frames of objects ``obj``
-        (P,), texture ``frames`` (P, 4, 3) (or one (4, 3)), ``attributes`` from `attrs`."""
+        (P,; None: already in ``attributes``), texture ``frames`` (P, 4, 3) (or one
+        (4, 3)), ``attributes`` from `attrs`."""
         p, k = verts.shape[:2]
         if p == 0:
             return
-        attributes[:, A_OBJ] = obj
+        if obj is not None:
+            attributes[:, A_OBJ] = obj
         self._verts.append(verts.reshape(-1, 3))
         self._sizes.append((p, k))
         if frames.ndim == 2:  # one frame for all
@@ -135,22 +149,25 @@ class MeshBuilder:
     def casters(self, obj: np.ndarray, x0: ArrayLike, z0: ArrayLike, x1: ArrayLike,
                 z1: ArrayLike, y0: ArrayLike, y1: ArrayLike) -> None:
         """Vertical boxes over local footprints that cast sun shadows on the ground."""
-        self._casters.append(np.stack(np.broadcast_arrays(obj, x0, z0, x1, z1, y0, y1), -1))
+        self._casters.append(_rows(obj, x0, z0, x1, z1, y0, y1))
 
     def blobs(self, obj: np.ndarray, x0: ArrayLike, z0: ArrayLike, x1: ArrayLike,
               z1: ArrayLike) -> None:
         """Footprints whose ground is always darkened (contact shadows under vehicles)."""
-        self._blobs.append(np.stack(np.broadcast_arrays(obj, x0, z0, x1, z1), -1))
+        self._blobs.append(_rows(obj, x0, z0, x1, z1))
 
     def lights(self, obj: np.ndarray, position: np.ndarray, colour: ArrayLike,
                direction: ArrayLike, reach: ArrayLike, exponent: ArrayLike) -> None:
         """Night lights in local frames: spots along ``direction``, sharper with ``exponent``
         (a small integer)."""
-        n = len(obj)
-        self._lights.append(np.concatenate([
-            np.asarray(obj, float)[:, None], position, np.broadcast_to(colour, (n, 3)),
-            np.broadcast_to(direction, (n, 3)), np.broadcast_to(reach, (n, 1)),
-            np.broadcast_to(exponent, (n, 1))], 1))
+        out = np.empty((len(obj), 12))
+        out[:, 0] = obj
+        out[:, 1:4] = position
+        out[:, 4:7] = colour
+        out[:, 7:10] = direction
+        out[:, 10] = reach
+        out[:, 11] = exponent
+        self._lights.append(out)
 
     def build(self) -> Mesh:
         counts = np.concatenate([np.full(p, k) for p, k in self._sizes])

@@ -14,6 +14,19 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from edgeseg.data.synth.mesh import (
+    A_B,
+    A_EB,
+    A_ER,
+    A_GB,
+    A_GR,
+    A_LABEL,
+    A_LIT,
+    A_MAT,
+    A_OBJ,
+    A_R,
+    A_SU,
+    A_SV,
+    A_WRAP,
     BACK,
     BILLBOARD,
     FRONT,
@@ -67,6 +80,14 @@ def _column(value: object, n: int, reps: int) -> object:
     return value
 
 
+_DEFAULT_ATTRS = attrs(1, 0, 0, 0.0)[0]
+_DEFAULT_ATTRS[A_OBJ] = 0
+#: keyword -> attribute column(s), see `mesh.attrs`
+_ATTR_COLUMNS = {"label": A_LABEL, "material": A_MAT, "colour": slice(A_R, A_B + 1),
+                 "emission": slice(A_ER, A_EB + 1), "glass": slice(A_GR, A_GB + 1),
+                 "lit": A_LIT, "wrap": A_WRAP, "scale": slice(A_SU, A_SV + 1)}
+
+
 def _per_object(value: object, n: int) -> bool:
     return isinstance(value, np.ndarray) and value.ndim > 0 and len(value) == n
 
@@ -99,10 +120,19 @@ def _add(b: MeshBuilder, obj: np.ndarray, shapes: list[np.ndarray] | np.ndarray,
         frames = frames.reshape(-1, 4, 3)
     else:
         frames = _column(frames, n, reps)  # type: ignore[assignment]
-    extra = {k: _column(v, n, reps) for k, v in kw.items()}
-    b.polys(obj if reps == 1 else np.concatenate([obj] * reps), verts, frames,  # type: ignore[arg-type]
-            attrs(len(verts), _column(label, n, reps), _column(material, n, reps),
-                  _column(colour, n, reps), **extra))  # type: ignore[arg-type]
+    # attributes of all parts at once, (reps, n, 16): values broadcast over parts
+    table = np.empty((reps, n, 16))
+    table[:] = _DEFAULT_ATTRS
+    table[:, :, A_OBJ] = obj
+    for name, value in (("label", label), ("material", material), ("colour", colour),
+                        *kw.items()):
+        at = _ATTR_COLUMNS[name]
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                table[i, :, at] = v
+        else:
+            table[:, :, at] = value
+    b.polys(None, verts, frames, table.reshape(reps * n, 16))  # type: ignore[arg-type]
 
 
 def _box(b: MeshBuilder, obj: np.ndarray, lo: np.ndarray, hi: np.ndarray, label: object,
@@ -199,7 +229,7 @@ def emit_vehicles(b: MeshBuilder, obj: np.ndarray, p: Params, t: float) -> None:
 _CAP = arc(9, 0.0, np.pi, endpoint=True)  # hair above the face
 
 
-def _figure(b: MeshBuilder, obj: np.ndarray, p: Params, label: int, hip: np.ndarray,
+def _figure(b: MeshBuilder, obj: np.ndarray, p: Params, label: object, hip: np.ndarray,
             knees: np.ndarray, feet: np.ndarray, hands: np.ndarray, lean: np.ndarray) -> None:
     """Human figures posed by hip (N, 2), knees, feet and hands (N, 2 sides, 2).
 
@@ -242,9 +272,18 @@ def _figure(b: MeshBuilder, obj: np.ndarray, p: Params, label: int, hip: np.ndar
 
 
 def emit_people(b: MeshBuilder, obj: np.ndarray, p: Params, t: float) -> None:
-    """Pedestrians standing or walking. Columns: the figure's plus facing (+-1, side
-    view), walk (m/s) and phase."""
+    """Pedestrians standing or walking and, ``ride`` 1 or 2, cyclists and motorcyclists
+    (rider class) seen from behind or in front on their bicycle or motorcycle.
+
+    Columns: the figure's plus facing (+-1, side view), walk (m/s), phase and, for
+    riders, front, frame (colour) and lit.
+    """
     h = p["height"]
+    riding = p["ride"] > 0
+    if riding.any():
+        at = np.flatnonzero(riding)
+        _two_wheelers(b, obj[at], p["ride"][at] > 1, p["front"][at] > 0, p["frame"][at],
+                      p["lit"][at])
     swing = np.sin(p["phase"] + t * 7.0 * p["walk"]) * np.minimum(p["walk"], 1.0)
     side = (p["view"] == 2)[:, None]
     d = p["facing"]
@@ -261,32 +300,36 @@ def emit_people(b: MeshBuilder, obj: np.ndarray, p: Params, t: float) -> None:
     hands = np.where(side[..., None],
                      np.stack([col(-0.8 * d * stride, 0.47 * h), col(0.8 * d * stride, 0.47 * h)], 1),
                      np.stack([col(-0.15 * h, 0.47 * h), col(0.15 * h, 0.47 * h)], 1))
-    _figure(b, obj, p, PERSON, col(0.0 * h, 0.5 * h), knees, feet, hands, 0.0 * h)
-    b.casters(obj, -0.2, -0.15, 0.2, 0.15, 0.0, h)
+    hip = col(0.0 * h, 0.5 * h)
+    if riding.any():  # seated, pedalling bicycles
+        pedal = np.sin(p["phase"] + t * 5.0) * (p["ride"] == 1)
+        rider = riding[:, None, None]
+        feet = np.where(rider, np.stack([col(-0.13, 0.25 + 0.1 * pedal),
+                                         col(0.13, 0.25 - 0.1 * pedal)], 1), feet)
+        knees = np.where(rider, [[-0.15, 0.62], [0.15, 0.62]], knees)
+        hands = np.where(rider, [[-0.28, 1.05], [0.28, 1.05]], hands)
+        hip = np.where(riding[:, None], [0.0, 0.95], hip)
+    _figure(b, obj, p, np.where(riding, RIDER, PERSON), hip, knees, feet, hands, 0.0 * h)
+    b.casters(obj, np.where(riding, -0.25, -0.2), np.where(riding, -0.8, -0.15),
+              np.where(riding, 0.25, 0.2), np.where(riding, 0.8, 0.15), 0.0,
+              np.where(riding, 1.6, h))
 
 
-def emit_riders(b: MeshBuilder, obj: np.ndarray, p: Params, t: float) -> None:
-    """Cyclists and motorcyclists seen from behind or in front (rider class) on their
-    bicycle or motorcycle. Columns: the figure's plus moto, front, frame, lit, phase."""
-    moto = p["moto"] > 0
+def _two_wheelers(b: MeshBuilder, obj: np.ndarray, moto: np.ndarray, front: np.ndarray,
+                  frame: np.ndarray, lit: np.ndarray) -> None:
+    """The bicycles and motorcycles (``moto``) of riders seen from behind or in ``front``:
+    wheel, handlebar, body and, on motorcycles, a lamp."""
     label = np.where(moto, MOTORCYCLE, BICYCLE)
     width = np.where(moto, 0.14, 0.05)
     _add(b, obj, [rects(-width / 2, 0.0, width / 2, 0.68)], label, Mat.FLAT, _TYRE)
     _add(b, obj, [strokes(-0.3, 1.0, 0.3, 1.0, np.where(moto, 0.07, 0.04))], label, Mat.FLAT, _DARK)
     body = np.where(moto[:, None, None], rects(-0.2, 0.55, 0.2, 0.85), rects(-0.07, 0.7, 0.07, 0.78))
-    _add(b, obj, [body], label, Mat.PAINT, p["frame"])
-    front = (p["front"] > 0)[:, None]
-    glow = np.where(front, _HEAD_GLOW, _TAIL_GLOW) * p["lit"][:, None]
-    m = moto
-    _add(b, obj[m], [rects(-0.07, 0.75, 0.07, 0.82)[None].repeat(m.sum(), 0)], label[m], Mat.FLAT,
-         np.where(front[m], _HEAD, _TAIL), emission=glow[m])
-    pedal = np.sin(p["phase"] + t * 5.0) * ~moto
-    n = len(obj)
-    feet = np.stack([col(-0.13, 0.25 + 0.1 * pedal), col(0.13, 0.25 - 0.1 * pedal)], 1)
-    knees = np.broadcast_to([[-0.15, 0.62], [0.15, 0.62]], (n, 2, 2))
-    hands = np.broadcast_to([[-0.28, 1.05], [0.28, 1.05]], (n, 2, 2))
-    _figure(b, obj, p, RIDER, np.broadcast_to([0.0, 0.95], (n, 2)), knees, feet, hands, np.zeros(n))
-    b.casters(obj, -0.25, -0.8, 0.25, 0.8, 0.0, 1.6)
+    _add(b, obj, [body], label, Mat.PAINT, frame)
+    if moto.any():
+        m = moto
+        glow = np.where(front[:, None], _HEAD_GLOW, _TAIL_GLOW) * lit[:, None]
+        _add(b, obj[m], [rects(-0.07, 0.75, 0.07, 0.82)[None].repeat(m.sum(), 0)], label[m],
+             Mat.FLAT, np.where(front[m, None], _HEAD, _TAIL), emission=glow[m])
 
 
 def emit_bikes(b: MeshBuilder, obj: np.ndarray, p: Params, t: float) -> None:
@@ -450,12 +493,11 @@ def emit_boxes(b: MeshBuilder, obj: np.ndarray, p: Params, t: float) -> None:
 
 def emit_grounds(b: MeshBuilder, obj: np.ndarray, p: Params, t: float) -> None:
     """Flat ground polygons given in world xz (objects at the origin): property
-    strips, crossings. Columns: xz (objects: (k, 2) arrays), gy (height), label,
-    colour, material."""
-    k = max(len(xz) for xz in p["xz"])
-    verts = np.empty((len(obj), k, 3))
-    for i, xz in enumerate(p["xz"]):  # pad by repeating the last vertex
-        verts[i, :, 0::2] = np.concatenate([xz, np.repeat(xz[-1:], k - len(xz), 0)])
+    strips, crossings, the street. Columns: xz (N, k, 2), gy (height), label, colour,
+    material."""
+    xz = p["xz"]
+    verts = np.empty((*xz.shape[:2], 3))
+    verts[:, :, 0::2] = xz
     verts[:, :, 1] = p["gy"][:, None]
     frames = np.repeat(UP[None], len(obj), 0)
     frames[:, 3, 1] = p["gy"]
@@ -472,7 +514,6 @@ EMITTERS: dict[str, tuple[Emitter, str]] = {
     "boxes": (emit_boxes, "road"),
     "vehicles": (emit_vehicles, "road"),
     "people": (emit_people, "billboard"),
-    "riders": (emit_riders, "billboard"),
     "bikes": (emit_bikes, "billboard"),
     "trees": (emit_trees, "billboard"),
     "lamps": (emit_lamps, "billboard"),

@@ -69,14 +69,22 @@ def _rotate(rel: np.ndarray, obj: np.ndarray, local: np.ndarray) -> np.ndarray:
     """Rotate local (N, 3) directions of objects ``obj`` by heading-minus-yaw ``rel``."""
     c, s = np.cos(rel)[obj], np.sin(rel)[obj]
     x, y, z = local[:, 0], local[:, 1], local[:, 2]
-    return np.stack([c * x + s * z, y, -s * x + c * z], 1)
+    out = np.empty(local.shape)
+    out[:, 0] = c * x + s * z
+    out[:, 1] = y
+    out[:, 2] = c * z - s * x
+    return out
 
 
 def _inverse_homographies(cam: Camera, a: np.ndarray, b: np.ndarray, c: np.ndarray
                           ) -> np.ndarray:
     """(n, 3, 3) inverses of K [a b c] (planes spanned by ``a``, ``b`` at ``c``, camera frame),
     in closed form: rows s, t, 1/z; columns u, v, 1."""
-    rows = np.stack([np.cross(b, c), np.cross(c, a), np.cross(a, b)], 1)  # adjugate of [a b c]
+    rows = np.empty((len(a), 3, 3))  # the adjugate of [a b c]: b x c, c x a, a x b
+    for i, (p, q) in enumerate(((b, c), (c, a), (a, b))):
+        rows[:, i, 0] = p[:, 1] * q[:, 2] - p[:, 2] * q[:, 1]
+        rows[:, i, 1] = p[:, 2] * q[:, 0] - p[:, 0] * q[:, 2]
+        rows[:, i, 2] = p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]
     rows /= np.einsum("ij,ij->i", a, rows[:, 0])[:, None, None]
     f = cam.focal
     out = np.empty_like(rows)
@@ -103,7 +111,7 @@ class Raster:
     seed: np.ndarray       # (n,) int64 per-object hash seed (windows)
     normals: np.ndarray    # (n, 3) camera-frame normals
     wrap: np.ndarray       # (n,) shading wrap
-    ground: np.ndarray     # (n,) uint8: receives cast shadows
+    ground: int            # ids 1 .. ground are on the ground (receive cast shadows)
     mesh: Mesh
 
     @property
@@ -155,6 +163,9 @@ def rasterize(mesh: Mesh, cam: Camera) -> Raster:
     order = np.lexsort((np.arange(len(poly)), -depth_key, layer))
     if len(poly) == 0 or poly[order[0]] != 0:
         raise ValueError("the first polygon of a mesh must be the sky")
+    # ids in drawing order: the sky is 0, then the ground layers, then everything else
+    sel, poly, sel_obj, layer = sel[order], poly[order], sel_obj[order], layer[order]
+    a_sel = attrs[poly]
 
     material = a_sel[:, A_MAT].astype(int)
     du = DENSITY[material] * a_sel[:, A_SU]
@@ -166,10 +177,10 @@ def rasterize(mesh: Mesh, cam: Camera) -> Raster:
     # ids as a 2-channel int16 image: directly the map of the per-id table lookups
     idmap = np.zeros((cam.height, cam.width, 2), np.int16)
     fixed = np.round(uv * (1 << _SHIFT)).astype(np.int32)
-    draw = order[1:]
-    bounds = sel[draw]
-    for k, a, b in zip(draw.tolist(), starts[bounds].tolist(), starts[bounds + 1].tolist()):
-        cv2.fillPoly(idmap, [fixed[a:b]], (k, 0), cv2.LINE_8, _SHIFT)
+    bounds = sel[1:]
+    fill = cv2.fillPoly  # the colour k fills channel 0 (an int: much faster than a tuple)
+    for k, a, b in zip(range(1, len(sel)), starts[bounds].tolist(), starts[bounds + 1].tolist()):
+        fill(idmap, [fixed[a:b]], k, cv2.LINE_8, _SHIFT)
 
     pose = mesh.poses[sel_obj]
     seed = (np.round(pose[:, 0] * 7) * 92821 + np.round(pose[:, 2] * 7) * 68917) % 65521
@@ -188,7 +199,7 @@ def rasterize(mesh: Mesh, cam: Camera) -> Raster:
         seed=seed.astype(np.int64),
         normals=basis[:, 0],
         wrap=a_sel[:, A_WRAP],
-        ground=((layer >= L_GROUND) & (layer <= GROUND_LAYERS)).astype(np.uint8),
+        ground=int(np.count_nonzero((layer >= L_GROUND) & (layer <= GROUND_LAYERS))),
         mesh=mesh,
     )
 
@@ -261,13 +272,14 @@ class Surface:
         num += cv
         num += c1
         tex_u, tex_v, inv_z = cv2.split(num)
-        np.maximum(inv_z, np.float32(1 / _MAX_DEPTH), out=inv_z)
+        cv2.max(inv_z, 1 / _MAX_DEPTH, dst=inv_z)
         self.depth = np.reciprocal(inv_z)
         tex_u *= self.depth
         tex_v *= self.depth
         self.tex_u, self.tex_v = tex_u, tex_v
         map_x, map_y = atlas_maps(tex_u, tex_v, self.lookup(raster.atlas_x))
-        lum, self.glass = cv2.split(cv2.remap(atlas(), map_x, map_y, cv2.INTER_LINEAR))
+        lum_atlas, glass_atlas = atlas()
+        self.glass = cv2.remap(glass_atlas, map_x, map_y, cv2.INTER_LINEAR)
         base, glass = raster.base, raster.glass
         if style == "flat":
             base, glass = _saturate(base, 1.6), _saturate(glass, 1.6)
@@ -275,9 +287,10 @@ class Surface:
                                       self.glass)
         if style == "textured":
             # fade texture detail where a pixel covers more than ~2 texels (no moire)
+            lum = cv2.remap(lum_atlas, map_x, map_y, cv2.INTER_LINEAR)
             fade = self.lookup(raster.fade)
             fade *= inv_z
-            np.minimum(fade, np.float32(1), out=fade)
+            cv2.min(fade, 1.0, dst=fade)
             lum -= np.float32(1)
             lum *= fade
             lum += np.float32(1)
@@ -291,8 +304,8 @@ class Surface:
 
     @functools.cached_property
     def ground(self) -> np.ndarray:
-        """(H, W) uint8: 1 where a pixel shows the ground (receives shadows)."""
-        return self.lookup(self.raster.ground)
+        """(H, W) uint8: 255 where a pixel shows the ground (receives shadows)."""
+        return cv2.inRange(self._map, (1, 0), (self.raster.ground, 0))
 
     @functools.cached_property
     def contact(self) -> np.ndarray:
@@ -311,6 +324,11 @@ class Surface:
         occlusion = np.ones(self.contact.shape, np.float32)
         np.copyto(occlusion, np.float32(0.45), where=self.contact.view(bool))
         return occlusion
+
+    @functools.cached_property
+    def occlusion3(self) -> np.ndarray:
+        """`occlusion` over 3 channels."""
+        return channels3(self.occlusion)
 
     def lookup(self, table: np.ndarray) -> np.ndarray:
         """Per-pixel rows of a per-id table: (n,) -> (H, W), (n, k <= 4) -> (H, W, k)."""
@@ -340,18 +358,33 @@ class Surface:
         np.copyto(lit, np.float32(0), where=shadow.view(bool))
         return lit
 
-    def lit_windows(self) -> np.ndarray:
-        """(H, W) glass coverage of the windows lit at night (a stable hash per window)."""
+    @functools.cached_property
+    def _lit_windows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat indices of the pixels of windows lit at night and their glass coverage (a
+        stable hash per window decides)."""
         glass = self.glass.reshape(-1)
-        at = np.flatnonzero(glass)  # only window pixels: a small share of the frame
-        ids = self._map[..., 0].reshape(-1)[at]
+        at = np.flatnonzero(glass > 0)  # only window pixels: a small share of the frame
+        ids = self._map.reshape(-1, 2)[at, 0]
         cells_u = np.floor(self.tex_u.reshape(-1)[at] * (1 / TILE)).astype(np.int64)
         cells_v = np.floor(self.tex_v.reshape(-1)[at] * (1 / TILE)).astype(np.int64)
         h = (cells_u * 73856093) ^ (cells_v * 19349663) ^ (self.raster.seed[ids] * 83492791)
         h = ((h ^ (h >> 13)) * 1274126177) & 0xFFFF
-        out = np.zeros_like(glass)
-        out[at] = glass[at] * (h < self.raster.lit[ids] * 65536)
+        lit = h < self.raster.lit[ids] * 65536
+        return at[lit], glass[at[lit]]
+
+    def lit_windows(self) -> np.ndarray:
+        """(H, W) glass coverage of the windows lit at night."""
+        at, coverage = self._lit_windows
+        out = np.zeros(self.glass.size, np.float32)
+        out[at] = coverage
         return out.reshape(self.glass.shape)
+
+    def add_lit_windows(self, image: np.ndarray, colour: np.ndarray) -> np.ndarray:
+        """``image`` (H, W, 3) plus ``colour`` times the coverage of lit windows (in place)."""
+        at, coverage = self._lit_windows
+        pixels = image.reshape(-1, 3)
+        pixels[at] += coverage[:, None] * np.asarray(colour, np.float32)
+        return image
 
     def points(self, factor: int) -> np.ndarray:
         """Camera-frame 3-D points of a 1/``factor`` resolution grid (for lighting)."""

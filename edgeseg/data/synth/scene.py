@@ -2,12 +2,20 @@
 
 Things come in *streams* that move together (the static street, each traffic
 lane, each sidewalk direction). A stream is sampled in blocks along its own
-moving frame; a block is a dict ``kind -> Batch`` of parameter columns that
-the vectorised emitters in `objects` draw. `world.World` seeds one RNG per
-block, so any stretch of a world can be regenerated identically on demand.
-Every row has the placement columns z (along the stream), offset (metres right
-of the road centre line), y, extent (half length, for range tests), heading
-(added to the road direction), drift/stop (sideways walking) and layer.
+moving frame; a block is a dict ``kind -> rows`` that `world.World` turns into
+parameter columns (a `Batch`) for the vectorised emitters in `objects`.
+`world.World` seeds one `Dice` per block, so any stretch of a world can be
+regenerated identically on demand. Every row has the placement columns z (along
+the stream), offset (metres right of the road centre line), y, extent (half
+length, for range tests), heading (added to the road direction), drift/stop
+(sideways walking) and layer.
+
+A block samples only what placement needs (a vehicle's type and length, a
+tree's size, ...) and gives rich things (vehicles, people and riders, trees,
+buildings) a *seed*; their remaining parameters (colours, shapes, poses) are
+drawn for the things in view only, a whole kind at once, by `PARAMS` from
+`Draws`: per-thing random numbers hashed from the seed, so they stay the same
+whenever the thing is drawn again.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import colorsys
 import functools
 import itertools
 import math
+import operator
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,66 +39,172 @@ from edgeseg.data.synth.textures import Mat
 
 Colour = tuple[float, float, float]
 Rows = dict[str, list[dict[str, Any]]]
+Columns = dict[str, np.ndarray]
+
+
+def _seed(key: Sequence[int]) -> int:
+    """One integer holding every part of ``key`` (64 bits each)."""
+    out = 0
+    for part in key:
+        out = (out << 64) | (int(part) & 0xFFFFFFFFFFFFFFFF)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _cumulative(weights: tuple[float, ...]) -> tuple[list[float], float]:
+    cum = list(itertools.accumulate(weights))
+    return cum, cum[-1]
 
 
 class Dice:
-    """Scalar random draws from a buffered `np.random.Generator` (a block makes
-    hundreds of draws; one numpy call each would dominate the frame time)."""
+    """Scalar random draws for sampling streets, seeded by an integer ``key``.
 
-    def __init__(self, rng: np.random.Generator) -> None:
-        self._rng = rng
-        self._buf: list[float] = []
+    Python's Mersenne Twister: cheap to seed (each block of a world gets its own)
+    and one C call per draw, with a sequence fixed across Python versions and
+    platforms.
+    """
+
+    def __init__(self, *key: int) -> None:
+        self.random = random.Random(_seed(key)).random
 
     def u(self, lo: float = 0.0, hi: float = 1.0) -> float:
-        if not self._buf:
-            self._buf = self._rng.random(256).tolist()
-        return lo + (hi - lo) * self._buf.pop()
+        return lo + (hi - lo) * self.random()
 
     def chance(self, p: float) -> bool:
-        return self.u() < p
+        return self.random() < p
 
     def index(self, n: int) -> int:
-        return min(int(self.u() * n), n - 1)
+        return min(int(self.random() * n), n - 1)
 
-    def choose(self, options: Sequence[Any], weights: Sequence[float] | None = None) -> Any:
+    def seed(self) -> int:
+        """A 53-bit seed (exact as a float column) for a thing's `Draws`."""
+        return int(self.random() * (1 << 53))
+
+    def choose(self, options: Sequence[Any], weights: tuple[float, ...] | None = None) -> Any:
         if weights is None:
-            return options[self.index(len(options))]
-        cum = list(itertools.accumulate(weights))
-        return options[min(bisect.bisect(cum, self.u(0, cum[-1])), len(options) - 1)]
+            return options[min(int(self.random() * len(options)), len(options) - 1)]
+        cum, total = _cumulative(weights)
+        return options[min(bisect.bisect(cum, self.random() * total), len(options) - 1)]
 
     def poisson(self, lam: float) -> int:
         """Knuth's method (``lam`` is small here)."""
-        limit, k, p = math.exp(-lam), 0, self.u()
+        limit, k, p = math.exp(-lam), 0, self.random()
         while p > limit:
             k += 1
-            p *= self.u()
+            p *= self.random()
         return k
 
 
-@functools.cache
-def _dtype(fields: tuple[tuple[str, tuple[int, ...]], ...]) -> np.dtype:
-    return np.dtype([(name, object) if name == "xz" else (name, float, shape)
-                     for name, shape in fields])
+_TINTS = np.array([(math.cos(a), math.cos(a - 2.094), math.cos(a + 2.094))
+                   for a in np.linspace(0, 2 * math.pi, 64, endpoint=False)])
+_TINT_LIST = [tuple(t) for t in _TINTS.tolist()]
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_HSV_K = np.array([5.0, 3.0, 1.0])  # hue offsets (sixths) of r, g, b
+
+
+class Draws:
+    """Random draws for N things at once, each an (N,) array: draw j of thing i is a
+    hash (splitmix64) of the thing's seed and j, so a thing's parameters depend on
+    its seed alone, and a whole kind costs a few dozen array operations."""
+
+    def __init__(self, seeds: np.ndarray, count: int = 32) -> None:
+        self._seeds = seeds.astype(np.uint64)
+        self._u = self._hash(0, count)
+        self._next = 0
+
+    def _hash(self, start: int, count: int) -> np.ndarray:
+        """(count, N) uniform numbers in [0, 1): draws start .. start + count - 1."""
+        j = np.arange(start + 1, start + count + 1, dtype=np.uint64)[:, None]
+        x = self._seeds + j * _MIX[0]
+        x ^= x >> np.uint64(30)
+        x *= _MIX[1]
+        x ^= x >> np.uint64(27)
+        x *= _MIX[2]
+        x ^= x >> np.uint64(31)
+        return (x >> np.uint64(11)) * (1.0 / (1 << 53))
+
+    def block(self, k: int) -> np.ndarray:
+        """(k, N) uniform draws."""
+        end = self._next + k
+        if end > len(self._u):  # more than reserved: extend
+            self._u = np.concatenate([self._u, self._hash(len(self._u), max(k, 16))])
+        out = self._u[self._next:end]
+        self._next = end
+        return out
+
+    def u(self, lo: Any = 0.0, hi: Any = 1.0) -> np.ndarray:
+        return lo + (hi - lo) * self.block(1)[0]
+
+    def chance(self, p: Any) -> np.ndarray:
+        return self.block(1)[0] < p
+
+    def index(self, n: Any) -> np.ndarray:
+        """Uniform integers in 0 .. n - 1 (``n`` may vary per thing)."""
+        return (self.block(1)[0] * n).astype(np.intp)  # < n: draws are below 1 - 2^-53
+
+    def choose(self, options: Sequence[Any], weights: tuple[float, ...] | None = None
+               ) -> np.ndarray:
+        options = np.asarray(options)
+        if weights is None:
+            return options[self.index(len(options))]
+        cum, total = _cumulative(weights)
+        at = np.searchsorted(cum, self.u(0.0, total), "right")
+        return options[np.minimum(at, len(options) - 1)]
+
+    def jitter(self, colour: Any, amount: Any = 0.05) -> np.ndarray:
+        """(N, 3) colours varied in brightness and, by up to ``amount``, in hue."""
+        scale, tint = self.block(2)
+        tint = _TINTS[(tint * len(_TINTS)).astype(np.intp)]
+        tint *= amount if np.ndim(amount) == 0 else amount[:, None]
+        tint += (0.85 + 0.3 * scale)[:, None] * colour
+        return np.minimum(np.maximum(tint, 0.0, out=tint), 1.0, out=tint)
+
+    def pick(self, palette: Sequence[Colour], amount: Any = 0.04) -> np.ndarray:
+        return self.jitter(self.choose(palette), amount)
+
+    def hsv(self, sat: Sequence[tuple[float, float]], val: Sequence[tuple[float, float]]
+            ) -> np.ndarray:
+        """(K, N, 3) RGB colours of uniform hue, saturation in ``sat[k]`` and value in
+        ``val[k]`` for K ranges (``sat``, ``val`` (K, 2); one range: (N, 3))."""
+        one = np.ndim(sat) == 1
+        sat, val = np.atleast_2d(sat)[:, :, None], np.atleast_2d(val)[:, :, None]
+        h, s, v = self.block(3 * len(sat)).reshape(3, len(sat), -1)
+        s = sat[:, 0] + (sat[:, 1] - sat[:, 0]) * s
+        v = val[:, 0] + (val[:, 1] - val[:, 0]) * v
+        k = (_HSV_K + 6.0 * h[..., None]) % 6.0  # (K, N, 3)
+        k = np.minimum(k, 4.0 - k)
+        np.clip(k, 0.0, 1.0, out=k)
+        k *= (v * s)[..., None]
+        rgb = v[..., None] - k
+        return rgb[0] if one else rgb
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype(fields: tuple[tuple[str, int], ...]) -> np.dtype:
+    return np.dtype([(name, float, (size,) if size else ()) for name, size in fields])
 
 
 class Batch:
-    """Parameter columns of one kind of thing (a structured array: numpy parses the
-    rows' scalars, tuples and nested lists in one call)."""
+    """Parameter columns of one kind of thing."""
 
-    def __init__(self, table: np.ndarray) -> None:
-        self.table = table
+    def __init__(self, columns: Columns) -> None:
+        self.columns = columns
 
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]]) -> Batch:
-        dtype = _dtype(tuple((k, () if k == "xz" else np.shape(v)) for k, v in rows[0].items()))
-        names = dtype.names
-        return cls(np.array([tuple(row[k] for k in names) for row in rows], dtype))
+        """Columns of rows with the same keys, each a number or a tuple of numbers (one
+        structured array: numpy parses all rows in one call)."""
+        first = rows[0]
+        dtype = _dtype(tuple((k, len(v) if isinstance(v, tuple) else 0) for k, v in first.items()))
+        values = operator.itemgetter(*first)
+        table = np.array([values(row) for row in rows], dtype)
+        return cls({k: table[k] for k in first})
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.columns["z"])
 
     def __getitem__(self, key: str) -> np.ndarray:
-        return self.table[key]
+        return self.columns[key]
 
 
 def _add(rows: Rows, kind: str, z: float, offset: float, layer: int, p: dict[str, Any],
@@ -101,16 +217,15 @@ def _add(rows: Rows, kind: str, z: float, offset: float, layer: int, p: dict[str
 
 # --- colours -----------------------------------------------------------------------
 
-_TINTS = [(math.cos(a), math.cos(a - 2.094), math.cos(a + 2.094))
-          for a in np.linspace(0, 2 * math.pi, 64, endpoint=False)]
-
-
 def _jitter(d: Dice, colour: Colour, amount: float = 0.05) -> Colour:
     """A colour varied in brightness and, by up to ``amount``, in hue."""
-    scale = d.u(0.85, 1.15)
-    tint = _TINTS[d.index(len(_TINTS))]
-    r, g, b = (min(max(c * scale + amount * t, 0.0), 1.0) for c, t in zip(colour, tint))
-    return (r, g, b)
+    rnd = d.random
+    scale = 0.85 + 0.3 * rnd()
+    tr, tg, tb = _TINT_LIST[min(int(rnd() * 64), 63)]
+    r, g, b = colour
+    return (min(max(r * scale + amount * tr, 0.0), 1.0),
+            min(max(g * scale + amount * tg, 0.0), 1.0),
+            min(max(b * scale + amount * tb, 0.0), 1.0))
 
 
 def _pick(d: Dice, palette: Sequence[Colour], amount: float = 0.04) -> Colour:
@@ -125,7 +240,7 @@ def _hsv(d: Dice, sat: tuple[float, float], val: tuple[float, float]) -> Colour:
 _CAR_PAINT = [(0.88, 0.88, 0.88), (0.07, 0.07, 0.08), (0.6, 0.62, 0.65), (0.33, 0.34, 0.36),
               (0.1, 0.14, 0.32), (0.55, 0.07, 0.06), (0.2, 0.34, 0.6), (0.7, 0.64, 0.52),
               (0.85, 0.68, 0.12), (0.15, 0.3, 0.2)]
-_CAR_WEIGHTS = [22, 18, 18, 14, 7, 7, 6, 3, 2, 3]
+_CAR_WEIGHTS = (22, 18, 18, 14, 7, 7, 6, 3, 2, 3)
 _BUS_PAINT = [(0.85, 0.7, 0.1), (0.75, 0.1, 0.08), (0.9, 0.9, 0.88), (0.15, 0.4, 0.25),
               (0.2, 0.35, 0.65)]
 _PLASTER = [(0.85, 0.8, 0.7), (0.9, 0.88, 0.82), (0.7, 0.7, 0.7), (0.85, 0.74, 0.55),
@@ -193,14 +308,19 @@ class Layout:
         """The outer edge of the sidewalk (the property line)."""
         return self.road_edge(side) + side * (self.curb + self.walk[(side + 1) // 2])
 
-    def band(self, o0: float, o1: float, z0: float, z1: float, step: float = 8.0) -> np.ndarray:
-        """World xz outline of the band between road offsets o0 and o1 over z0..z1."""
-        n = max(2, int((z1 - z0) / step) + 1)
-        w = 2 * math.pi / self.period
-        zs = [z0 + (z1 - z0) * i / (n - 1) for i in range(n)]
-        xs = [self.amp * math.sin(w * z + self.phase) for z in zs]
-        return np.array([(x + o0, z) for x, z in zip(xs, zs)]
-                        + [(x + o1, z) for x, z in zip(xs[::-1], zs[::-1])])
+    def bands(self, o0: Any, o1: Any, z0: Any, z1: Any, steps: int) -> np.ndarray:
+        """(B, 2 steps, 2) world xz outlines of bands between road offsets o0 and o1 over
+        z0..z1 (arrays or scalars), ``steps`` points along each side."""
+        o0, o1, z0, z1 = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, float))
+                                               for v in (o0, o1, z0, z1)))
+        z = z0[:, None] + (z1 - z0)[:, None] * np.linspace(0.0, 1.0, steps)
+        x = self.center(z)
+        out = np.empty((len(z), 2 * steps, 2))
+        out[:, :steps, 0] = x + o0[:, None]
+        out[:, steps:, 0] = (x + o1[:, None])[:, ::-1]
+        out[:, :steps, 1] = z
+        out[:, steps:, 1] = z[:, ::-1]
+        return out
 
 
 def sample_layout(d: Dice) -> Layout:
@@ -231,78 +351,186 @@ def sample_layout(d: Dice) -> Layout:
     )
 
 
-# --- parameters of one thing ---------------------------------------------------------
+# --- things with a seed: placement rows, parameters drawn in bulk ---------------------
 
-def _person(d: Dice, view: int, walk: float) -> dict[str, Any]:
-    """view: 0 front, 1 back, 2 side."""
-    bag = d.chance(0.3)
-    return {
-        "height": d.u(1.1, 1.35) if d.chance(0.06) else d.u(1.55, 1.95),
-        "view": view, "facing": d.choose([-1.0, 1.0]), "walk": walk, "phase": d.u(0, 2 * math.pi),
-        "skin": _pick(d, _SKIN, 0.02), "hair": _pick(d, _HAIR, 0.03),
-        "top": _hsv(d, (0.05, 0.8), (0.1, 0.85)), "legs": _hsv(d, (0.0, 0.5), (0.08, 0.55)),
-        "bag": _hsv(d, (0.0, 0.6), (0.1, 0.6)), "has_bag": bag,
-    }
+def _person(d: Dice, view: int, walk: float, facing: float = 0.0) -> dict[str, Any]:
+    """view: 0 front, 1 back, 2 side; walk in m/s; facing +-1 (0: random)."""
+    return {"view": view, "walk": walk, "facing": facing, "ride": 0, "front": False,
+            "seed": d.seed()}
 
 
 def _rider(d: Dice, moto: bool, front: bool) -> dict[str, Any]:
-    p = _person(d, 0 if front else 1, 0.0)
-    p.update(height=d.u(1.6, 1.9), moto=moto, front=front, lit=True,
-             frame=_hsv(d, (0.2, 0.9), (0.15, 0.8)))
-    return p
-
-
-_BLOBS = 6
+    """A person riding a bicycle or (``moto``) a motorcycle, seen from the front or back."""
+    return {"view": 0 if front else 1, "walk": 0.0, "facing": 0.0, "ride": 2 if moto else 1,
+            "front": front, "seed": d.seed()}
 
 
 def _tree(d: Dice, size: float) -> dict[str, Any]:
-    conifer = d.chance(0.15)
-    radius = size * d.u(1.5, 3.2)
-    count = 3 + d.index(_BLOBS - 3)
-    blobs = [[d.u(-0.6, 0.6) * radius, d.u(0.4, 1.6) * radius, radius * d.u(0.55, 0.9),
-              radius * d.u(0.5, 0.85) * (2.0 if conifer else 1.0), d.u(0.75, 1.15)]
-             if i < count else [0.0] * 5 for i in range(_BLOBS)]
-    return {
-        "trunk": size * d.u(1.8, 3.2), "width": size * d.u(0.18, 0.35),
-        "bark": _jitter(d, (0.3, 0.24, 0.18), 0.04),
-        "leaf": _pick(d, _LEAF[:3] if conifer else _LEAF, 0.04),  # no autumn for conifers
-        "blobs": blobs, "conifer": conifer, "tex": d.u(0.6, 1.4),
-    }
+    return {"size": size, "seed": d.seed()}
+
+
+_CAR, _VAN, _BUS, _TRUCK = range(4)
+_LENGTHS = ((3.7, 4.8), (4.8, 5.6), (10.0, 12.0), (7.0, 9.0))
+_LABEL, _WIDTH, _CLEAR, _BELT, _TOP, _INSET, _A0, _A1, _WIN_BACK, _PAINT_JITTER = range(10)
+#: per vehicle type (car, van, bus, truck; 0 where drawn per vehicle): label, width,
+#: clearance, belt line, top, inset of the upper box, its z range (shares of the
+#: length), windows at the back, colour jitter
+_KINDS = np.array([
+    (ob.CAR, 0.0, 0.2, 0.0, 0.0, 0.1, 0.0, 1.0, 1.0, 0.03),
+    (ob.CAR, 1.95, 0.25, 1.0, 0.0, 0.02, 0.0, 1.0, 1.0, 0.03),
+    (ob.BUS, 2.5, 0.35, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.04),
+    (ob.TRUCK, 2.4, 0.4, 1.3, 2.9, 0.0, 0.76, 1.0, 0.0, 0.0),
+])
+_CABINS = np.array([(0.08, 0.74), (0.2, 0.7), (0.1, 0.68)])  # SUV, sedan, hatchback
 
 
 def _vehicle(d: Dice, lit: bool) -> dict[str, Any]:
-    """A car (sedan, hatchback, SUV), van, bus or truck; see `objects.emit_vehicles`."""
-    kind = d.choose(["car", "van", "bus", "truck"], [84, 6, 5, 5])
-    p = {"label": ob.CAR, "inset": 0.0, "a0": 0.0, "a1": 1.0, "win_back": 1.0, "car": 0.0,
-         "cargo": 0.0, "glass": _jitter(d, (0.12, 0.15, 0.2), 0.03), "lit": lit,
-         "brake": d.chance(0.2)}
-    if kind == "car":
-        suv = d.chance(0.25)
-        h = d.u(1.65, 1.85) if suv else d.u(1.38, 1.55)
-        a0, a1 = (0.08, 0.74) if suv else d.choose([(0.2, 0.7), (0.1, 0.68)])
-        p.update(width=d.u(1.65, 1.95), length=d.u(4.3, 4.9) if suv else d.u(3.7, 4.8),
-                 clear=0.2, belt=h * d.u(0.5, 0.58), top=h, inset=0.1, a0=a0, a1=a1, car=1.0,
-                 colour=_jitter(d, d.choose(_CAR_PAINT, _CAR_WEIGHTS), 0.03))
-    elif kind == "van":  # a car in Cityscapes
-        p.update(width=1.95, length=d.u(4.8, 5.6), clear=0.25, belt=1.0, top=d.u(1.95, 2.5),
-                 inset=0.02, colour=_jitter(d, d.choose(_CAR_PAINT[:4]), 0.03))
-    elif kind == "bus":
-        p.update(label=ob.BUS, width=2.5, length=d.u(10, 12), clear=0.35, belt=1.0,
-                 top=d.u(2.9, 3.2), colour=_pick(d, _BUS_PAINT))
-    else:  # a cab in front of a cargo box
-        p.update(label=ob.TRUCK, width=2.4, length=d.u(7, 9), clear=0.4, belt=1.3, top=2.9,
-                 a0=0.76, win_back=0.0, cargo=d.u(3.2, 3.7), colour=_hsv(d, (0.0, 0.7), (0.3, 0.95)))
-    return p
+    """A car (sedan, hatchback, SUV), van, bus or truck: its type and length (what
+    placement needs); `_vehicle_params` draws the rest."""
+    kind = d.choose(range(4), (84, 6, 5, 5))
+    suv = kind == _CAR and d.chance(0.25)
+    length = d.u(4.3, 4.9) if suv else d.u(*_LENGTHS[kind])
+    return {"kind": kind, "suv": suv, "length": length, "lit": lit, "seed": d.seed()}
 
 
-def _ground(rows: Rows, xz: np.ndarray, label: int, colour: Colour, material: Mat, gy: float,
-            z: float, layer: int, extent: float) -> None:
-    _add(rows, "grounds", z, 0.0, layer,
-         {"xz": xz, "gy": gy, "label": label, "colour": colour, "material": material},
-         extent=extent)
+def _building(d: Dice, side: int, length: float, tall: float, backdrop: bool) -> dict[str, Any]:
+    return {"side": side, "length": length, "tall": tall, "backdrop": backdrop,
+            "seed": d.seed()}
+
+
+_CLOTHES_SAT = ((0.05, 0.8), (0.0, 0.5), (0.0, 0.6))  # top, legs, bag
+_CLOTHES_VAL = ((0.1, 0.85), (0.08, 0.55), (0.1, 0.6))
+
+
+def _people_params(p: Columns, r: Draws) -> Columns:
+    """People walking or standing and (``ride`` > 0) riding, see `objects.emit_people`."""
+    small = r.chance(0.06)
+    height = r.u(np.where(small, 1.1, 1.55), np.where(small, 1.35, 1.95))
+    riding = p["ride"] > 0
+    facing = np.where(r.chance(0.5), 1.0, -1.0)
+    return {
+        "height": np.where(riding, r.u(1.6, 1.9), height),
+        "facing": np.where(p["facing"] != 0, p["facing"], facing),  # given: crossing
+        "phase": r.u(0, 2 * math.pi), "skin": r.pick(_SKIN, 0.02), "hair": r.pick(_HAIR, 0.03),
+        **dict(zip(("top", "legs", "bag"), r.hsv(_CLOTHES_SAT, _CLOTHES_VAL))),
+        "has_bag": r.chance(0.3), "frame": r.hsv((0.2, 0.9), (0.15, 0.8)), "lit": riding * 1.0,
+    }
+
+
+_BLOBS = 6
+#: per crown blob: dx, dy (times the radius), rx, ry (times the radius), shade
+_BLOB_RANGES = np.array([(-0.6, 0.6), (0.4, 1.6), (0.55, 0.9), (0.5, 0.85), (0.75, 1.15)])
+
+
+def _tree_params(p: Columns, r: Draws) -> Columns:
+    """A trunk and a crown of 3 to 5 blobs (ellipses, or triangles for conifers)."""
+    size = p["size"]
+    conifer = r.chance(0.15)
+    radius = size * r.u(1.5, 3.2)
+    count = 3 + r.index(_BLOBS - 3)
+    lo, hi = _BLOB_RANGES[:, :1, None], _BLOB_RANGES[:, 1:, None]
+    blobs = lo + (hi - lo) * r.block(5 * _BLOBS).reshape(5, _BLOBS, -1)  # (5, blob, N)
+    blobs[:4] *= radius
+    blobs[3] *= np.where(conifer, 2.0, 1.0)
+    blobs *= np.arange(_BLOBS)[:, None] < count
+    return {
+        "trunk": size * r.u(1.8, 3.2), "width": size * r.u(0.18, 0.35),
+        "bark": r.jitter((0.3, 0.24, 0.18), 0.04),
+        # no autumn colours for conifers
+        "leaf": r.jitter(np.asarray(_LEAF)[r.index(np.where(conifer, 3, len(_LEAF)))], 0.04),
+        "blobs": blobs.transpose(2, 1, 0), "conifer": conifer, "tex": r.u(0.6, 1.4),
+    }
+
+
+def _vehicle_params(p: Columns, r: Draws) -> Columns:
+    """See `objects.emit_vehicles`; a van is a car in Cityscapes, a truck a cab in front
+    of a cargo box."""
+    kind = p["kind"].astype(np.intp)
+    each = np.arange(len(kind))
+    car, truck = kind == _CAR, kind == _TRUCK
+    suv = p["suv"] > 0
+    h = r.u(np.where(suv, 1.65, 1.38), np.where(suv, 1.85, 1.55))  # of cars
+    cabin = np.where(suv, 0, 1 + r.index(2))  # SUV, sedan or hatchback
+    paints = np.stack([r.choose(_CAR_PAINT, _CAR_WEIGHTS), r.choose(_CAR_PAINT[:4]),
+                       r.choose(_BUS_PAINT), r.hsv((0.0, 0.7), (0.3, 0.95))])
+    paint = paints[kind, each]
+    colour = np.where(truck[:, None], paint, r.jitter(paint, _KINDS[kind, _PAINT_JITTER]))
+    table = _KINDS[kind]
+    table[:, _A0:_A1 + 1] = np.where(car[:, None], _CABINS[cabin], table[:, _A0:_A1 + 1])
+    return {
+        "label": table[:, _LABEL], "width": np.where(car, r.u(1.65, 1.95), table[:, _WIDTH]),
+        "clear": table[:, _CLEAR],
+        "belt": np.where(car, h * r.u(0.5, 0.58), table[:, _BELT]),
+        "top": np.stack([h, r.u(1.95, 2.5), r.u(2.9, 3.2), table[:, _TOP]])[kind, each],
+        "inset": table[:, _INSET], "a0": table[:, _A0], "a1": table[:, _A1],
+        "win_back": table[:, _WIN_BACK], "car": car * 1.0,
+        "cargo": np.where(truck, r.u(3.2, 3.7), 0.0), "colour": colour,
+        "glass": r.jitter((0.12, 0.15, 0.2), 0.03), "brake": r.chance(0.2),
+    }
+
+
+_FACADE_MATS = np.array([Mat.PLASTER, Mat.BRICK, Mat.GLASS])
+_FACADE_PALETTES = np.zeros((len(Mat), max(map(len, _FACADES.values())), 3))
+_FACADE_SIZES = np.ones(len(Mat), int)
+for _mat, _palette in _FACADES.items():
+    _FACADE_PALETTES[_mat, :len(_palette)] = _palette
+    _FACADE_SIZES[_mat] = len(_palette)
+
+
+def _building_params(p: Columns, r: Draws) -> Columns:
+    """Blocks along the street (``tall`` scales their floors) and, ``backdrop``, tall grey
+    ones far behind it: the skyline."""
+    far = p["backdrop"] > 0
+    share = r.u()  # of plaster, brick and glass: 55, 30, 15 % (backdrop: 50, 20, 30 %)
+    material = _FACADE_MATS[(share >= np.where(far, 0.5, 0.55)).astype(int)
+                            + (share >= np.where(far, 0.7, 0.85))]
+    facade = _FACADE_PALETTES[material, r.index(_FACADE_SIZES[material])]
+    colour = r.jitter(np.where(far[:, None], (0.65, 0.65, 0.66), facade), np.where(far, 0.1, 0.04))
+    floor_h = r.u(np.where(far, 3.0, 2.9), np.where(far, 3.6, 3.8))
+    share = r.u()
+    floors = np.where(far, 4 + np.minimum((share * 12).astype(int), 11),
+                      np.maximum(2, ((2 + 7 * share) * p["tall"]).astype(int)))
+    return {
+        "depth": np.where(far, 20.0, r.u(10, 20)),
+        "height": floors * floor_h + np.where(far, 0.0, r.u(0.3, 1.5)), "material": material,
+        "colour": colour, "glass": r.pick(_GLASS, np.where(far, 0.04, 0.03)),
+        "lit": r.u(0.1, np.where(far, 0.5, 0.6)),
+        "cell": np.stack([r.u(np.where(far, 2.5, 2.4), np.where(far, 4.0, 4.2)), floor_h], 1),
+        "trim": np.where(far[:, None], 0.6, r.jitter(colour, 0.08)),
+        "shop": np.where(far[:, None], 0.0, r.hsv((0, 0.7), (0.2, 0.9))),
+        "has_shop": ~far & r.chance(0.4),
+    }
+
+
+#: kind -> (its parameters from placement columns and draws, the number of draws)
+PARAMS: dict[str, tuple[Callable[[Columns, Draws], Columns], int]] = {
+    "people": (_people_params, 24),
+    "trees": (_tree_params, 41),
+    "vehicles": (_vehicle_params, 18),
+    "buildings": (_building_params, 19),
+}
+
+
+def with_parameters(kind: str, batch: Batch) -> Batch:
+    """``batch`` with the parameters `PARAMS` draws for its things (if any)."""
+    if kind in PARAMS:
+        sample, count = PARAMS[kind]
+        batch.columns.update(sample(batch.columns, Draws(batch["seed"], count)))
+    return batch
+
+
+def _ground(rows: Rows, o0: float, o1: float, za: float, zb: float, label: int, colour: Colour,
+            material: Mat, gy: float, layer: int) -> None:
+    """A flat strip between road offsets o0 and o1 over za..zb (see `world.World.mesh`)."""
+    _add(rows, "grounds", (za + zb) / 2, 0.0, layer,
+         {"band": (o0, o1, za, zb), "gy": gy, "label": label, "colour": colour,
+          "material": material}, extent=(zb - za) / 2)
 
 
 # --- samplers ------------------------------------------------------------------------
+
+_ZONES = ("buildings", "park", "fence", "wall", "hedge")
+
 
 class Street:
     """The static street: `structures` (zones beside the sidewalks, lamps, the skyline),
@@ -312,11 +540,11 @@ class Street:
     def __init__(self, lay: Layout, d: Dice) -> None:
         self.lay = lay
         # buildings, park, fence, wall, hedge
-        self.zone_w = [6 * d.u(0.3, 1.7), 2 * d.u(0.3, 1.7), d.u(0.3, 1.7), d.u(0.3, 1.7),
-                       d.u(0.3, 1.7)]
+        self.zone_w = (6 * d.u(0.3, 1.7), 2 * d.u(0.3, 1.7), d.u(0.3, 1.7), d.u(0.3, 1.7),
+                       d.u(0.3, 1.7))
         self.lamp_spacing = d.u(18, 35)
         self.lamp_phase = d.u(0, self.lamp_spacing)
-        self.lamp_sides = d.choose([(-1, 1), (1,), (-1,)], [6, 3, 1])
+        self.lamp_sides = d.choose([(-1, 1), (1,), (-1,)], (6, 3, 1))
         self.lamp_glow = _LAMP_GLOW["sodium" if d.chance(0.6) else "led"]
         self.tree_spacing = d.u(9, 18) if d.chance(0.5) else 0.0
         self.tall = d.u(0.5, 1.5)
@@ -327,7 +555,7 @@ class Street:
         for side in (-1, 1):
             z = z0
             while z < z1 - 1:
-                zone = d.choose(["buildings", "park", "fence", "wall", "hedge"], self.zone_w)
+                zone = d.choose(_ZONES, self.zone_w)
                 length = min(d.u(12, 40), z1 - z)
                 self._zone(d, rows, zone, side, z, z + length)
                 z += length
@@ -363,10 +591,9 @@ class Street:
         edge = lay.walk_edge(side)
         mid, half = (za + zb) / 2, (zb - za) / 2
         paved = zone == "buildings"
-        _ground(rows, lay.band(edge, edge + side * 45, za, zb),
-                ob.SIDEWALK if paved else ob.TERRAIN,
+        _ground(rows, edge, edge + side * 45, za, zb, ob.SIDEWALK if paved else ob.TERRAIN,
                 lay.colours["walk"] if paved else _jitter(d, lay.colours["grass"], 0.03),
-                Mat.PAVING if paved else Mat.GRASS, lay.kerb, mid, L_PROPERTY, half)
+                Mat.PAVING if paved else Mat.GRASS, lay.kerb, L_PROPERTY)
         if paved:
             self._buildings(d, rows, side, edge + side * d.u(0, 4) * d.chance(0.4), za, zb, L_OUTER)
             return
@@ -402,17 +629,8 @@ class Street:
             if z > za and d.chance(0.2):
                 z += d.u(1.5, 5)  # an alley
                 continue
-            material = d.choose([Mat.PLASTER, Mat.BRICK, Mat.GLASS], [55, 30, 15])
-            colour = _pick(d, _FACADES[material], 0.04)
-            floor_h = d.u(2.9, 3.8)
-            floors = max(2, int(d.u(2, 9) * self.tall))
-            _add(rows, "buildings", z + length / 2, line, layer, {
-                "side": side, "length": length, "depth": d.u(10, 20),
-                "height": floors * floor_h + d.u(0.3, 1.5), "material": material,
-                "colour": colour, "glass": _pick(d, _GLASS, 0.03), "lit": d.u(0.1, 0.6),
-                "cell": (d.u(2.4, 4.2), floor_h), "trim": _jitter(d, colour, 0.08),
-                "shop": _hsv(d, (0, 0.7), (0.2, 0.9)), "has_shop": d.chance(0.4),
-            }, extent=length / 2)
+            _add(rows, "buildings", z + length / 2, line, layer,
+                 _building(d, side, length, self.tall, False), extent=length / 2)
             z += length
 
     def _furniture(self, d: Dice, rows: Rows, side: int, z0: float, z1: float) -> None:
@@ -428,7 +646,7 @@ class Street:
                          y=lay.kerb)
                 z += self.tree_spacing
         for _ in range(d.poisson(0.8)):
-            shape = d.choose(_SIGN_SHAPES, [40, 20, 25, 5, 10])
+            shape = d.choose(_SIGN_SHAPES, (40, 20, 25, 5, 10))
             rim, face = _SIGN_COLOURS[shape]
             if shape == "circle" and d.chance(0.4):
                 rim, face = (0.1, 0.3, 0.7), (0.15, 0.35, 0.75)
@@ -458,7 +676,7 @@ class Street:
             if d.chance(0.55):
                 p = _vehicle(d, False)
                 length = p["length"]
-                if p["label"] == ob.CAR:
+                if p["kind"] in (_CAR, _VAN):  # the car class
                     flip = d.chance(0.85 if side < 0 else 0.1)
                     _add(rows, "vehicles", z + length / 2, lay.road_edge(side) - side * park / 2,
                          L_NEAR, p, extent=length / 2, heading=math.pi if flip else 0.0)
@@ -469,14 +687,8 @@ class Street:
         edge = self.lay.walk_edge(side)
         for _ in range(d.index(3)):
             length = d.u(15, 40)
-            floor_h = d.u(3, 3.6)
-            _add(rows, "buildings", d.u(z0, z1), edge + side * d.u(30, 90), L_FAR, {
-                "side": side, "length": length, "depth": 20.0,
-                "height": floor_h * (4 + d.index(12)),
-                "material": d.choose([Mat.PLASTER, Mat.GLASS, Mat.BRICK], [5, 3, 2]),
-                "colour": _jitter(d, (0.65, 0.65, 0.66), 0.1), "glass": _pick(d, _GLASS),
-                "lit": d.u(0.1, 0.5), "cell": (d.u(2.5, 4), floor_h), "trim": (0.6, 0.6, 0.6),
-                "shop": (0.0, 0.0, 0.0), "has_shop": False}, extent=length / 2)
+            _add(rows, "buildings", d.u(z0, z1), edge + side * d.u(30, 90), L_FAR,
+                 _building(d, side, length, 1.0, True), extent=length / 2)
         if d.chance(0.3):
             _add(rows, "trees", d.u(z0, z1), edge + side * d.u(25, 60), L_FAR,
                  _tree(d, d.u(2.0, 3.5)), y=self.lay.kerb)
@@ -485,10 +697,9 @@ class Street:
         """A zebra crossing with signals on both sides and people walking over it."""
         lay = self.lay
         left, right = lay.road_edge(-1), lay.road_edge(1)
-        for x in np.arange(left + 0.5, right - 0.5, 1.0):
-            xz = np.array([[x, z - 1.5], [x + 0.5, z - 1.5], [x + 0.5, z + 1.5], [x, z + 1.5]])
-            xz[:, 0] += lay.center(xz[:, 1])
-            _ground(rows, xz, ob.ROAD, lay.colours["marking"], Mat.MARKING, 0.0, z, L_MARKING, 1.5)
+        for x in np.arange(left + 0.5, right - 0.5, 1.0).tolist():
+            _ground(rows, x, x + 0.5, z - 1.5, z + 1.5, ob.ROAD, lay.colours["marking"],
+                    Mat.MARKING, 0.0, L_MARKING)
         state = d.index(3)
         for side in (-1, 1):
             arm = -side * d.u(3, 6) if side > 0 and d.chance(0.5) else 0.0
@@ -498,8 +709,7 @@ class Street:
         for _ in range(d.index(4)):
             start = d.u(left, right)
             direction = d.choose([-1.0, 1.0])
-            p = _person(d, 2, 1.2)
-            p["facing"] = direction
+            p = _person(d, 2, 1.2, direction)
             _add(rows, "people", z + d.u(-1, 1), start, L_NEAR, p, drift=1.2 * direction,
                  stop=(right + 1 - start) if direction > 0 else (start - left + 1))
 
@@ -516,7 +726,7 @@ def traffic(lay: Layout, side: int, lane: int, ego: bool, density: float) -> Sam
         z = z0 + d.u(3, 40) / density
         while z < z1 - 3:
             if d.chance(0.04):
-                _add(rows, "riders", z, offset, L_NEAR, _rider(d, True, side < 0))
+                _add(rows, "people", z, offset, L_NEAR, _rider(d, True, side < 0))
                 length = 2.0
             else:
                 p = _vehicle(d, True)
@@ -551,7 +761,7 @@ def cyclists(lay: Layout) -> Sampler:
     def sample(d: Dice, z0: float, z1: float) -> Rows:
         rows: Rows = {}
         for _ in range(d.poisson((z1 - z0) / 250)):
-            _add(rows, "riders", d.u(z0, z1), offset, L_NEAR, _rider(d, False, False))
+            _add(rows, "people", d.u(z0, z1), offset, L_NEAR, _rider(d, False, False))
         return rows
 
     return sample

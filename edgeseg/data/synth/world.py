@@ -38,6 +38,7 @@ from edgeseg.data.synth.scene import (
     sample_layout,
     traffic,
     walkers,
+    with_parameters,
 )
 from edgeseg.data.synth.textures import Mat
 
@@ -46,6 +47,7 @@ DETAIL = 90.0     # draw distance of small things (people, signs, parked cars)
 TRAFFIC = 160.0   # draw distance of traffic
 BEHIND = 12.0     # things this far behind the camera may still reach into view
 SKY_DEPTH = 5000.0
+GROUND_STEPS = 6  # points along each side of a ground strip (up to 40 m)
 PURPOSES = {"scene": 0, "pair": 1, "video": 2}
 
 
@@ -59,6 +61,18 @@ class Stream:
     sample: Sampler
 
 
+def _grounds(b: MeshBuilder, xz: np.ndarray, layer: object, label: object, colour: object,
+             material: object, gy: object) -> None:
+    """Ground polygons (P, K, 2) in world xz (see `objects.emit_grounds`); the other
+    columns are per polygon or constant."""
+    n = len(xz)
+    columns = {"xz": xz, "label": np.broadcast_to(label, n),
+               "colour": np.broadcast_to(colour, (n, 3)),
+               "material": np.broadcast_to(material, n), "gy": np.broadcast_to(gy, n)}
+    ob.emit_grounds(b, b.objects(0.0, 0.0, 0.0, 0.0, np.broadcast_to(layer, n)), Batch(columns),
+                    0.0)
+
+
 class World:
     """A persistent street world; see the module docstring."""
 
@@ -66,7 +80,7 @@ class World:
         if seed < 0 or index < 0:
             raise ValueError(f"seed and scene index must be >= 0, got {seed} and {index}")
         self.key = (int(seed), PURPOSES[purpose], int(index))
-        d = Dice(np.random.default_rng(self.key))
+        d = Dice(*self.key)
         self.layout = lay = sample_layout(d)
         street = Street(lay, d)
         density = d.u(0.4, 1.3)
@@ -96,7 +110,7 @@ class World:
     def _block(self, stream: int, block: int) -> Rows:
         key = (stream, block)
         if key not in self._blocks:
-            dice = Dice(np.random.default_rng([*self.key, stream, block + (1 << 24)]))
+            dice = Dice(*self.key, stream, block + (1 << 24))
             size = self.streams[stream].block
             self._blocks[key] = self.streams[stream].sample(dice, block * size, (block + 1) * size)
         return self._blocks[key]
@@ -120,8 +134,8 @@ class World:
                             keep.append(row)
                             zs.append(z)
         self._blocks = used  # keep only what this frame needed
-        return {kind: (Batch.from_rows(rows), np.array(zs)) for kind, (rows, zs) in found.items()
-                if rows}
+        return {kind: (with_parameters(kind, Batch.from_rows(rows)), np.array(zs))
+                for kind, (rows, zs) in found.items() if rows}
 
     def mesh(self, cam: Camera, t: float = 0.0) -> Mesh:
         """Everything in view at time ``t`` as seen from ``cam``, sky first."""
@@ -131,7 +145,8 @@ class World:
         lay = self.layout
         for kind, (batch, z) in self.visible(cam, t).items():
             emit, anchor = ob.EMITTERS[kind]
-            if anchor == "world":
+            if anchor == "world":  # ground strips: world xz outlines from their bands
+                batch.columns["xz"] = lay.bands(*batch["band"].T, GROUND_STEPS)
                 obj = b.objects(0.0, 0.0, 0.0, 0.0, batch["layer"])
             else:
                 walked = np.clip(batch["drift"] * t, -batch["stop"], batch["stop"])
@@ -157,35 +172,40 @@ class World:
         lay = self.layout
         col = lay.colours
         z0, z1 = cam.z - BEHIND, cam.z + FAR
-        rows: Rows = {}
-
-        def paint(xz: np.ndarray, layer: int, label: int, colour: tuple[float, float, float],
-                  material: Mat, gy: float) -> None:
-            rows.setdefault("grounds", []).append(
-                {"xz": xz, "gy": gy, "label": label, "colour": colour, "material": material,
-                 "layer": layer, "z": 0.0})
-
-        big = 3000.0
-        paint(np.array([[cam.x - big, z0], [cam.x + big, z0], [cam.x + big, cam.z + big],
-                        [cam.x - big, cam.z + big]]), L_GROUND, ob.TERRAIN, col["grass"],
-              Mat.GRASS, 0.0)
+        # strips along the whole stretch (15 m steps): (from, to, layer, label, colour,
+        # material, height)
+        strips = []
         for side in (-1, 1):
             edge = lay.road_edge(side)
-            paint(lay.band(edge + side * lay.curb, lay.walk_edge(side), z0, z1, 15), L_STREET,
-                  ob.SIDEWALK, col["walk"], Mat.PAVING, lay.kerb)
-            paint(lay.band(edge, edge + side * lay.curb, z0, z1, 15), L_STREET, ob.SIDEWALK,
-                  col["curb"], Mat.CONCRETE, lay.kerb)
-        paint(lay.band(lay.road_edge(-1), lay.road_edge(1), z0, z1, 15), L_STREET, ob.ROAD,
-              col["road"], Mat.ASPHALT, 0.0)
-        for offset, colour, dashes in self._lines():
-            spans = [(z, z + 4.0) for z in np.arange(math.floor(z0 / 12) * 12, cam.z + 110, 12)]
-            for za, zb in spans if dashes else [(z0, z1)]:
-                paint(lay.band(offset - 0.07, offset + 0.07, za, zb, 15), L_MARKING, ob.ROAD,
-                      colour, Mat.MARKING, 0.0)
-        batch = Batch.from_rows(rows["grounds"])
-        ob.emit_grounds(b, b.objects(0.0, 0.0, 0.0, 0.0, batch["layer"]), batch, 0.0)
-        for side in (-1, 1):
-            self._curb_face(b, cam, lay.road_edge(side), side)
+            strips += [(edge + side * lay.curb, lay.walk_edge(side), L_STREET, ob.SIDEWALK,
+                        col["walk"], Mat.PAVING, lay.kerb),
+                       (edge, edge + side * lay.curb, L_STREET, ob.SIDEWALK, col["curb"],
+                        Mat.CONCRETE, lay.kerb)]
+        strips.append((lay.road_edge(-1), lay.road_edge(1), L_STREET, ob.ROAD, col["road"],
+                       Mat.ASPHALT, 0.0))
+        lines = self._lines()
+        strips += [(offset - 0.07, offset + 0.07, L_MARKING, ob.ROAD, colour, Mat.MARKING, 0.0)
+                   for offset, colour, dashed in lines if not dashed]
+        o0, o1, *rest = (np.array(c) for c in zip(*strips))
+        _grounds(b, lay.bands(o0, o1, z0, z1, int((z1 - z0) / 15) + 1), *rest)
+        # quads: the terrain all around, then dashes 4 m long every 12 m
+        big = 3000.0
+        quads = [np.array([[[cam.x - big, z0], [cam.x + big, z0], [cam.x + big, cam.z + big],
+                            [cam.x - big, cam.z + big]]])]
+        parts = [(1, L_GROUND, ob.TERRAIN, col["grass"], Mat.GRASS)]  # (count, ...)
+        dashed = [(offset, colour) for offset, colour, dashed in lines if dashed]
+        if dashed:
+            starts = np.arange(math.floor(z0 / 12) * 12, cam.z + 110, 12)
+            offset = np.repeat([o for o, _ in dashed], len(starts))
+            za = np.tile(starts, len(dashed))
+            quads.append(lay.bands(offset - 0.07, offset + 0.07, za, za + 4.0, 2))
+            parts += [(len(starts), L_MARKING, ob.ROAD, colour, Mat.MARKING)
+                      for _, colour in dashed]
+        counts = [part[0] for part in parts]
+        layer, label, colour, material = (np.repeat(np.array(c), counts, 0)
+                                          for c in list(zip(*parts))[1:])
+        _grounds(b, np.concatenate(quads), layer, label, colour, material, 0.0)
+        self._curb_faces(b, cam)
 
     def _lines(self) -> list[tuple[float, tuple[float, float, float], bool]]:
         """Lane lines: (offset, colour, dashed): centre, lane separators, edge lines."""
@@ -204,17 +224,24 @@ class World:
                 lines.append((side * (n * lay.lane_w - 0.2), col["marking"], False))
         return lines
 
-    def _curb_face(self, b: MeshBuilder, cam: Camera, edge: float, side: int) -> None:
-        """The vertical face of a curb, facing the road (planar enough near the camera)."""
+    def _curb_faces(self, b: MeshBuilder, cam: Camera) -> None:
+        """The vertical faces of the curbs, facing the road (planar enough near the camera)."""
         lay = self.layout
         zs = np.linspace(cam.z - BEHIND, cam.z + FAR, 30)
-        x = lay.center(zs) + edge
-        verts = np.concatenate([np.stack([x, np.zeros_like(zs), zs], 1),
-                                np.stack([x, np.full_like(zs, lay.kerb), zs], 1)[::-1]])
         ref = cam.z + 8.0
         theta = float(lay.tangent(ref))
-        frame = np.array([(-side * math.cos(theta), 0.0, side * math.sin(theta)),
-                          (math.sin(theta), 0.0, math.cos(theta)), (0, -1, 0),
-                          (float(lay.center(ref)) + edge, lay.kerb, ref)])
-        obj = b.objects(0.0, 0.0, 0.0, 0.0, L_STREET)
-        b.polys(obj, verts[None], frame, attrs(1, ob.SIDEWALK, Mat.CONCRETE, lay.colours["curb"]))
+        c, s = math.cos(theta), math.sin(theta)
+        edges = np.array([lay.road_edge(-1), lay.road_edge(1)])
+        verts = np.empty((2, 60, 3))
+        verts[:, :30, 0] = lay.center(zs) + edges[:, None]
+        verts[:, 30:, 0] = verts[:, 29::-1, 0]
+        verts[:, :30, 1] = 0.0
+        verts[:, 30:, 1] = lay.kerb
+        verts[:, :30, 2] = zs
+        verts[:, 30:, 2] = zs[::-1]
+        # normals towards the road: the left curb's faces +x, the right one's -x
+        frames = np.array([[(sign * c, 0.0, -sign * s), (s, 0.0, c), (0, -1, 0),
+                            (float(lay.center(ref)) + edge, lay.kerb, ref)]
+                           for sign, edge in zip((1, -1), edges.tolist())])
+        obj = b.objects(0.0, 0.0, 0.0, 0.0, np.full(2, L_STREET))
+        b.polys(obj, verts, frames, attrs(2, ob.SIDEWALK, Mat.CONCRETE, lay.colours["curb"]))
