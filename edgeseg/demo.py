@@ -34,7 +34,7 @@ DEMO_RECIPE = {
     "method": {"name": "source_only"},
     "optim": {"name": "adam", "lr": 0.002, "weight_decay": 0.0001, "schedule": "poly",
               "warmup_iters": 20},
-    "train": {"iterations": 300, "val_every": 0, "ckpt_every": 100, "log_every": 10},
+    "train": {"iterations": 600, "val_every": 0, "ckpt_every": 100, "log_every": 10},
 }
 
 
