@@ -128,3 +128,23 @@ def test_precision_variants_keep_miou_on_a_synthetic_set(fp32_onnx: Path, tiny_s
     # measured on the CamVid model (benchmarks/results/camvid)
     assert miou[fp32_onnx.name] - miou[int8.name] <= 0.03
     assert [f for f in lint(int8) if f.severity == "error"] == []
+
+
+def test_fp16_keeping_every_resize_in_fp32_loads_and_agrees(fp32_onnx: Path, tmp_path: Path
+                                                            ) -> None:
+    """Blocked nodes inside the graph (the ASPP image-pool Resize feeds an fp16 Concat) get
+    converter casts whose value_info must follow them, or ONNX Runtime refuses the file."""
+    import onnx
+
+    from edgeseg.export.fp16 import convert_fp16
+    from edgeseg.export.parity import sample_frames
+    from edgeseg.runtime.predictor import BackendPredictor, load_backend
+
+    out = convert_fp16(fp32_onnx, tmp_path / "keep.onnx", keep_fp32=["Resize"])
+    model = onnx.load(str(out))
+    resizes = [n for n in model.graph.node if n.op_type == "Resize"]
+    assert len(resizes) == 3
+    ref, half = (BackendPredictor(load_backend(p)) for p in (fp32_onnx, out))
+    for bgr in sample_frames(None, (32, 64), 4):
+        rgb = bgr[..., ::-1]
+        assert (ref(rgb) == half(rgb)).mean() > 0.99

@@ -94,15 +94,24 @@ def resolve_nodes(graph: onnx.GraphProto, names: Iterable[str],
 
 
 def _retarget_casts(proto: onnx.ModelProto) -> None:
-    """Point Cast(to=FLOAT) nodes whose output the converter typed fp16 at FLOAT16."""
-    fp16_values = {vi.name for vi in proto.graph.value_info
-                   if vi.type.tensor_type.elem_type == TensorProto.FLOAT16}
+    """Make Cast targets and value_info agree after conversion.
+
+    The graph's own Cast(to=FLOAT) (uint8 frame -> float) feeds fp16 ops now: retarget it
+    to FLOAT16. The converter's inserted casts around blocked nodes (``*_input_cast*``,
+    ``*_output_cast*``) keep their target, but their outputs' value_info is left stale
+    (e.g. a kept-fp32 Resize feeding an fp16 Concat): ORT rejects that, so fix the info.
+    """
+    infos = {vi.name: vi for vi in proto.graph.value_info}
     for node in proto.graph.node:
-        if node.op_type != "Cast" or node.output[0] not in fp16_values:
+        info = infos.get(node.output[0]) if node.op_type == "Cast" else None
+        if info is None:
             continue
-        for a in node.attribute:
-            if a.name == "to" and a.i == TensorProto.FLOAT:
-                a.i = TensorProto.FLOAT16
+        to = next(a for a in node.attribute if a.name == "to")
+        declared = info.type.tensor_type
+        if "_input_cast" in node.name or "_output_cast" in node.name:
+            declared.elem_type = to.i
+        elif to.i == TensorProto.FLOAT and declared.elem_type == TensorProto.FLOAT16:
+            to.i = TensorProto.FLOAT16
 
 
 def check_loads(proto: onnx.ModelProto, source: str | Path, hint: str) -> None:
