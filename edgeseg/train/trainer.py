@@ -8,7 +8,6 @@ networks beyond the segmenter, their optimisers and the step itself.
 from __future__ import annotations
 
 import json
-import logging
 import random
 import signal
 import time
@@ -40,8 +39,6 @@ from edgeseg.train.distributed import (
 from edgeseg.train.loader import AugmentedDataset, MultiStream, Stream
 from edgeseg.train.methods import Method, MethodContext, get_method
 from edgeseg.train.predict import TorchPredictor
-
-log = logging.getLogger("edgeseg.train")
 
 #: exit status after Ctrl-C / SIGTERM: a checkpoint was saved, resume with --resume
 EXIT_INTERRUPTED = 130
