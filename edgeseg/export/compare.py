@@ -166,18 +166,11 @@ def compare_models(a: str | Path, b: str | Path, data: str | None = None, frames
 
 def _frames(data: str | None, count: int, size: tuple[int, int] | None
             ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-    """RGB frames (resized to the models' input size) and labels resized alike."""
-    if data:
-        from edgeseg.data import spread_samples
+    """RGB frames (resized to the models' input size) and labels resized alike; ``data``
+    may be a dataset spec, a video, or None for synthetic scenes."""
+    from edgeseg.export.variants import scoring_frames
 
-        samples = spread_samples(data, count)
-        images, labels = [s["image"] for s in samples], [s.get("label") for s in samples]
-    else:
-        from edgeseg.export.parity import sample_frames
-
-        hw = size or (256, 512)
-        images = [np.ascontiguousarray(f[..., ::-1]) for f in sample_frames(None, hw, count)]
-        labels = [None] * len(images)
+    images, labels = scoring_frames(data, count, size or (256, 512))
     if size is None:
         return images, labels
     h, w = size
@@ -190,8 +183,8 @@ def _frames(data: str | None, count: int, size: tuple[int, int] | None
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("a", help="checkpoint (.pt), ONNX file or engine")
     parser.add_argument("b", help="checkpoint (.pt), ONNX file or engine")
-    parser.add_argument("--data", metavar="SPEC", help="frames (labelled: mIoU deltas too); "
-                        "default synthetic day/night scenes")
+    parser.add_argument("--data", metavar="SPEC|VIDEO", help="frames (a labelled spec: mIoU "
+                        "deltas too); default synthetic day/night scenes")
     parser.add_argument("--frames", type=int, default=16, help="frames to compare (default 16)")
     parser.add_argument("--min-agreement", type=float, default=0.99,
                         help="pixel agreement that passes (default 0.99)")

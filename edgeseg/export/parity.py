@@ -35,9 +35,9 @@ import numpy as np
 import onnx
 
 from edgeseg.data import spread_samples
-from edgeseg.data.transforms import to_chw_float
 from edgeseg.errors import EdgesegError
-from edgeseg.export.metadata import ModelMetadata, read_metadata
+from edgeseg.export.metadata import read_metadata
+from edgeseg.runtime.predictor import frame_to_input
 
 if TYPE_CHECKING:
     import torch
@@ -142,16 +142,6 @@ def random_frames(size: tuple[int, int], count: int, seed: int = 0) -> list[np.n
                             interpolation=cv2.INTER_NEAREST)
         out.append(((img.astype(np.uint16) + blocks) // 2).astype(np.uint8))
     return out
-
-
-def frame_to_input(frame: np.ndarray, meta: ModelMetadata) -> np.ndarray:
-    """A BGR uint8 frame as the graph input of ``meta`` (batch of one)."""
-    fmt = meta.input.format
-    if fmt == "uint8-nhwc-bgr":
-        return np.ascontiguousarray(frame[None])
-    if fmt == "float-nchw":  # normalised exactly as in training
-        return to_chw_float(frame[..., ::-1], meta.mean, meta.std)[None]
-    raise EdgesegError(f"input format {fmt!r} is not known to the parity check")
 
 
 # ---------------------------------------------------------------------------- ONNX

@@ -81,10 +81,11 @@ class Candidate:
 TABLE_HEADER = "precision   p50 ms   mean ms  agree %   mIoU   drop  verdict"
 
 
-def _accuracy_set(spec: str | None, count: int,
+def scoring_frames(spec: str | None, count: int,
                   fallback_size: tuple[int, int]) -> tuple[list[np.ndarray], list[Any]]:
-    """(RGB images, labels or None) to score candidates on: a dataset spec (labelled or
-    not), a video (pseudo-labelled by fp32), or synthetic scenes when nothing is given."""
+    """(RGB images, labels or None) to score models on: a dataset spec (labelled or not),
+    a video (pseudo-labelled by the reference), or synthetic scenes when nothing is given
+    (at ``fallback_size``, height and width)."""
     if spec and Path(spec).is_file():
         from edgeseg.export.calibration import _read_video
 
@@ -166,7 +167,7 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
     spec = meta.input
     hw = spec.shape[1:3] if spec.format == "uint8-nhwc-bgr" else spec.shape[2:4]
     fallback = (int(hw[0] or 256), int(hw[1] or 512))
-    images, labels = _accuracy_set(gate.data or cal.data, gate.frames, fallback)
+    images, labels = scoring_frames(gate.data or cal.data, gate.frames, fallback)
     stem = out.name.split(".")[0]
     results: list[Candidate] = []
     reference: list[np.ndarray] | None = None

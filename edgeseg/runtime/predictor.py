@@ -14,6 +14,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from edgeseg.data.transforms import to_chw_float
+from edgeseg.errors import EdgesegError
 from edgeseg.export.metadata import ModelMetadata
 from edgeseg.runtime.backends.base import Backend, open_backend
 
@@ -33,6 +35,16 @@ def load_backend(path: str | Path, backend: str = "auto", **options: object) -> 
     return open_backend(p, backend, **options)
 
 
+def frame_to_input(frame: np.ndarray, meta: ModelMetadata) -> np.ndarray:
+    """A BGR uint8 frame as the graph input of ``meta`` (batch of one)."""
+    fmt = meta.input.format
+    if fmt == "uint8-nhwc-bgr":
+        return np.ascontiguousarray(frame[None])
+    if fmt == "float-nchw":  # normalised exactly as in training
+        return to_chw_float(frame[..., ::-1], meta.mean, meta.std)[None]
+    raise EdgesegError(f"input format {fmt!r} is not known to edgeseg")
+
+
 class BackendPredictor:
     """RGB uint8 (H, W, 3) -> uint8 (H, W) class ids of ``metadata.label_space``."""
 
@@ -45,8 +57,6 @@ class BackendPredictor:
         shape = self.spec.shape
         hw = shape[2:4] if self.nchw else shape[1:3]
         self.size = None if any(d is None or d < 0 for d in hw) else (int(hw[0]), int(hw[1]))
-        self.mean = np.asarray(self.meta.mean, np.float32) * 255.0
-        self.std = np.asarray(self.meta.std, np.float32) * 255.0
         self.kind = backend.output_spec.format or "labels"
 
     @property
@@ -69,18 +79,14 @@ class BackendPredictor:
                                                           interpolation=cv2.INTER_LINEAR)
         return canvas, (top, left, nh, nw)
 
-    def _to_input(self, bgr: np.ndarray) -> np.ndarray:
-        if not self.nchw:
-            return bgr[None]
-        rgb = bgr[..., ::-1].astype(np.float32)
-        x = ((rgb - self.mean) / self.std).transpose(2, 0, 1)[None]
-        return np.ascontiguousarray(x, dtype=np.dtype(self.spec.dtype or "float32"))
-
     def __call__(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         fitted, (top, left, nh, nw) = self._fit(image)
         bgr = np.ascontiguousarray(fitted[..., ::-1])
-        out = self.backend.infer(self._to_input(bgr))[0]
+        x = frame_to_input(bgr, self.meta)
+        if self.nchw:
+            x = x.astype(np.dtype(self.spec.dtype or "float32"), copy=False)
+        out = self.backend.infer(x)[0]
         labels = out.argmax(0).astype(np.uint8) if self.kind in ("logits", "probs") else out
         labels = np.asarray(labels, np.uint8)[top:top + nh, left:left + nw]
         if labels.shape != (h, w):
