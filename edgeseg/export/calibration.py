@@ -97,7 +97,7 @@ def input_contract(model: str | Path | onnx.ModelProto) -> InputContract:
     return InputContract(graph_input.name, fmt, dims[0], h, w, *norm)
 
 
-def _read_video(path: Path, count: int, every: int) -> Iterator[np.ndarray]:
+def read_video_frames(path: Path, count: int, every: int) -> Iterator[np.ndarray]:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise CalibrationError(f"{path}: cannot open as a video (OpenCV/FFmpeg could not read "
@@ -135,7 +135,7 @@ def load_frames(source: str | Path, contract: InputContract, count: int = 64,
         raise CalibrationError(f"calibration frames {count} / every {every}: both must be >= 1")
     path = Path(source)
     if path.is_file():
-        frames = _read_video(path, count, every)
+        frames = read_video_frames(path, count, every)
     elif ":" in str(source):
         frames = _read_dataset(str(source), count)
     else:

@@ -87,9 +87,9 @@ def scoring_frames(spec: str | None, count: int,
     a video (pseudo-labelled by the reference), or synthetic scenes when nothing is given
     (at ``fallback_size``, height and width)."""
     if spec and Path(spec).is_file():
-        from edgeseg.export.calibration import _read_video
+        from edgeseg.export.calibration import read_video_frames
 
-        images = list(_read_video(Path(spec), count, every=max(1, 10)))
+        images = list(read_video_frames(Path(spec), count, every=10))
         return images, [None] * len(images)
     if spec:
         from edgeseg.data import spread_samples
