@@ -27,6 +27,10 @@ MODULE_COMMANDS: list[tuple[str, str, str]] = [
     ("inspect", "edgeseg.export.inspect_cli", "print the metadata of an ONNX file or engine"),
     ("compare", "edgeseg.export.compare",
      "compare two of checkpoint / ONNX / engine (polygraphy, segmentation-aware)"),
+    ("run", "edgeseg.runtime.run_cli",
+     "stream a camera, video or image folder through an engine (overlay, video, labels)"),
+    ("bench", "edgeseg.bench.cli",
+     "latency, frame rate and mIoU parity of engines; JSON, Markdown and plots"),
 ]
 
 

@@ -40,6 +40,41 @@ def prediction_mapping(model_space: LabelSpace, data_space: LabelSpace) -> dict[
     )
 
 
+class FrameScorer:
+    """Accumulates the confusion matrix of predictions in ``model_space`` against labels in
+    ``data_space``, mapping the predictions where the spaces differ; shared by `evaluate`
+    and the runtime's online mIoU, so both count the same way."""
+
+    def __init__(self, model_space: LabelSpace | str, data_space: LabelSpace | str) -> None:
+        self.model_space = get_label_space(model_space) if isinstance(model_space, str) \
+            else model_space
+        self.space = get_label_space(data_space) if isinstance(data_space, str) else data_space
+        self.mapping = prediction_mapping(self.model_space, self.space)
+        # A mapped model can predict a class the dataset lacks (e.g. terrain on CamVid):
+        # it lands in an extra "other" column, so it counts as a miss of the true class.
+        self.other = self.space.num_classes if self.mapping is not None else None
+        self.confusion = ConfusionMatrix(self.space.num_classes + (self.other is not None),
+                                         self.space.ignore_index)
+
+    def map_prediction(self, pred: np.ndarray) -> np.ndarray:
+        if self.mapping is None:
+            return pred
+        pred = remap_labels(pred, self.mapping)
+        pred[pred == IGNORE_INDEX] = self.other
+        return pred
+
+    def update(self, pred: np.ndarray, label: np.ndarray, name: str = "frame") -> np.ndarray:
+        """Score one frame; returns the prediction in the dataset's classes."""
+        pred = self.map_prediction(pred)
+        if pred.shape != label.shape:
+            raise ValueError(f"{name}: prediction {pred.shape} vs label {label.shape}")
+        self.confusion.update(pred, label)
+        return pred
+
+    def metrics(self) -> SegMetrics:
+        return metrics_of(self.confusion, self.space)
+
+
 def open_eval_dataset(spec: str, model_space: LabelSpace | str) -> SegDataset:
     """Open ``spec`` for scoring a model of ``model_space``.
 
@@ -67,12 +102,7 @@ def evaluate(predict: Predictor, dataset: SegDataset, model_space: LabelSpace | 
         model_space = get_label_space(model_space)
     if not dataset.has_labels:
         raise ValueError(f"{dataset.root}: split {dataset.split!r} has no labels to evaluate")
-    space = dataset.label_space
-    mapping = prediction_mapping(model_space, space)
-    # A mapped model can predict a class the dataset lacks (e.g. terrain on CamVid):
-    # it lands in an extra "other" column, so it counts as a miss of the true class.
-    other = space.num_classes if mapping is not None else None
-    cm = ConfusionMatrix(space.num_classes + (other is not None), space.ignore_index)
+    scorer = FrameScorer(model_space, dataset.label_space)
     if indices is None:
         indices = list(range(len(dataset)))
     if max_images:
@@ -80,17 +110,11 @@ def evaluate(predict: Predictor, dataset: SegDataset, model_space: LabelSpace | 
     samples = []
     for i in tqdm(indices, desc=desc, disable=not progress, leave=False):
         sample = dataset[i]
-        pred = predict(sample["image"])
-        if mapping is not None:
-            pred = remap_labels(pred, mapping)
-            pred[pred == IGNORE_INDEX] = other
         label = sample["label"]
-        if pred.shape != label.shape:
-            raise ValueError(f"{sample['name']}: prediction {pred.shape} vs label {label.shape}")
-        cm.update(pred, label)
+        pred = scorer.update(predict(sample["image"]), label, sample["name"])
         if len(samples) < keep_samples:
             samples.append((sample["name"], sample["image"], pred, label))
-    return EvalResult(metrics_of(cm, space), cm, samples)
+    return EvalResult(scorer.metrics(), scorer.confusion, samples)
 
 
 def metrics_of(cm: ConfusionMatrix, space: LabelSpace) -> SegMetrics:

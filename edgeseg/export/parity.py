@@ -37,7 +37,7 @@ import onnx
 from edgeseg.data import spread_samples
 from edgeseg.errors import EdgesegError
 from edgeseg.export.metadata import read_metadata
-from edgeseg.runtime.predictor import frame_to_input
+from edgeseg.runtime.stages import frame_to_input
 
 if TYPE_CHECKING:
     import torch

@@ -10,7 +10,10 @@ optimisation-profile ranges) live here once for every backend.
 from __future__ import annotations
 
 import importlib
+import time
 from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -74,10 +77,25 @@ def check_frames(frames: Any, spec: TensorSpec) -> np.ndarray:
     return np.ascontiguousarray(frames)
 
 
+@dataclass
+class InferResult:
+    """One batch's output and where its time went (ms): ``infer`` always; ``h2d`` and ``d2h``
+    where the backend can time the copies apart (TensorRT, through CUDA events)."""
+
+    output: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
 class Backend(ABC):
-    """An engine ready to run: frames (NHWC uint8 BGR for the deploy contract) -> labels/logits."""
+    """An engine ready to run: frames (NHWC uint8 BGR for the deploy contract) -> labels/logits.
+
+    `infer` is synchronous. `submit`/`collect` is the streaming form: a backend
+    that can overlap work (TensorRT: the next frame's copy during this frame's
+    inference) accepts up to `max_in_flight` batches before the first `collect`.
+    """
 
     name: ClassVar[BackendName]
+    max_in_flight: ClassVar[int] = 1
 
     def __init__(self, engine_path: Path | None, manifest: EngineManifest | None,
                  metadata: ModelMetadata, input_spec: TensorSpec, output_spec: TensorSpec) -> None:
@@ -86,6 +104,7 @@ class Backend(ABC):
         self.metadata = metadata
         self.input_spec = input_spec
         self.output_spec = output_spec
+        self._done: deque[InferResult] = deque()
 
     @classmethod
     def load(cls, engine_path: str | Path, *, onnx_path: str | Path | None = None,
@@ -116,6 +135,23 @@ class Backend(ABC):
 
     @abstractmethod
     def _infer(self, frames: np.ndarray) -> np.ndarray: ...
+
+    def submit(self, frames: np.ndarray) -> None:
+        """Queue a batch; its result comes from the matching `collect` (first in, first out)."""
+        frames = check_frames(frames, self.input_spec)
+        start = time.perf_counter()
+        output = self._infer(frames)
+        self._done.append(InferResult(output, {"infer": (time.perf_counter() - start) * 1e3}))
+
+    def collect(self) -> InferResult:
+        """The oldest submitted batch's result (waits for it where the backend is asynchronous)."""
+        if not self._done:
+            raise EdgesegError("collect() without a submitted batch")
+        return self._done.popleft()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._done)
 
     @abstractmethod
     def close(self) -> None:

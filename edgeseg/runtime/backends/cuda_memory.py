@@ -33,6 +33,10 @@ class CudaError(RuntimeError):
     """A CUDA call that failed on a machine that has a GPU (a bug or a broken driver)."""
 
 
+class GraphCaptureUnsupported(CudaError):
+    """This binding cannot capture CUDA graphs; callers run the work normally instead."""
+
+
 @dataclass(frozen=True)
 class GpuInfo:
     index: int
@@ -109,6 +113,40 @@ class CudaApi(ABC):
     @abstractmethod
     def synchronize(self, stream: Any) -> None: ...
 
+    # events: cross-stream ordering (double buffering) and GPU-side stage timing
+    @abstractmethod
+    def create_event(self) -> Any: ...
+
+    @abstractmethod
+    def record_event(self, event: Any, stream: Any) -> None: ...
+
+    @abstractmethod
+    def stream_wait_event(self, stream: Any, event: Any) -> None:
+        """Work queued on ``stream`` after this call waits for ``event`` (no host block)."""
+
+    @abstractmethod
+    def event_synchronize(self, event: Any) -> None: ...
+
+    @abstractmethod
+    def elapsed_ms(self, start: Any, end: Any) -> float: ...
+
+    @abstractmethod
+    def destroy_event(self, event: Any) -> None: ...
+
+    # CUDA graphs (trtexec's recipe); bindings without them raise GraphCaptureUnsupported
+    def begin_capture(self, stream: Any) -> None:
+        raise GraphCaptureUnsupported(f"{self.name} cannot capture CUDA graphs")
+
+    def end_capture(self, stream: Any) -> Any:
+        """Stop capturing; returns an instantiated graph ready to launch."""
+        raise GraphCaptureUnsupported(f"{self.name} cannot capture CUDA graphs")
+
+    def launch_graph(self, graph: Any, stream: Any) -> None:
+        raise GraphCaptureUnsupported(f"{self.name} cannot launch CUDA graphs")
+
+    def destroy_graph(self, graph: Any) -> None:
+        del graph
+
 
 class CudaPythonApi(CudaApi):
     """cuda-python (``cuda.bindings.runtime``; ``cuda.cudart`` on old 12.x wheels)."""
@@ -182,6 +220,42 @@ class CudaPythonApi(CudaApi):
 
     def synchronize(self, stream: Any) -> None:
         self._call("cudaStreamSynchronize", self.rt.cudaStreamSynchronize(stream))
+
+    def create_event(self) -> Any:
+        return self._call("cudaEventCreate", self.rt.cudaEventCreate())
+
+    def record_event(self, event: Any, stream: Any) -> None:
+        self._call("cudaEventRecord", self.rt.cudaEventRecord(event, stream))
+
+    def stream_wait_event(self, stream: Any, event: Any) -> None:
+        self._call("cudaStreamWaitEvent", self.rt.cudaStreamWaitEvent(stream, event, 0))
+
+    def event_synchronize(self, event: Any) -> None:
+        self._call("cudaEventSynchronize", self.rt.cudaEventSynchronize(event))
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        return float(self._call("cudaEventElapsedTime", self.rt.cudaEventElapsedTime(start, end)))
+
+    def destroy_event(self, event: Any) -> None:
+        self._call("cudaEventDestroy", self.rt.cudaEventDestroy(event))
+
+    def begin_capture(self, stream: Any) -> None:
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._call("cudaStreamBeginCapture", self.rt.cudaStreamBeginCapture(stream, mode))
+
+    def end_capture(self, stream: Any) -> Any:
+        graph = self._call("cudaStreamEndCapture", self.rt.cudaStreamEndCapture(stream))
+        try:
+            instance = self._call("cudaGraphInstantiate", self.rt.cudaGraphInstantiate(graph, 0))
+        finally:
+            self.rt.cudaGraphDestroy(graph)  # the executable instance keeps what it needs
+        return instance
+
+    def launch_graph(self, graph: Any, stream: Any) -> None:
+        self._call("cudaGraphLaunch", self.rt.cudaGraphLaunch(graph, stream))
+
+    def destroy_graph(self, graph: Any) -> None:
+        self._call("cudaGraphExecDestroy", self.rt.cudaGraphExecDestroy(graph))
 
 
 class PyCudaApi(CudaApi):
@@ -257,6 +331,25 @@ class PyCudaApi(CudaApi):
 
     def synchronize(self, stream: Any) -> None:
         stream.synchronize()
+
+    def create_event(self) -> Any:
+        self._context()
+        return self.drv.Event()
+
+    def record_event(self, event: Any, stream: Any) -> None:
+        event.record(stream)
+
+    def stream_wait_event(self, stream: Any, event: Any) -> None:
+        stream.wait_for_event(event)
+
+    def event_synchronize(self, event: Any) -> None:
+        event.synchronize()
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        return float(end.time_since(start))
+
+    def destroy_event(self, event: Any) -> None:
+        """pycuda destroys an event when the object is collected."""
 
 
 BINDINGS: dict[str, type[CudaApi]] = {"cuda-python": CudaPythonApi, "pycuda": PyCudaApi}

@@ -1,0 +1,236 @@
+"""``edgeseg run ENGINE --source SRC --sink SINK``: the on-vehicle stream.
+
+Everything the stream needs comes from the engine (its manifest/metadata:
+input format and size, labels, palette), so a camera, an engine and a sink are
+the whole configuration. Ctrl-C (SIGINT) or SIGTERM stops the capture, finishes
+the queued frames, closes the video (playable) and exits 130; a second Ctrl-C
+aborts at once. Torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeseg.errors import EdgesegError
+from edgeseg.fileio import write_json
+from edgeseg.runtime.backends.base import Backend
+from edgeseg.runtime.overlay import OverlayRenderer, OverlayStyle
+from edgeseg.runtime.pipeline import Policy, RunSummary, StreamPipeline
+from edgeseg.runtime.sinks import open_sink
+from edgeseg.runtime.sources import Reconnect, open_source
+from edgeseg.runtime.stages import (
+    AspectPolicy,
+    EngineStage,
+    SegmentStage,
+    StageChain,
+    TranslateStage,
+    fit_frame,
+    frame_to_input,
+)
+
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class StreamConfig:
+    """Everything `run_stream` needs besides the engine; the CLI flags map onto it."""
+
+    source: str
+    sinks: list[str] = field(default_factory=lambda: ["null"])
+    translator: str | None = None
+    backend: str = "auto"
+    policy: Policy = "auto"
+    queue_size: int = 4
+    aspect: AspectPolicy = "stretch"
+    style: OverlayStyle = OverlayStyle()
+    fps: float | None = None  # output video frame rate; default: the source's
+    max_frames: int = 0
+    threads: int | None = None
+    providers: list[str] | None = None
+    cuda_graphs: bool = False
+    baseline: int = 0  # raw engine iterations after the stream (fps_over_raw in the summary)
+    reconnect: Reconnect = Reconnect()
+    progress: bool = True
+
+
+def backend_options(path: str | Path, cfg: StreamConfig) -> dict[str, Any]:
+    """The loader options that apply to the engine's backend."""
+    from edgeseg.runtime.manifest import manifest_path, read_manifest
+
+    kind = read_manifest(path).backend if manifest_path(path).exists() else "onnxruntime"
+    if kind == "tensorrt":
+        return {"cuda_graphs": cfg.cuda_graphs}
+    options: dict[str, Any] = {}
+    if cfg.threads is not None:
+        options["intra_op_threads"] = cfg.threads
+    if cfg.providers:
+        options["providers"] = cfg.providers
+    return options
+
+
+def open_engine(path: str | Path, cfg: StreamConfig) -> Backend:
+    from edgeseg.runtime.predictor import load_backend
+
+    if not Path(path).exists():
+        raise EdgesegError(f"{path}: no such engine or ONNX file (build one with "
+                           "edgeseg build-engine MODEL.onnx)")
+    return load_backend(path, cfg.backend, **backend_options(path, cfg))
+
+
+@contextlib.contextmanager
+def stop_on_signals(pipeline: StreamPipeline) -> Iterator[None]:
+    """SIGINT/SIGTERM end the stream cleanly; a second SIGINT raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():  # signals need the main thread
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        print(f"\n[edgeseg run] {name}: finishing queued frames and closing the outputs "
+              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        pipeline.request_stop("interrupted")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def raw_throughput(stage: EngineStage, frame: Any, iterations: int) -> float:
+    """Back-to-back `infer` calls on one prepared frame: the engine's own frames/s."""
+    fitted, _ = fit_frame(frame, stage.size, stage.aspect)
+    x = frame_to_input(fitted, stage.meta)
+    stage.backend.infer(x)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        stage.backend.infer(x)
+    return iterations / (time.perf_counter() - t0)
+
+
+def run_stream(engine: str | Path, cfg: StreamConfig) -> RunSummary:
+    """Open everything, stream, close everything; returns the summary."""
+    from edgeseg.evaluate import FrameScorer
+
+    backends: list[Backend] = []
+    try:
+        seg = open_engine(engine, cfg)
+        backends.append(seg)
+        stages: list[EngineStage] = []
+        if cfg.translator:
+            backends.append(open_engine(cfg.translator, cfg))
+            stages.append(TranslateStage(backends[-1], cfg.aspect))
+        stages.append(SegmentStage(seg, cfg.aspect))
+        meta = seg.metadata
+        source = open_source(cfg.source, model_space=meta.label_space or None,
+                             reconnect=cfg.reconnect)
+        try:
+            fps = cfg.fps or source.fps or 10.0
+            sinks = [open_sink(spec, fps) for spec in cfg.sinks]
+            renderer = OverlayRenderer(meta.labels, meta.palette, cfg.style) \
+                if meta.labels else None
+            scorer = None
+            if source.label_space and meta.label_space:
+                try:
+                    scorer = FrameScorer(meta.label_space, source.label_space)
+                except ValueError as exc:  # e.g. a CamVid model on Cityscapes-labelled frames
+                    print(f"[edgeseg run] no online mIoU: {exc}", file=sys.stderr)
+            info = {"engine": str(engine), "translator": cfg.translator,
+                    "backend": seg.name, "precision": meta.precision,
+                    "source": source.describe(), "sinks": cfg.sinks}
+            pipeline = StreamPipeline(source, StageChain(stages), sinks, renderer,
+                                      policy=cfg.policy, queue_size=cfg.queue_size,
+                                      max_frames=cfg.max_frames, scorer=scorer, info=info,
+                                      progress=cfg.progress)
+        except BaseException:
+            source.close()
+            raise
+        with stop_on_signals(pipeline):
+            summary = pipeline.run()
+        if cfg.baseline and pipeline.last_frame is not None:
+            summary.raw_infer_fps = raw_throughput(stages[-1], pipeline.last_frame, cfg.baseline)
+        return summary
+    finally:
+        for backend in backends:
+            backend.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("engine", help="engine from `edgeseg build-engine` (TensorRT plan or "
+                                       "ONNX Runtime model with its .json manifest), or an ONNX")
+    parser.add_argument("--source", required=True,
+                        help="video file, image folder, camera index or /dev/videoN, rtsp://URL, "
+                             "GStreamer pipeline, preset:NAME (runtime/cameras/NAME.yaml), "
+                             "data:NAME:ROOT:SPLIT, synthetic[:DOMAIN[:WxH[:FRAMES[:SEED]]]]")
+    parser.add_argument("--sink", action="append", default=None,
+                        help="window, null, OUT.mp4, frames:DIR, labels:DIR (repeatable; "
+                             "default: window if there is a display)")
+    parser.add_argument("--translator", metavar="ENGINE",
+                        help="image-translation engine run before the segmenter (night->day)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"])
+    parser.add_argument("--policy", default="auto", choices=["auto", "all", "latest"],
+                        help="all: every frame in order (files); latest: drop stale frames "
+                             "(live cameras); auto: by source")
+    parser.add_argument("--queue-size", type=int, default=4)
+    parser.add_argument("--aspect", default="stretch", choices=["stretch", "letterbox"],
+                        help="how frames of another shape are fitted to the engine input")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    parser.add_argument("--side-by-side", action="store_true", help="camera | overlay")
+    parser.add_argument("--no-hud", action="store_true")
+    parser.add_argument("--no-legend", action="store_true")
+    parser.add_argument("--fps", type=float, help="output video frame rate (default: source's)")
+    parser.add_argument("--max-frames", type=int, default=0)
+    parser.add_argument("--summary", metavar="JSON", help="write the run summary here")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--providers", help="ONNX Runtime providers, e.g. cuda,cpu")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="TensorRT: replay each input shape as a CUDA graph")
+    parser.add_argument("--baseline", type=int, default=0, metavar="N",
+                        help="after the stream, time N raw engine calls and report the stream's "
+                             "fps as a fraction of the engine's throughput")
+    parser.add_argument("--reconnect-attempts", type=int, default=5)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> StreamConfig:
+    sinks = args.sink
+    if not sinks:
+        if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.name != "posix":
+            sinks = ["window"]
+        else:
+            raise EdgesegError("no display here: give --sink OUT.mp4 (or frames:DIR, labels:DIR, "
+                               "null)")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise EdgesegError(f"--alpha {args.alpha}: must be between 0 and 1")
+    return StreamConfig(
+        source=args.source, sinks=sinks, translator=args.translator, backend=args.backend,
+        policy=args.policy, queue_size=args.queue_size, aspect=args.aspect,
+        style=OverlayStyle(args.alpha, args.side_by_side, not args.no_hud, not args.no_legend),
+        fps=args.fps, max_frames=args.max_frames, threads=args.threads,
+        providers=args.providers.split(",") if args.providers else None,
+        cuda_graphs=args.cuda_graphs, baseline=args.baseline,
+        reconnect=Reconnect(attempts=args.reconnect_attempts), progress=not args.no_progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    summary = run_stream(args.engine, cfg)
+    print(summary.format())
+    for out in summary.outputs:
+        print(f"wrote {out}")
+    if args.summary:
+        write_json(args.summary, summary.to_dict())
+        print(f"summary: {args.summary}")
+    return EXIT_INTERRUPTED if summary.interrupted else 0

@@ -1,0 +1,225 @@
+"""The engine stages a frame passes through, and the frame<->engine geometry.
+
+A stream runs an ordered list of stages over `Packet`s. Each stage reads
+``packet.frame`` and writes its result back: a `TranslateStage` (an image-to-
+image engine, e.g. Mutual-GAN night->day) replaces ``packet.frame`` with the
+translated frame, the final `SegmentStage` sets ``packet.labels``. So a
+two-engine chain is ``[TranslateStage(t), SegmentStage(s)]`` and the pipeline
+does not change. Stages time their own parts (preprocess, h2d, infer, d2h,
+postprocess) into ``packet.timings``.
+
+Streaming form: ``submit(packet)`` starts the work and ``collect()`` returns
+the oldest packet finished, so a backend that can overlap copies with
+inference (TensorRT double buffering) gets two frames in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+from edgeseg.export.metadata import ModelMetadata
+from edgeseg.runtime.backends.base import Backend
+from edgeseg.runtime.sources import SourceFrame
+
+AspectPolicy = Literal["stretch", "letterbox"]
+Box = tuple[int, int, int, int]  # top, left, height, width of the valid region
+
+
+@dataclass
+class Packet:
+    """A frame on its way through the pipeline."""
+
+    source: SourceFrame
+    frame: np.ndarray  # the image the next stage reads (BGR uint8)
+    labels: np.ndarray | None = None  # class ids at the source frame's size
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> ms
+
+    @property
+    def index(self) -> int:
+        return self.source.index
+
+
+def engine_size(meta: ModelMetadata) -> tuple[int, int] | None:
+    """(H, W) the engine takes, or None when height/width are dynamic."""
+    spec = meta.input
+    shape = spec.shape
+    hw = shape[2:4] if spec.format == "float-nchw" else shape[1:3]
+    if len(hw) != 2 or any(d is None or d < 0 for d in hw):
+        return None
+    return int(hw[0]), int(hw[1])
+
+
+def fit_frame(image: np.ndarray, size: tuple[int, int] | None,
+              aspect: AspectPolicy = "stretch") -> tuple[np.ndarray, Box]:
+    """Resize (stretch) or letterbox ``image`` to ``size`` (H, W); returns the valid box."""
+    h, w = image.shape[:2]
+    if size is None or (h, w) == size:
+        return image, (0, 0, h, w)
+    th, tw = size
+    if aspect == "stretch":
+        return cv2.resize(image, (tw, th), interpolation=cv2.INTER_LINEAR), (0, 0, th, tw)
+    scale = min(th / h, tw / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    top, left = (th - nh) // 2, (tw - nw) // 2
+    canvas = np.zeros((th, tw, *image.shape[2:]), image.dtype)
+    canvas[top:top + nh, left:left + nw] = cv2.resize(image, (nw, nh),
+                                                      interpolation=cv2.INTER_LINEAR)
+    return canvas, (top, left, nh, nw)
+
+
+def unfit_labels(labels: np.ndarray, box: Box, shape: tuple[int, int]) -> np.ndarray:
+    """Crop the valid box of an engine-sized label map and resize it to ``shape`` (H, W)."""
+    top, left, nh, nw = box
+    labels = labels[top:top + nh, left:left + nw]
+    if labels.shape != shape:
+        labels = cv2.resize(labels, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+    return labels
+
+
+def unfit_image(image: np.ndarray, box: Box, shape: tuple[int, int]) -> np.ndarray:
+    top, left, nh, nw = box
+    image = image[top:top + nh, left:left + nw]
+    if image.shape[:2] != shape:
+        image = cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return image
+
+
+def frame_to_input(frame: np.ndarray, meta: ModelMetadata) -> np.ndarray:
+    """A BGR uint8 frame as the graph input of ``meta`` (batch of one)."""
+    fmt = meta.input.format
+    if fmt == "uint8-nhwc-bgr":
+        return np.ascontiguousarray(frame[None])
+    if fmt == "float-nchw":  # normalised exactly as in training
+        from edgeseg.data.transforms import to_chw_float
+
+        x = to_chw_float(frame[..., ::-1], meta.mean, meta.std)[None]
+        return x.astype(np.dtype(meta.input.dtype or "float32"), copy=False)
+    raise EdgesegError(f"input format {fmt!r} is not known to edgeseg")
+
+
+def output_to_labels(out: np.ndarray, kind: str) -> np.ndarray:
+    """One image's engine output (labels H x W, or logits/probs C x H x W) -> uint8 ids."""
+    if kind in ("logits", "probs"):
+        return out.argmax(0).astype(np.uint8)
+    return np.asarray(out, np.uint8)
+
+
+class EngineStage:
+    """Common part: an engine, its input size, the geometry policy, submit/collect."""
+
+    name = "engine"
+
+    def __init__(self, backend: Backend, aspect: AspectPolicy = "stretch") -> None:
+        self.backend = backend
+        self.meta: ModelMetadata = backend.metadata
+        self.aspect = aspect
+        self.size = engine_size(self.meta)
+        self.pending: deque[tuple[Packet, Box, float]] = deque()
+
+    @property
+    def depth(self) -> int:
+        return self.backend.max_in_flight
+
+    def submit(self, packet: Packet) -> None:
+        t0 = time.perf_counter()
+        fitted, box = fit_frame(packet.frame, self.size, self.aspect)
+        x = frame_to_input(fitted, self.meta)
+        packet.timings["preprocess"] = packet.timings.get("preprocess", 0.0) + \
+            (time.perf_counter() - t0) * 1e3
+        self.backend.submit(x)
+        self.pending.append((packet, box, time.perf_counter()))
+
+    def collect(self) -> Packet:
+        packet, box, _ = self.pending.popleft()
+        result = self.backend.collect()
+        for stage, ms in result.timings.items():
+            key = self.timing_key(stage)
+            packet.timings[key] = packet.timings.get(key, 0.0) + ms
+        t0 = time.perf_counter()
+        self.finish(packet, result.output[0], box)
+        packet.timings["postprocess"] = packet.timings.get("postprocess", 0.0) + \
+            (time.perf_counter() - t0) * 1e3
+        return packet
+
+    def timing_key(self, stage: str) -> str:
+        return stage
+
+    def finish(self, packet: Packet, output: np.ndarray, box: Box) -> None:
+        raise NotImplementedError
+
+    def process(self, packet: Packet) -> Packet:
+        """Synchronous: submit and collect one packet."""
+        self.submit(packet)
+        return self.collect()
+
+
+class SegmentStage(EngineStage):
+    """Segmentation engine: sets ``packet.labels`` (class ids at the source frame's size)."""
+
+    name = "segment"
+
+    def __init__(self, backend: Backend, aspect: AspectPolicy = "stretch") -> None:
+        super().__init__(backend, aspect)
+        if self.meta.network not in ("segmenter", ""):
+            raise EdgesegError(f"{backend.engine_path or 'model'} is a {self.meta.network}, "
+                               "not a segmentation engine; put it before the segmenter "
+                               "(--translator)")
+        self.kind = backend.output_spec.format or "labels"
+
+    def finish(self, packet: Packet, output: np.ndarray, box: Box) -> None:
+        labels = output_to_labels(output, self.kind)
+        packet.labels = unfit_labels(labels, box, packet.source.image.shape[:2])
+
+
+class TranslateStage(EngineStage):
+    """Image-to-image engine (uint8 BGR in and out): replaces ``packet.frame``, so the
+    segmenter sees the translated frame while the overlay shows the camera frame."""
+
+    name = "translate"
+
+    def __init__(self, backend: Backend, aspect: AspectPolicy = "stretch") -> None:
+        super().__init__(backend, aspect)
+        if self.meta.network != "translator" or backend.output_spec.format != "uint8-nhwc-bgr":
+            raise EdgesegError(f"{backend.engine_path or 'model'}: not an image translator "
+                               "engine (uint8 BGR frame in and out); export one with "
+                               "edgeseg export --translator")
+
+    def timing_key(self, stage: str) -> str:
+        return "translate" if stage == "infer" else stage
+
+    def finish(self, packet: Packet, output: np.ndarray, box: Box) -> None:
+        packet.frame = unfit_image(np.ascontiguousarray(output), box, packet.frame.shape[:2])
+
+
+class StageChain:
+    """Runs stages in order; the last stage is streamed (up to its backend's depth in
+    flight), the earlier ones synchronously."""
+
+    def __init__(self, stages: list[EngineStage]) -> None:
+        if not stages or not isinstance(stages[-1], SegmentStage):
+            raise EdgesegError("a stream needs a segmentation engine as its last stage")
+        self.stages = stages
+        self.last = stages[-1]
+
+    @property
+    def depth(self) -> int:
+        return self.last.depth
+
+    def submit(self, packet: Packet) -> None:
+        for stage in self.stages[:-1]:
+            packet = stage.process(packet)
+        self.last.submit(packet)
+
+    def collect(self) -> Packet:
+        return self.last.collect()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.last.pending)
