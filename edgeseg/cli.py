@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--iterations", type=int, default=0, help="training iterations (default: recipe)")
     p.add_argument("--retrain", action="store_true", help="ignore a cached demo model")
+    p.add_argument("--frames", type=int, default=200,
+                   help="frames of the synthetic night drive streamed into demo.mp4")
     p.set_defaults(func=_cmd_demo)
     return parser
 

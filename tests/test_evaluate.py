@@ -112,13 +112,29 @@ def test_eval_skips_a_split_without_labels(tiny_checkpoint: Path, capsys) -> Non
 
 
 def test_demo_end_to_end(tmp_path: Path, capsys) -> None:  # noqa: ANN001
-    """`make demo`'s code path: synth -> train -> eval day/night -> pictures (2 iterations),
-    then a second run reuses the cached model."""
+    """`make demo`'s code path: synth -> train -> eval day/night -> pictures -> export ->
+    engine (--precision best) -> night drive streamed into demo.mp4 (2 iterations, 12
+    frames), then a second run reuses the cached model and engine."""
+    import json
+
+    import cv2
+
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--iterations", "2"]) == 0
+    args = ["demo", "--out", str(out), "--iterations", "2", "--frames", "12"]
+    assert main(args) == 0
     text = capsys.readouterr().out
     assert "gap" in text and "night_val" in text
-    for name in ("eval.json", "overlays.png", "iou_bars.png", "run/last.pt"):
+    for name in ("eval.json", "overlays.png", "iou_bars.png", "run/last.pt", "model.onnx",
+                 "model.ort.onnx.json"):  # no TensorRT here: an ONNX Runtime engine
         assert (out / name).stat().st_size > 0
-    assert main(["demo", "--out", str(out), "--iterations", "2"]) == 0
-    assert "reusing the trained demo model" in capsys.readouterr().out
+    manifest = json.loads((out / "model.ort.onnx.json").read_text())
+    chosen = [c for c in manifest["selection"] if c["precision"] == manifest["precision"]]
+    assert len(chosen) == 1 and chosen[0]["passed"]
+    cap = cv2.VideoCapture(str(out / "demo.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    summary = json.loads((out / "stream.json").read_text())
+    assert summary["frames"]["processed"] == 12 and summary["fps"] > 0
+    assert 0 <= summary["miou"] <= 100
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "reusing the trained demo model" in text and "reusing" in text.split("[4/5]")[1]
