@@ -277,6 +277,23 @@ def test_labels_map_back_to_the_frame(aspect: str) -> None:
     assert (back == labels).mean() > 0.97
 
 
+def test_dynamic_engines_take_each_frame_within_the_profile() -> None:
+    from edgeseg.export.metadata import TensorSpec
+    from edgeseg.runtime.stages import profile_size
+
+    spec = TensorSpec("frame", "uint8", [1, -1, -1, 3], "uint8-nhwc-bgr",
+                      {"min": [1, 128, 128, 3], "opt": [1, 360, 480, 3],
+                       "max": [1, 720, 1280, 3]})
+    assert profile_size(360, 480, spec) is None  # fits: runs at its own size
+    assert profile_size(1080, 1920, spec) == (720, 1280)  # too big: scaled down, same aspect
+    assert profile_size(64, 96, spec) == (128, 192)  # too small: scaled up
+    assert profile_size(100, 2000, spec) == (128, 1280)  # clamped at both edges
+    nchw = TensorSpec("image", "float32", [1, 3, -1, -1], "float-nchw",
+                      {"min": [1, 3, 64, 64], "max": [1, 3, 512, 512]})
+    assert profile_size(1024, 512, nchw) == (512, 256)
+    assert profile_size(300, 300, TensorSpec("x", "uint8", [1, -1, -1, 3])) is None
+
+
 def test_overlay_colours_legend_hud() -> None:
     palette = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
     labels = np.array([[0, 1], [2, 255]], np.uint8)

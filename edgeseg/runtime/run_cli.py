@@ -111,7 +111,7 @@ def stop_on_signals(pipeline: StreamPipeline) -> Iterator[None]:
 
 def raw_throughput(stage: EngineStage, frame: Any, iterations: int) -> float:
     """Back-to-back `infer` calls on one prepared frame: the engine's own frames/s."""
-    fitted, _ = fit_frame(frame, stage.size, stage.aspect)
+    fitted, _ = fit_frame(frame, stage.target_size(frame), stage.aspect)
     x = frame_to_input(fitted, stage.meta)
     stage.backend.infer(x)  # warm-up
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.export.metadata import ModelMetadata
+from edgeseg.export.metadata import ModelMetadata, TensorSpec
 from edgeseg.runtime.backends.base import Backend
 from edgeseg.runtime.sources import SourceFrame
 
@@ -54,6 +54,20 @@ def engine_size(meta: ModelMetadata) -> tuple[int, int] | None:
     if len(hw) != 2 or any(d is None or d < 0 for d in hw):
         return None
     return int(hw[0]), int(hw[1])
+
+
+def profile_size(h: int, w: int, spec: TensorSpec) -> tuple[int, int] | None:
+    """For a dynamic-shape engine: None if an H x W frame fits the optimisation profile as it
+    is, else the nearest (H, W) inside it with the frame's aspect ratio (clamped at the edges)."""
+    lo, hi = spec.profile.get("min"), spec.profile.get("max")
+    if not lo or not hi:
+        return None
+    axes = (2, 3) if spec.format == "float-nchw" else (1, 2)
+    (lo_h, lo_w), (hi_h, hi_w) = (lo[a] for a in axes), (hi[a] for a in axes)
+    if lo_h <= h <= hi_h and lo_w <= w <= hi_w:
+        return None
+    scale = min(hi_h / h, hi_w / w) if h > hi_h or w > hi_w else max(lo_h / h, lo_w / w)
+    return (min(max(round(h * scale), lo_h), hi_h), min(max(round(w * scale), lo_w), hi_w))
 
 
 def fit_frame(image: np.ndarray, size: tuple[int, int] | None,
@@ -127,9 +141,15 @@ class EngineStage:
     def depth(self) -> int:
         return self.backend.max_in_flight
 
+    def target_size(self, frame: np.ndarray) -> tuple[int, int] | None:
+        """The engine's fixed size, or per frame for dynamic engines (within the profile)."""
+        if self.size is not None:
+            return self.size
+        return profile_size(frame.shape[0], frame.shape[1], self.backend.input_spec)
+
     def submit(self, packet: Packet) -> None:
         t0 = time.perf_counter()
-        fitted, box = fit_frame(packet.frame, self.size, self.aspect)
+        fitted, box = fit_frame(packet.frame, self.target_size(packet.frame), self.aspect)
         x = frame_to_input(fitted, self.meta)
         packet.timings["preprocess"] = packet.timings.get("preprocess", 0.0) + \
             (time.perf_counter() - t0) * 1e3
