@@ -190,6 +190,9 @@ class ModelConfig:
     separable: bool = False
     aspp_channels: int = 256
     pretrained: str | None = None  # local torchvision-format ImageNet state dict
+    # checkpoint whose segmenter weights start training (e.g. the source-only stage of a
+    # UDA method); its model spec must equal this one; ignored on --resume
+    init_from: str | None = None
 
     def validate(self) -> None:
         if self.num_classes < 1 or self.num_classes > 255:

@@ -81,16 +81,34 @@ def aspp_rates(output_stride: int) -> tuple[int, int, int]:
     return rates[output_stride]
 
 
+class PooledBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that survives a training batch of one value per channel.
+
+    After global pooling a batch of 1 has no batch statistics (plain BN raises in
+    train mode), which batch-1 UDA training hits. Such a batch is normalised with
+    the running statistics, which it leaves untouched; every other batch, and eval
+    mode (hence export), is plain BatchNorm with the same state-dict keys, so
+    checkpoints written before this class existed load unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.numel() == x.shape[1]:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        return super().forward(x)
+
+
 class ASPPPooling(nn.Module):
     """Image-level branch: global average pool, 1x1 conv-BN-ReLU, upsample back.
 
-    BN on a 1x1 map needs more than one sample per batch in train mode.
+    Its BN is a `PooledBatchNorm2d` so the branch also trains at batch size 1.
     """
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.proj = conv_bn_relu(in_ch, out_ch, 1)
+        self.proj = nn.Sequential(conv2d(in_ch, out_ch, 1), PooledBatchNorm2d(out_ch),
+                                  nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return resize_to(self.proj(self.pool(x)), x.shape[-2:])

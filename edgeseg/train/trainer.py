@@ -52,6 +52,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def load_init_weights(model: torch.nn.Module, recipe: Recipe) -> None:
+    """Load the segmenter of ``model.init_from`` (e.g. the source-only stage of a UDA
+    method); its model spec, label space and normalisation must be the recipe's."""
+    path = recipe.model.init_from
+    ckpt = ckpt_io.load_checkpoint(path)
+    skip = ("pretrained", "init_from")  # how the weights were started, not what they are
+    theirs = to_dict(ckpt_io.model_config_of(ckpt, path))
+    ours = to_dict(recipe.model)
+    diff = [f"{k} {theirs[k]!r} (checkpoint) vs {ours[k]!r} (recipe)"
+            for k in ours if k not in skip and theirs[k] != ours[k]]
+    if ckpt["label_space"] != recipe.data.label_space:
+        diff.append(f"label space {ckpt['label_space']} vs {recipe.data.label_space}")
+    if not np.allclose(ckpt["mean"], recipe.data.mean) or not np.allclose(ckpt["std"], recipe.data.std):
+        diff.append(f"mean/std {ckpt['mean']}/{ckpt['std']} vs {list(recipe.data.mean)}/"
+                    f"{list(recipe.data.std)}")
+    if diff:
+        raise ckpt_io.CheckpointError(
+            f"{path} (model.init_from) does not fit this recipe: {'; '.join(diff)}; "
+            "set the recipe's model/data keys to the checkpoint's or pick another checkpoint")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ckpt_io.CheckpointError(f"{path} (model.init_from): weights do not match its "
+                                      f"model spec: {str(exc)[:300]}") from None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -82,6 +108,9 @@ class Trainer:
             )
         seed_everything(recipe.seed)
         self.model = build_model(recipe.model)
+        if resume is None and recipe.model.init_from:
+            load_init_weights(self.model, recipe)
+            self._log_main(f"segmenter initialised from {recipe.model.init_from}")
         if recipe.train.sync_bn and self.dist.enabled:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from edgeseg.train.methods.base import Method, MethodContext, NoParams, set_requires_grad
+from edgeseg.train.methods.mobilenet_uda import MobileNetUDA
 from edgeseg.train.methods.source_only import SourceOnly
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SourceOnly,)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SourceOnly, MobileNetUDA)}
 
 
 def get_method(name: str) -> type[Method]:

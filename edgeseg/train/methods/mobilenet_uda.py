@@ -1,0 +1,335 @@
+"""``method: mobilenet_uda``: CycleGAN + semantic consistency + feature discriminators,
+trained end to end with the segmenter (../shared/papers/mobilenet-uda.txt, Sec. 3-4).
+
+Networks: translators G_S->T (``gen_s2t``) and G_T->S (``gen_t2s``), image
+discriminators D_S / D_T (``disc_img_s`` / ``disc_img_t``), feature discriminators
+D'_S / D'_T (``disc_feat_s`` / ``disc_feat_t``) on the encoder output M_e, and the
+segmenter M (the trainer's model, the only deployable artefact). Each iteration:
+
+1. generator step, minimised by both generators and (after the warm-up) M:
+   image adversarial (Eq. 1-2, generator side), cycle L1 (Eq. 3) x lambda_cycle,
+   semantic consistency L_sem (Eq. 4: CE of M on a translated image against the
+   argmax of M on its original) x lambda_sem, feature adversarial (Eq. 6-7:
+   M_e(G_S->T(x_s)) must look like M_e(x_t) to D'_T, M_e(G_T->S(x_t)) like M_e(x_s)
+   to D'_S) x lambda_feat, and supervised CE of M on G_S->T(x_s) with the source
+   labels x lambda_ce. Every term reaches the generators; L_sem, L_feat and the CE
+   reach them through M.
+2. discriminator step: D_S, D_T on real images vs pooled fakes (``ImagePool``, 50),
+   D'_S, D'_T on encoder features of originals vs translations (no pool: the
+   paper pools nothing, CycleGAN pools images only). Inputs are detached, so this
+   step changes no generator or segmenter weight.
+
+Adversarial terms are LSGAN (the paper replaces the log-losses by L2); ``gan_mode:
+vanilla`` gives BCE.
+
+Schedule. M is frozen (no gradients, eval mode, LR 0 in the log) for the first
+``freeze_model_fraction`` of the iterations (paper: 20K of 80K) while the GAN
+networks learn from it, then everything trains jointly. M: the recipe's ``optim``
+(Adam, beta1 0.9, weight decay 4e-5, LR 1e-5 GTA5 / 5e-6 SYNTHIA), poly 0.9 over the
+whole run to 0 (the paper does not say whether the decay spans the warm-up; spanning
+it is the plain reading of "decreased to 0 from its initial value"). GAN networks:
+one Adam each, beta1 0.5, LR 2e-4. The paper gives no schedule for them, only the
+LR, so it is constant; ``gan_lr_decay_start: 0.5`` gives CycleGAN's constant-then-
+linear-to-0 schedule.
+
+Image ranges. Batches hold ``(x/255 - mean)/std`` (``data.mean``/``std``), the
+segmenter's input; generators work in [-1, 1] (tanh, and what the translator
+ONNX export assumes). `ImageRange` converts both ways; both maps are affine, so
+gradients flow through them from M into the generators.
+
+Batch size 1 (the paper's). BatchNorm of M is kept in eval mode by default
+(``freeze_bn: true``): running statistics from the source-only stage, affine
+parameters still trained, as most batch-1 UDA code does; batch-1 statistics of
+a 600x600 patch are noisy and would also mix translated and real images. With
+``freeze_bn: false`` BN trains on the batch; the ASPP image-pooling BN then uses
+its running statistics for a one-value batch (`edgeseg.models.aspp.PooledBatchNorm2d`).
+
+Ablations (paper Table 3): ``use_feature_loss`` and ``use_semantic_loss``.
+Both false = image translation only (CycleGAN + CE on translated source); only
+feature = "lambda_sem = 0"; only semantic = "lambda_feat = 0"; both = full. A
+switched-off loss is not computed or logged, and its networks (the feature
+discriminators) are not built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeseg.config import ConfigError
+from edgeseg.labels import IGNORE_INDEX
+from edgeseg.train.distributed import unwrap
+from edgeseg.train.methods.base import (
+    Method,
+    Schedule,
+    build_optimizer,
+    recipe_schedule,
+    set_requires_grad,
+)
+from edgeseg.train.nets.discriminator import build_discriminator
+from edgeseg.train.nets.gan_loss import GANLoss, GANMode
+from edgeseg.train.nets.generator import ResnetGenerator, Upsample, build_generator
+from edgeseg.train.nets.image_pool import ImagePool
+
+GENERATORS = ("gen_s2t", "gen_t2s")
+
+
+@dataclass(frozen=True)
+class Params:
+    lambda_cycle: float = 20.0
+    lambda_sem: float = 0.1
+    lambda_feat: float = 1e-4
+    lambda_ce: float = 1.0
+    use_feature_loss: bool = True
+    use_semantic_loss: bool = True
+    freeze_model_fraction: float = 0.25  # M frozen for this share of train.iterations
+    freeze_bn: bool = True  # M's BatchNorm layers in eval mode (batch-1 training)
+    gan_mode: GANMode = "lsgan"
+    gan_lr: float = 2e-4
+    gan_beta1: float = 0.5
+    gan_lr_decay_start: float = 1.0  # share of iterations before linear decay; 1 = constant
+    ngf: int = 64
+    n_blocks: int = 9
+    upsample: Upsample = "transpose"
+    ndf: int = 64
+    feat_ndf: int = 64
+    disc_layers: int = 5
+    pool_size: int = 50
+
+    def validate(self) -> None:
+        for key in ("lambda_cycle", "lambda_sem", "lambda_feat", "lambda_ce"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0")
+        for key, switch in (("lambda_feat", "use_feature_loss"), ("lambda_sem", "use_semantic_loss")):
+            if getattr(self, switch) and getattr(self, key) == 0:
+                raise ValueError(f"{key} is 0 with {switch}: true; set {switch}: false to turn "
+                                 "the loss off (its networks are then not built)")
+        if not 0.0 <= self.freeze_model_fraction < 1.0:
+            raise ValueError("freeze_model_fraction must be in [0, 1)")
+        if not 0.0 <= self.gan_lr_decay_start <= 1.0:
+            raise ValueError("gan_lr_decay_start must be in [0, 1]")
+        if self.gan_lr <= 0 or not 0.0 <= self.gan_beta1 < 1.0:
+            raise ValueError("gan_lr must be > 0 and gan_beta1 in [0, 1)")
+        if min(self.ngf, self.ndf, self.feat_ndf) < 1 or self.n_blocks < 0:
+            raise ValueError("ngf, ndf, feat_ndf must be >= 1 and n_blocks >= 0")
+        if self.disc_layers < 2 or self.pool_size < 0:
+            raise ValueError("disc_layers must be >= 2 and pool_size >= 0")
+
+
+class ImageRange:
+    """Trainer batches ``(x/255 - mean) / std`` <-> generator images in [-1, 1]."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def to_gan(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.std + self.mean) * 2.0 - 1.0
+
+    def to_seg(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x + 1.0) * 0.5 - self.mean) / self.std
+
+
+def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Eq. 3, one direction: mean absolute error of the round trip."""
+    return F.l1_loss(reconstructed.float(), original.float())
+
+
+def semantic_consistency_loss(logits_translated: torch.Tensor,
+                              logits_original: torch.Tensor) -> torch.Tensor:
+    """Eq. 4, one direction: CE of M on the translation against argmax of M on the original.
+
+    The pseudo-label is an argmax, so no gradient flows through the original's branch;
+    the loss pushes the translation (and M) towards the original's segmentation.
+    """
+    return F.cross_entropy(logits_translated.float(), logits_original.detach().argmax(1))
+
+
+def gan_lr_schedule(total: int, decay_start: float) -> Schedule:
+    """Constant, then linear to 0 at ``total`` from ``decay_start * total`` (CycleGAN)."""
+    start = round(decay_start * total)
+    return lambda it: 1.0 if it < start else max(0.0, 1.0 - (it - start) / max(1, total - start))
+
+
+class MobileNetUDA(Method):
+    name = "mobilenet_uda"
+    Params = Params
+    streams = ("source", "target")
+    find_unused_parameters = True
+
+    # --- set-up ----------------------------------------------------------------------
+    def build(self) -> None:
+        p, r = self.params, self.ctx.recipe
+        self._check_crop()
+        self.images = ImageRange(r.data.mean, r.data.std, self.ctx.device)
+        self.gan_loss = GANLoss(p.gan_mode)
+        nets: dict[str, nn.Module] = {name: build_generator(p.ngf, p.n_blocks, upsample=p.upsample)
+                                      for name in GENERATORS}
+        for name in ("disc_img_s", "disc_img_t"):
+            nets[name] = build_discriminator(3, p.ndf, p.disc_layers, stride=2)
+        if p.use_feature_loss:
+            for name in ("disc_feat_s", "disc_feat_t"):
+                nets[name] = build_discriminator(self.ctx.model.encoder_channels, p.feat_ndf,
+                                                 p.disc_layers, stride=1)
+        total = r.train.iterations
+        gan_schedule = gan_lr_schedule(total, p.gan_lr_decay_start)
+        for name, net in nets.items():
+            self.add_network(name, net)
+            self.add_optimizer(name, torch.optim.Adam(net.parameters(), lr=p.gan_lr,
+                                                      betas=(p.gan_beta1, 0.999)), gan_schedule)
+        self.discriminators = tuple(n for n in nets if n.startswith("disc_"))
+        self.warmup_iters = round(p.freeze_model_fraction * total)
+        model_schedule = recipe_schedule(r.optim, total)
+        groups = self.ctx.model.param_groups(r.optim.lr, r.optim.head_lr_mult)
+        self.add_optimizer("model", build_optimizer(r.optim, groups),
+                           lambda it: 0.0 if it < self.warmup_iters else model_schedule(it))
+        self.pools = {"s": ImagePool(p.pool_size, seed=r.seed),
+                      "t": ImagePool(p.pool_size, seed=r.seed + 1)}
+        self.weights = {
+            "loss_adv_img_t": 1.0, "loss_adv_img_s": 1.0,
+            "loss_cycle_s": p.lambda_cycle, "loss_cycle_t": p.lambda_cycle,
+            "loss_sem_s": p.lambda_sem, "loss_sem_t": p.lambda_sem,
+            "loss_feat_t": p.lambda_feat, "loss_feat_s": p.lambda_feat,
+            "loss_seg_src_translated": p.lambda_ce,
+        }
+
+    def _check_crop(self) -> None:
+        h, w = self.ctx.recipe.data.crop
+        multiple = ResnetGenerator.size_multiple
+        if h % multiple or w % multiple:
+            raise ConfigError(f"data.crop {h}x{w}: {self.name} needs sides that are multiples "
+                              f"of {multiple} (the generators downsample twice)")
+        smallest = 2 ** self.params.disc_layers
+        if min(h, w) < smallest:
+            raise ConfigError(f"data.crop {h}x{w}: the {self.params.disc_layers}-layer image "
+                              f"discriminators need sides >= {smallest}; lower "
+                              "method.params.disc_layers or enlarge the crop")
+
+    def model_frozen(self, iteration: int) -> bool:
+        return iteration < self.warmup_iters
+
+    def set_model_mode(self, frozen: bool) -> None:
+        """Frozen: no gradients, eval mode. Else train mode, BN in eval if ``freeze_bn``."""
+        model = self.net("model")
+        set_requires_grad(model, not frozen)
+        model.train(not frozen)
+        if self.params.freeze_bn:
+            for m in unwrap(model).modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    # --- losses ------------------------------------------------------------------------
+    def generator_losses(self, batch: dict[str, dict[str, torch.Tensor]]
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Unweighted generator-side losses by log name, and the detached tensors the
+        discriminator step needs."""
+        p = self.params
+        x_s, y_s = batch["source"]["image"], batch["source"]["label"]
+        x_t = batch["target"]["image"]
+        n_s = x_s.shape[0]
+        with self.autocast():
+            real_s, real_t = self.images.to_gan(x_s), self.images.to_gan(x_t)
+            fake_t = self.net("gen_s2t")(real_s)
+            # one G_T->S call for both of its inputs (instance norm is per image)
+            fake_s, rec_s = self.net("gen_t2s")(torch.cat([real_t, fake_t])).split(
+                [x_t.shape[0], n_s])
+            rec_t = self.net("gen_s2t")(fake_s)
+            losses = {
+                "loss_adv_img_t": self.gan_loss(self.net("disc_img_t")(fake_t), True),
+                "loss_adv_img_s": self.gan_loss(self.net("disc_img_s")(fake_s), True),
+                "loss_cycle_s": cycle_loss(rec_s, real_s),
+                "loss_cycle_t": cycle_loss(rec_t, real_t),
+            }
+            cache = {"real_s": real_s.detach(), "real_t": real_t.detach(),
+                     "fake_t": fake_t.detach(), "fake_s": fake_s.detach()}
+            cross = p.use_semantic_loss or p.use_feature_loss  # need M on both translations
+            translated = torch.cat([fake_t, fake_s]) if cross else fake_t
+            pred = self.net("model")(self.images.to_seg(translated), features=True)
+            logits_fake_t = pred["logits"][:n_s]
+            losses["loss_seg_src_translated"] = F.cross_entropy(
+                logits_fake_t.float(), y_s, ignore_index=IGNORE_INDEX)
+            if cross:
+                with torch.no_grad():
+                    orig = self.net("model")(torch.cat([x_s, x_t]), features=True)
+                if p.use_semantic_loss:
+                    losses["loss_sem_s"] = semantic_consistency_loss(logits_fake_t,
+                                                                     orig["logits"][:n_s])
+                    losses["loss_sem_t"] = semantic_consistency_loss(pred["logits"][n_s:],
+                                                                     orig["logits"][n_s:])
+                if p.use_feature_loss:
+                    feat_fake_t, feat_fake_s = pred["out"][:n_s], pred["out"][n_s:]
+                    losses["loss_feat_t"] = self.gan_loss(self.net("disc_feat_t")(feat_fake_t), True)
+                    losses["loss_feat_s"] = self.gan_loss(self.net("disc_feat_s")(feat_fake_s), True)
+                    cache.update(feat_s=orig["out"][:n_s], feat_t=orig["out"][n_s:],
+                                 feat_fake_t=feat_fake_t.detach(), feat_fake_s=feat_fake_s.detach())
+        return losses, cache
+
+    def _disc_loss(self, name: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        # one call on real+fake: one DDP forward per backward (instance norm is per image)
+        logits = self.net(name)(torch.cat([real, fake.to(real.dtype)]))
+        return self.gan_loss.discriminator(*logits.split([real.shape[0], fake.shape[0]]))
+
+    def discriminator_losses(self, cache: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """LSGAN discriminator terms on detached inputs: real images vs pooled fakes,
+        encoder features of originals vs translations."""
+        with self.autocast():
+            losses = {
+                "loss_disc_img_t": self._disc_loss("disc_img_t", cache["real_t"],
+                                                   self.pools["t"].query(cache["fake_t"])),
+                "loss_disc_img_s": self._disc_loss("disc_img_s", cache["real_s"],
+                                                   self.pools["s"].query(cache["fake_s"])),
+            }
+            if self.params.use_feature_loss:
+                losses["loss_disc_feat_t"] = self._disc_loss("disc_feat_t", cache["feat_t"],
+                                                             cache["feat_fake_t"])
+                losses["loss_disc_feat_s"] = self._disc_loss("disc_feat_s", cache["feat_s"],
+                                                             cache["feat_fake_s"])
+        return losses
+
+    # --- the step ------------------------------------------------------------------------
+    def generator_step(self, batch: dict[str, dict[str, torch.Tensor]], iteration: int
+                       ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        frozen = self.model_frozen(iteration)
+        self.set_model_mode(frozen)
+        set_requires_grad([self.net(n) for n in self.discriminators], False)
+        losses, cache = self.generator_losses(batch)
+        total = sum(self.weights[k] * v for k, v in losses.items())
+        self.backward(total)
+        self.step(*GENERATORS, *(() if frozen else ("model",)))
+        logs = {k: v.item() for k, v in losses.items()}
+        logs["loss_gen_total"] = float(total.item())
+        return logs, cache
+
+    def discriminator_step(self, cache: dict[str, torch.Tensor]) -> dict[str, float]:
+        set_requires_grad([self.net(n) for n in self.discriminators], True)
+        self.zero_grad()
+        losses = self.discriminator_losses(cache)
+        self.backward(sum(losses.values()))
+        self.step(*self.discriminators)
+        return {k: v.item() for k, v in losses.items()}
+
+    def train_step(self, batch: dict[str, dict[str, torch.Tensor]], iteration: int) -> dict[str, float]:
+        self.zero_grad()
+        logs, cache = self.generator_step(batch, iteration)
+        logs.update(self.discriminator_step(cache))
+        return logs
+
+    # --- export and state ----------------------------------------------------------------
+    def exportable(self) -> dict[str, nn.Module]:
+        return {name: unwrap(self.networks[name]) for name in GENERATORS}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"pools": {k: pool.state_dict() for k, pool in self.pools.items()}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        for k, pool_state in state.get("pools", {}).items():
+            self.pools[k].load_state_dict(pool_state)
+
+
+__all__ = ["ImageRange", "MobileNetUDA", "Params", "cycle_loss", "gan_lr_schedule",
+           "semantic_consistency_loss"]

@@ -1,0 +1,351 @@
+"""method: mobilenet_uda — losses, gradient routing, warm-up, ablations, resume, init_from."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from edgeseg.config import ConfigError, Recipe, from_dict
+from edgeseg.models import build_model
+from edgeseg.train.checkpoint import CheckpointError, load_checkpoint
+from edgeseg.train.distributed import DistInfo
+from edgeseg.train.methods import MethodContext, get_method
+from edgeseg.train.methods.mobilenet_uda import (
+    ImageRange,
+    MobileNetUDA,
+    Params,
+    cycle_loss,
+    gan_lr_schedule,
+    semantic_consistency_loss,
+)
+from edgeseg.train.trainer import Trainer
+from tests.conftest import tiny_recipe
+
+TINY = {"ngf": 8, "n_blocks": 1, "ndf": 8, "feat_ndf": 8, "pool_size": 3}
+GENERATORS = ("gen_s2t", "gen_t2s")
+
+
+def _uda_recipe(synth: Path, out: Path, iterations: int = 4, **params: Any) -> dict:
+    rec = tiny_recipe(synth, out, data__crop=[32, 64], train__iterations=iterations)
+    rec["data"]["target"] = f"synthetic:{synth}:night_train"
+    rec["method"] = {"name": "mobilenet_uda", "params": {**TINY, **params}}
+    rec["optim"] = {"name": "adam", "lr": 1e-3, "weight_decay": 4e-5}
+    return rec
+
+
+def _method(**params: Any) -> MobileNetUDA:
+    """The method without a trainer (no data needed): 4 iterations, batch of 2."""
+    torch.set_num_threads(1)  # as the trainer tests (train.threads: 1): tiny ops, shared CPU
+    torch.manual_seed(0)
+    recipe = from_dict(Recipe, _uda_recipe(Path("/nonexistent"), Path("/nonexistent"), **params))
+    ctx = MethodContext(recipe, build_model(recipe.model), torch.device("cpu"), DistInfo(), False)
+    return MobileNetUDA(ctx, from_dict(Params, recipe.method.params, "method.params"))
+
+
+def _batch(seed: int = 0, n: int = 2) -> dict[str, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return {"source": {"image": torch.randn(n, 3, 32, 64, generator=g),
+                       "label": torch.randint(0, 19, (n, 32, 64), generator=g)},
+            "target": {"image": torch.randn(n, 3, 32, 64, generator=g)}}
+
+
+def _snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _no_grad(net: nn.Module) -> bool:
+    return all(p.grad is None or not p.grad.any() for p in net.parameters())
+
+
+def _has_grad(net: nn.Module) -> bool:
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+# --- losses against hand computations -----------------------------------------------
+
+
+def test_cycle_loss_is_mean_l1() -> None:
+    rec = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    assert cycle_loss(rec, torch.ones_like(rec)).item() == pytest.approx((1 + 0 + 1 + 2) / 4)
+
+
+def test_semantic_loss_uses_argmax_pseudo_labels() -> None:
+    # two pixels; M on the original says class 2, then class 0
+    original = torch.tensor([[[[0.1, 5.0]], [[0.2, 1.0]], [[3.0, -1.0]]]], requires_grad=True)
+    translated = torch.tensor([[[[1.0, 0.0]], [[2.0, 0.0]], [[3.0, 0.0]]]], requires_grad=True)
+    loss = semantic_consistency_loss(translated, original)
+    pixel0 = -math.log(math.exp(3) / (math.exp(1) + math.exp(2) + math.exp(3)))
+    pixel1 = math.log(3)
+    assert loss.item() == pytest.approx((pixel0 + pixel1) / 2, rel=1e-6)
+    loss.backward()
+    assert original.grad is None and translated.grad is not None  # argmax: no gradient
+
+
+def test_image_range_conversion() -> None:
+    from edgeseg.data.transforms import to_chw_float
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    conv = ImageRange(mean, std, torch.device("cpu"))
+    pixels = torch.tensor([[[0, 255], [128, 64]]] * 3, dtype=torch.uint8).permute(1, 2, 0).numpy()
+    x = torch.from_numpy(to_chw_float(pixels, mean, std))[None]  # what a batch holds
+    gan = conv.to_gan(x)
+    assert torch.allclose(gan[0, :, 0, 0], torch.full((3,), -1.0), atol=1e-6)  # black
+    assert torch.allclose(gan[0, :, 0, 1], torch.full((3,), 1.0), atol=1e-6)  # white
+    assert torch.allclose(conv.to_seg(gan), x, atol=1e-5)
+
+
+def test_gan_lr_schedules() -> None:
+    constant = gan_lr_schedule(100, 1.0)
+    assert constant(0) == constant(99) == 1.0
+    cyclegan = gan_lr_schedule(100, 0.5)
+    assert cyclegan(49) == 1.0 and cyclegan(75) == pytest.approx(0.5) and cyclegan(100) == 0.0
+    m = _method(freeze_model_fraction=0.5)  # 4 iterations: M frozen for 2
+    assert m.schedules["model"](0) == m.schedules["model"](1) == 0.0
+    assert 0 < m.schedules["model"](2) < 1.0  # poly over the whole run
+    assert m.schedules["gen_s2t"](3) == 1.0
+
+
+class ConstantD(nn.Module):
+    """A discriminator stand-in: scores every patch ``value`` and records its inputs."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(value))
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return self.value * torch.ones(x.shape[0], 1, *x.shape[-2:])
+
+
+def test_feature_adversarial_losses_and_inputs() -> None:
+    m = _method()
+    d_t, d_s = ConstantD(0.3), ConstantD(-0.2)
+    m.networks["disc_feat_t"], m.networks["disc_feat_s"] = d_t, d_s
+    m.set_model_mode(frozen=True)  # eval mode: deterministic M
+    batch = _batch()
+    losses, cache = m.generator_losses(batch)
+    assert losses["loss_feat_t"].item() == pytest.approx((0.3 - 1) ** 2)  # fakes scored as real
+    assert losses["loss_feat_s"].item() == pytest.approx((-0.2 - 1) ** 2)
+    disc = m.discriminator_losses(cache)
+    assert disc["loss_disc_feat_t"].item() == pytest.approx(0.5 * ((0.3 - 1) ** 2 + 0.3**2))
+    assert disc["loss_disc_feat_s"].item() == pytest.approx(0.5 * ((-0.2 - 1) ** 2 + 0.2**2))
+
+    # what each discriminator saw: M_e of translations (fake) and of originals (real)
+    x_s, x_t = batch["source"]["image"], batch["target"]["image"]
+    gen_s2t, gen_t2s, model = (m.networks[k] for k in ("gen_s2t", "gen_t2s", "model"))
+    with torch.no_grad():
+        def encoder(x: torch.Tensor) -> torch.Tensor:
+            return model(x, features=True)["out"]
+
+        fake_t_feat = encoder(m.images.to_seg(gen_s2t(m.images.to_gan(x_s))))
+        fake_s_feat = encoder(m.images.to_seg(gen_t2s(m.images.to_gan(x_t))))
+        real_t_feat, real_s_feat = encoder(x_t), encoder(x_s)
+    assert torch.allclose(d_t.inputs[0], fake_t_feat, atol=1e-4)
+    assert torch.allclose(d_s.inputs[0], fake_s_feat, atol=1e-4)
+    real, fake = d_t.inputs[1].split(2)
+    assert torch.allclose(real, real_t_feat, atol=1e-4) and torch.allclose(fake, fake_t_feat, atol=1e-4)
+    real, fake = d_s.inputs[1].split(2)
+    assert torch.allclose(real, real_s_feat, atol=1e-4) and torch.allclose(fake, fake_s_feat, atol=1e-4)
+
+
+# --- gradient routing -------------------------------------------------------------------
+
+
+def test_discriminator_step_changes_no_generator_or_segmenter_weight() -> None:
+    m = _method(freeze_model_fraction=0.0)
+    discs = {n: _snapshot(m.networks[n]) for n in m.discriminators}
+    _, cache = m.generator_step(_batch(), iteration=0)
+    assert all(_same(discs[n], _snapshot(m.networks[n])) for n in discs)  # G step: D untouched
+    others = {n: _snapshot(m.networks[n]) for n in ("model", *GENERATORS)}
+    m.discriminator_step(cache)
+    for name, before in others.items():
+        assert _same(before, _snapshot(m.networks[name])), name
+        assert _no_grad(m.networks[name]), name
+    assert all(not _same(discs[n], _snapshot(m.networks[n])) for n in discs)
+
+
+def test_losses_reach_the_right_networks() -> None:
+    m = _method()
+    m.set_model_mode(frozen=False)
+    losses, _ = m.generator_losses(_batch())
+    nets = m.networks
+
+    def grads_of(name: str) -> None:
+        m.zero_grad()
+        losses[name].backward(retain_graph=True)
+
+    grads_of("loss_sem_s")  # CE(M(G_S->T(x_s)), argmax M(x_s)): into G_S->T through M
+    assert _has_grad(nets["gen_s2t"]) and _no_grad(nets["gen_t2s"]) and _has_grad(nets["model"])
+    grads_of("loss_sem_t")
+    assert _has_grad(nets["gen_t2s"]) and _no_grad(nets["gen_s2t"])
+    grads_of("loss_feat_t")  # encoder output only: backbone yes, head no
+    assert _has_grad(nets["gen_s2t"]) and _has_grad(nets["model"].backbone)
+    assert _no_grad(nets["model"].head)
+    grads_of("loss_seg_src_translated")
+    assert _has_grad(nets["gen_s2t"]) and _has_grad(nets["model"].head)
+    grads_of("loss_cycle_t")  # G_S->T(G_T->S(x_t)): both generators, not M
+    assert _has_grad(nets["gen_s2t"]) and _has_grad(nets["gen_t2s"]) and _no_grad(nets["model"])
+
+
+def test_model_frozen_during_warmup_then_trained() -> None:
+    m = _method(freeze_model_fraction=0.5, freeze_bn=False)  # 4 iterations: frozen for 2
+    model = m.networks["model"]
+    start, gen_start = _snapshot(model), _snapshot(m.networks["gen_s2t"])
+    for it in range(2):
+        m.train_step(_batch(it), it)
+    assert _same(start, _snapshot(model))  # weights and BN statistics
+    assert not _same(gen_start, _snapshot(m.networks["gen_s2t"]))
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    m.train_step(_batch(2), 2)
+    after = _snapshot(model)
+    assert not torch.equal(start["head.classifier.weight"], after["head.classifier.weight"])
+    assert not torch.equal(start["backbone.features.0.1.running_mean"],
+                           after["backbone.features.0.1.running_mean"])  # freeze_bn: false
+
+
+def test_freeze_bn_keeps_statistics_and_batch_one_trains() -> None:
+    m = _method(freeze_model_fraction=0.0)  # freeze_bn defaults to true
+    start = _snapshot(m.networks["model"])
+    m.train_step(_batch(0, n=1), 0)
+    after = _snapshot(m.networks["model"])
+    stats = [k for k in start if "running_" in k]
+    assert stats and all(torch.equal(start[k], after[k]) for k in stats)
+    assert not torch.equal(start["head.classifier.weight"], after["head.classifier.weight"])
+
+
+def test_batch_one_trains_the_aspp_pooling_branch_with_bn_in_train_mode() -> None:
+    from edgeseg.config import ModelConfig
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width_mult=0.25, aspp_channels=32, separable=True)).train()
+    pool_bn = model.head.aspp.branches[-1].proj[1]
+    stem_bn = model.backbone.features[0][1]
+    model(torch.randn(1, 3, 64, 64)).mean().backward()  # plain BN on a 1x1 map would raise
+    assert torch.equal(pool_bn.running_mean, torch.zeros_like(pool_bn.running_mean))
+    assert stem_bn.running_mean.abs().sum() > 0  # every other BN trains as before
+    model(torch.randn(2, 3, 64, 64))  # batch 2: batch statistics, running stats move
+    assert pool_bn.running_mean.abs().sum() > 0
+    # the method at batch 1 with M's BN training (ablation without cross-domain M passes)
+    m = _method(freeze_model_fraction=0.0, freeze_bn=False, use_feature_loss=False,
+                use_semantic_loss=False)
+    assert math.isfinite(m.train_step(_batch(0, n=1), 0)["loss_seg_src_translated"])
+
+
+# --- ablations and config ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("feature,semantic", [(False, False), (True, False), (False, True)])
+def test_ablation_switches(feature: bool, semantic: bool) -> None:
+    m = _method(use_feature_loss=feature, use_semantic_loss=semantic, freeze_model_fraction=0.0)
+    img_before = _snapshot(m.networks["disc_img_t"])
+    logs = m.train_step(_batch(), 0)
+    assert ("disc_feat_t" in m.networks) == feature and ("disc_feat_s" in m.networks) == feature
+    for key in ("loss_feat_t", "loss_feat_s", "loss_disc_feat_t", "loss_disc_feat_s"):
+        assert (key in logs) == feature, key
+    for key in ("loss_sem_s", "loss_sem_t"):
+        assert (key in logs) == semantic, key
+    for key in ("loss_adv_img_t", "loss_cycle_s", "loss_seg_src_translated", "loss_disc_img_t"):
+        assert key in logs
+    assert not _same(img_before, _snapshot(m.networks["disc_img_t"]))
+
+
+def test_params_and_crop_are_validated() -> None:
+    with pytest.raises(ConfigError, match="use_feature_loss: false"):
+        from_dict(Params, {"lambda_feat": 0}, "method.params")
+    with pytest.raises(ConfigError, match="freeze_model_fraction"):
+        from_dict(Params, {"freeze_model_fraction": 1.0}, "method.params")
+    with pytest.raises(ConfigError, match="method.params.lambda_sem_typo"):
+        from_dict(Params, {"lambda_sem_typo": 1}, "method.params")
+    with pytest.raises(ConfigError, match="multiples of 4"):
+        torch.manual_seed(0)
+        rec = _uda_recipe(Path("/x"), Path("/x"))
+        rec["data"]["crop"] = [30, 64]
+        recipe = from_dict(Recipe, rec)
+        ctx = MethodContext(recipe, build_model(recipe.model), torch.device("cpu"), DistInfo(), False)
+        MobileNetUDA(ctx, Params(**TINY))
+    assert get_method("mobilenet_uda") is MobileNetUDA
+
+
+# --- through the trainer ------------------------------------------------------------------
+
+
+def test_trainer_run_decreases_the_cycle_loss(tiny_synth: Path, tmp_path: Path) -> None:
+    rec = _uda_recipe(tiny_synth, tmp_path, iterations=24)  # the paper's GAN LR
+    assert Trainer(from_dict(Recipe, rec), progress=False).run() == 0
+    logs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    cycle = [r["loss_cycle_s"] + r["loss_cycle_t"] for r in logs if r["type"] == "train"]
+    assert len(cycle) == 24
+    first, last = sum(cycle[:5]) / 5, sum(cycle[-5:]) / 5
+    assert last < 0.8 * first, cycle
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["method"] == "mobilenet_uda" and ckpt["exportable"] == sorted(GENERATORS)
+
+
+def _assert_same_tree(a: Any, b: Any, path: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_same_tree(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tree(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def test_resume_is_exact_for_every_network_optimiser_and_pool(tiny_synth: Path,
+                                                              tmp_path: Path) -> None:
+    def recipe(out: Path, **model: Any) -> Recipe:
+        rec = _uda_recipe(tiny_synth, out, iterations=6, freeze_model_fraction=0.25)
+        rec["model"].update(model)
+        return from_dict(Recipe, rec)
+
+    assert Trainer(recipe(tmp_path / "one"), progress=False).run() == 0
+    assert Trainer(recipe(tmp_path / "two"), progress=False).run(until=3) == 0
+    # resume restores everything: init_from is not read (here it does not even exist)
+    resumed = Trainer(recipe(tmp_path / "two", init_from=str(tmp_path / "missing.pt")),
+                      resume=str(tmp_path / "two" / "last.pt"), progress=False)
+    assert resumed.iteration == 3 and resumed.run() == 0
+    a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("one", "two"))
+    assert a["iteration"] == b["iteration"] == 6
+    _assert_same_tree(a["model"], b["model"], "model")
+    _assert_same_tree(a["method_state"], b["method_state"], "method_state")
+    state = a["method_state"]
+    assert set(state["networks"]) == {*GENERATORS, "disc_img_s", "disc_img_t", "disc_feat_s",
+                                      "disc_feat_t"}
+    assert len(state["extra"]["pools"]["t"]["images"]) == 3  # full pools were compared
+    assert state["optimizers"]["model"]["state"]  # M trained after its warm-up
+    assert a["streams"] == b["streams"]
+
+
+def test_init_from_loads_the_source_only_weights(tiny_synth: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    source_only = from_dict(Recipe, tiny_recipe(tiny_synth, src, train__iterations=1))
+    assert Trainer(source_only, progress=False).run() == 0
+    ckpt = src / "last.pt"
+
+    def uda(**model: Any) -> Trainer:
+        rec = _uda_recipe(tiny_synth, tmp_path / "uda")
+        rec["model"].update(model)
+        return Trainer(from_dict(Recipe, rec), progress=False)
+
+    trainer = uda(init_from=str(ckpt))
+    _assert_same_tree(load_checkpoint(ckpt)["model"], trainer.model.state_dict())
+    with pytest.raises(CheckpointError, match=r"aspp_channels 32 \(checkpoint\) vs 16"):
+        uda(init_from=str(ckpt), aspp_channels=16)
+    with pytest.raises(CheckpointError, match="nope.pt"):
+        uda(init_from=str(tmp_path / "nope.pt"))
