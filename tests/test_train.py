@@ -226,3 +226,18 @@ def test_ema_teacher_update_rule() -> None:
     ema.update(student, iteration=0)  # ramp-up: alpha = min(0.9, 0) -> copy the student
     np.testing.assert_allclose(ema.teacher.weight.numpy(), 3.0)
     assert not any(p.requires_grad for p in ema.parameters())
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_source_only_freeze_bn_keeps_running_statistics(tiny_synth: Path, tmp_path: Path,
+                                                        freeze_bn: bool) -> None:
+    """Batch-1 fine-tuning control: BN statistics fixed, weights still trained."""
+    recipe = from_dict(Recipe, tiny_recipe(tiny_synth, tmp_path / "run", data__batch_size=1,
+                                           train__iterations=3)
+                       | {"method": {"name": "source_only", "params": {"freeze_bn": freeze_bn}}})
+    trainer = Trainer(recipe, progress=False)
+    bn = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    stats, weight = bn.running_mean.clone(), bn.weight.detach().clone()
+    assert trainer.run() == 0
+    assert torch.equal(bn.running_mean, stats) == freeze_bn
+    assert not torch.equal(bn.weight, weight)

@@ -57,6 +57,14 @@ def set_requires_grad(modules: nn.Module | Iterable[nn.Module], flag: bool) -> N
             p.requires_grad_(flag)
 
 
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode: running statistics stay as they are (batch-1
+    fine-tuning), affine parameters still train. Call after ``model.train()``."""
+    for m in unwrap(model).modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def build_optimizer(cfg: OptimConfig, params: Any) -> Optimizer:
     """SGD/Adam/AdamW from the recipe; ``params`` may be param groups with own LRs."""
     if cfg.name == "sgd":

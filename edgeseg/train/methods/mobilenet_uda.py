@@ -68,6 +68,7 @@ from edgeseg.train.methods.base import (
     Method,
     Schedule,
     build_optimizer,
+    freeze_batchnorm,
     recipe_schedule,
     set_requires_grad,
 )
@@ -219,9 +220,7 @@ class MobileNetUDA(Method):
         set_requires_grad(model, not frozen)
         model.train(not frozen)
         if self.params.freeze_bn:
-            for m in unwrap(model).modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            freeze_batchnorm(model)
 
     # --- losses ------------------------------------------------------------------------
     def generator_losses(self, batch: dict[str, dict[str, torch.Tensor]]
