@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edgeseg.errors import EdgesegError
 from edgeseg.export.build_engine import BuildProfile, build_engine
 from edgeseg.runtime.backends.onnxruntime import OrtBackend
 from edgeseg.runtime.manifest import EngineMismatchError
@@ -154,6 +155,39 @@ def test_latest_policy_drops_stale_frames_and_bounds_latency(seg_onnx: Path) -> 
                               policy="all", queue_size=1)
     summary = pipeline.run()
     assert summary.counts.dropped == 0 and summary.counts.processed == 30
+
+
+def test_translator_engine_runs_before_the_segmenter(seg_onnx: Path, tmp_path: Path) -> None:
+    """Two-stage chain (Mutual-GAN style): a translator that inverts the image, then the
+    segmenter; the labels are the segmenter's on the inverted frames, the overlay shows the
+    camera frame."""
+    import torch
+
+    from edgeseg.export.onnx_export import export_translator
+    from edgeseg.runtime.stages import Packet, TranslateStage
+
+    class Invert(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return -x
+
+    translator = tmp_path / "invert.onnx"
+    export_translator(Invert(), translator, SIZE, simplify=False)
+    labels = tmp_path / "labels"
+    summary = stream(seg_onnx, "synthetic:night:96x64:4", [f"labels:{labels}"],
+                     translator=str(translator))
+    assert summary.counts.processed == 4 and "translate" in summary.stages
+    seg = SegmentStage(OrtBackend.from_onnx(seg_onnx, intra_op_threads=1))
+    source = open_source("synthetic:night:96x64:4")
+    for i in range(4):
+        frame = source.read()
+        inverted = 255 - frame.image
+        want = seg.process(Packet(frame, inverted)).labels
+        got = cv2.imread(str(labels / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
+        assert (got == want).mean() > 0.999
+    with pytest.raises(EdgesegError, match="not an image translator"):
+        TranslateStage(OrtBackend.from_onnx(seg_onnx))
+    with pytest.raises(EdgesegError, match="translator, not a segmentation engine"):
+        SegmentStage(OrtBackend.from_onnx(translator))
 
 
 # --- faults ------------------------------------------------------------------------------
