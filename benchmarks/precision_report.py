@@ -21,11 +21,12 @@ from pathlib import Path
 
 import onnxruntime
 
+from edgeseg.bench.latency import measure_latency
 from edgeseg.data import open_dataset
 from edgeseg.evaluate import evaluate
 from edgeseg.export.export_cli import export_gated, parse_size
 from edgeseg.export.onnx_export import ExportOptions
-from edgeseg.export.variants import make_variant, measure_latency
+from edgeseg.export.variants import make_variant
 from edgeseg.fileio import write_json, write_text
 from edgeseg.runtime.predictor import BackendPredictor, load_backend
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.bench.latency import measure_latency
 from edgeseg.errors import EdgesegError
 from edgeseg.export.metadata import read_metadata
 
@@ -100,19 +100,6 @@ def scoring_frames(spec: str | None, count: int,
 
     frames = sample_frames(None, fallback_size, count)
     return [np.ascontiguousarray(f[..., ::-1]) for f in frames], [None] * len(frames)
-
-
-def measure_latency(predict: Any, image: np.ndarray, warmup: int = 3,
-                    iterations: int = 20) -> tuple[float, float]:
-    """(p50, mean) milliseconds of ``predict(image)`` end to end (pre/post-processing in)."""
-    for _ in range(warmup):
-        predict(image)
-    times = []
-    for _ in range(iterations):
-        t = time.perf_counter()
-        predict(image)
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times)), float(np.mean(times))
 
 
 def _score(engine: Path, images: list[np.ndarray], labels: list[Any],

@@ -1,0 +1,301 @@
+"""``edgeseg bench ENGINE... [--data SPEC] [--report DIR]``: trtexec for the segmentation path.
+
+Each ENGINE (ONNX file, ONNX Runtime engine or TensorRT plan with its manifest,
+or a ``.pt`` checkpoint run in PyTorch eager fp32 as the reference) is timed
+end to end, frame in to class map out, after a warm-up, at every ``--batch``
+size; the stages the backend can tell apart (TensorRT: H2D / GPU compute / D2H)
+are reported beside. With ``--data``, every variant is scored against the fp32
+reference (``--reference``, else the first fp32 engine given): mIoU, per-class
+IoU deltas, pixel and boundary-band agreement, pass/fail per precision. The
+exit status is 1 when a variant loses more than its budget, so the command can
+gate a release.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgeseg.bench.latency import measure
+from edgeseg.bench.parity import DEFAULT_MAX_DROP, check_parity, parse_max_drop
+from edgeseg.bench.report import BenchResult, LatencyRow, format_console, write_report
+from edgeseg.bench.targets import Target, TargetSkipped, open_target
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime.backends.base import InputShapeError
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``WxH`` -> (H, W)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected WxH, e.g. 480x360") from None
+    if w < 16 or h < 16:
+        raise argparse.ArgumentTypeError(f"size {text!r}: both sides must be >= 16")
+    return h, w
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch {text!r}: expected sizes >= 1, e.g. 1,4")
+    return sorted(set(values))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+EPILOG = """examples:
+  edgeseg bench model.fp32.onnx model.int8.onnx --data camvid:DIR:day_val --report out/
+  edgeseg bench runs/x/best.pt model.fp32.onnx model.engine --batch 1,4 --size 1024x512
+
+Exit status: 0, or 1 when a variant loses more mIoU than --max-drop allows; 2 on bad input.
+Engines this machine cannot run (a TensorRT plan without TensorRT or a GPU) are listed as
+skipped with the reason, never given a number."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("engines", nargs="+", metavar="ENGINE",
+                        help="ONNX file, engine (with its .json manifest) or checkpoint (.pt)")
+    parser.add_argument("--data", action="append", default=[], metavar="SPEC",
+                        help="NAME:ROOT[:SPLIT] or a video, repeatable: latency frames come "
+                             "from the first; each labelled set gets a parity table "
+                             "(default: synthetic frames, latency only)")
+    parser.add_argument("--report", metavar="DIR",
+                        help="write DIR/bench.json, DIR/bench.md and DIR/*.png")
+    parser.add_argument("--reference", metavar="MODEL",
+                        help="fp32 reference for parity (fp32 ONNX or .pt); default the first "
+                             "fp32 ENGINE")
+    parser.add_argument("--iterations", metavar="N", type=_positive, default=50,
+                        help="timed runs per engine and batch (default 50)")
+    parser.add_argument("--warmup", metavar="N", type=_non_negative, default=5,
+                        help="untimed runs first (default 5)")
+    parser.add_argument("--batch", type=_batches, default=[1], metavar="N[,N...]",
+                        help="batch sizes, e.g. 1,4 (default 1; >1 needs a dynamic-batch model)")
+    parser.add_argument("--size", type=_size, metavar="WxH",
+                        help="frame size (default: the first fixed-size engine's input size); "
+                             "checkpoints run at it, fixed-size engines resize to their own")
+    parser.add_argument("--threads", metavar="N", type=_non_negative, default=0,
+                        help="ONNX Runtime intra-op and PyTorch threads (0 = library default)")
+    parser.add_argument("--frames", metavar="N", type=_positive, default=8,
+                        help="distinct frames cycled through the latency runs (default 8)")
+    parser.add_argument("--max-images", metavar="N", type=_non_negative, default=0,
+                        help="parity: frames spread over each data set (default 0 = all)")
+    parser.add_argument("--max-drop", action="append", default=[], metavar="PRECISION=POINTS",
+                        help="mIoU points a variant may lose against fp32 (defaults: "
+                             + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_MAX_DROP.items())
+                             + "), repeatable")
+    parser.add_argument("--band", metavar="PX", type=_positive, default=3,
+                        help="boundary band width in pixels (default 3)")
+    parser.add_argument("--device", default="cpu", help="PyTorch device for checkpoints "
+                        "(cpu or cuda; engines run on their own backend's device)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="TensorRT: replay each input shape's enqueue as a CUDA graph "
+                             "(trtexec --useCudaGraph)")
+    parser.add_argument("--no-parity", action="store_true", help="latency only")
+    parser.add_argument("--no-latency", action="store_true", help="parity only")
+
+
+def canonical_command(args: argparse.Namespace) -> str:
+    """The command line that repeats this run (every setting spelled out)."""
+    cmd = ["edgeseg", "bench", *args.engines]
+    for spec in args.data:
+        cmd += ["--data", spec]
+    if args.report:
+        cmd += ["--report", str(args.report)]
+    if args.reference:
+        cmd += ["--reference", args.reference]
+    cmd += ["--iterations", str(args.iterations), "--warmup", str(args.warmup),
+            "--batch", ",".join(map(str, args.batch))]
+    if args.size:
+        cmd += ["--size", f"{args.size[1]}x{args.size[0]}"]
+    cmd += ["--threads", str(args.threads), "--frames", str(args.frames)]
+    if args.max_images:
+        cmd += ["--max-images", str(args.max_images)]
+    for item in args.max_drop:
+        cmd += ["--max-drop", item]
+    if args.band != 3:
+        cmd += ["--band", str(args.band)]
+    if args.device != "cpu":
+        cmd += ["--device", args.device]
+    cmd += [flag for flag, on in (("--cuda-graphs", args.cuda_graphs),
+                                  ("--no-parity", args.no_parity),
+                                  ("--no-latency", args.no_latency)) if on]
+    return shlex.join(cmd)
+
+
+def latency_frames(spec: str | None, count: int, size: tuple[int, int] | None
+                   ) -> tuple[list[np.ndarray], str]:
+    """RGB frames for timing (resized to ``size`` outside the timed runs) and where from."""
+    from edgeseg.export.variants import scoring_frames
+
+    images, _ = scoring_frames(spec, count, size or (256, 512))
+    if size is not None:
+        h, w = size
+        images = [img if img.shape[:2] == (h, w) else
+                  cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in images]
+    return images, spec or "synthetic scenes"
+
+
+def _open_all(paths: list[str], args: argparse.Namespace, skipped: list[dict[str, str]]
+              ) -> dict[str, Target]:
+    """Open every distinct path; skips are recorded, errors close what was opened."""
+    targets: dict[str, Target] = {}
+    try:
+        for path in paths:
+            key = str(Path(path).resolve())
+            if key in targets:
+                continue
+            try:
+                target = open_target(path, threads=args.threads, size=args.size,
+                                     device=args.device, cuda_graphs=args.cuda_graphs)
+            except TargetSkipped as exc:
+                skipped.append({"target": Path(path).name, "what": "engine",
+                                "reason": str(exc)})
+                print(f"skipping {path}: {exc}", flush=True)
+                continue
+            if any(t.name == target.name for t in targets.values()):
+                target.name = str(path)  # two files of the same name: tables need them apart
+            targets[key] = target
+    except BaseException:
+        for t in targets.values():
+            t.close()
+        raise
+    return targets
+
+
+def _pick_reference(targets: dict[str, Target], args: argparse.Namespace) -> Target | None:
+    if args.reference:
+        key = str(Path(args.reference).resolve())
+        if key not in targets:
+            raise EdgesegError(f"--reference {args.reference}: could not be opened here "
+                               "(see the skip above)")
+        ref = targets[key]
+        if ref.precision != "fp32":
+            raise EdgesegError(f"--reference {args.reference} is {ref.precision}; the reference "
+                               "must be fp32 (the exported fp32 ONNX or the checkpoint)")
+        return ref
+    return next((t for t in targets.values() if t.precision == "fp32"), None)
+
+
+def run_bench(args: argparse.Namespace) -> BenchResult:
+    """Measure everything the arguments ask for; the caller prints and writes it."""
+    from edgeseg.bench.machine import detect_machine
+
+    if args.no_parity and args.no_latency:
+        raise EdgesegError("--no-parity and --no-latency together leave nothing to measure")
+    max_drop = parse_max_drop(args.max_drop)
+    skipped: list[dict[str, str]] = []
+    paths = ([args.reference] if args.reference else []) + list(args.engines)
+    result = BenchResult(
+        command=canonical_command(args),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        machine=detect_machine(),
+        settings={"iterations": args.iterations, "warmup": args.warmup, "batch": args.batch,
+                  "threads": args.threads, "frames": args.frames,
+                  "max_images": args.max_images, "max_drop": max_drop, "band_px": args.band,
+                  "data": args.data},
+        skipped=skipped)
+    targets = _open_all(paths, args, skipped)
+    if not targets:
+        raise EdgesegError("nothing to benchmark: every engine was skipped ("
+                           + "; ".join(s["reason"] for s in skipped) + ")")
+    try:
+        # frames at --size, else at the first fixed-size engine's size (no resize in its path)
+        size = args.size or next((t.size for t in targets.values() if t.size), None)
+        for t in targets.values():
+            if t.kind == "torch" and t.size is None:
+                t.size = size  # the checkpoint runs at the size the engines run at
+        result.targets = [t.describe() for t in targets.values()]
+        if not args.no_latency:
+            _latency(result, list(targets.values()), args, size)
+        if not args.no_parity:
+            _parity(result, targets, args, max_drop)
+    finally:
+        for t in targets.values():
+            t.close()
+    return result
+
+
+def _latency(result: BenchResult, targets: list[Target], args: argparse.Namespace,
+             size: tuple[int, int] | None) -> None:
+    frames, source = latency_frames(args.data[0] if args.data else None, args.frames, size)
+    result.settings["frames_from"] = source
+    h, w = frames[0].shape[:2]
+    for t in targets:
+        for batch in args.batch:
+            try:
+                res = measure(t, frames, batch, args.warmup, args.iterations)
+            except (TargetSkipped, InputShapeError) as exc:
+                result.skipped.append({"target": t.name, "what": f"batch {batch}",
+                                       "reason": str(exc)})
+                print(f"skipping {t.name} batch {batch}: {exc}", flush=True)
+                continue
+            result.latency.append(LatencyRow(t.name, t.precision, t.kind, f"{w}x{h}", res))
+            s = res.total
+            print(f"{t.name} ({t.kind} {t.precision}) batch {batch}: mean {s.mean_ms:.2f} ms, "
+                  f"p50 {s.p50_ms:.2f}, p99 {s.p99_ms:.2f}, {s.fps:.1f} fps", flush=True)
+
+
+def _parity(result: BenchResult, targets: dict[str, Target], args: argparse.Namespace,
+            max_drop: dict[str, float]) -> None:
+    if not args.data:
+        result.notes.append("no --data: parity not measured (give a labelled NAME:ROOT:SPLIT)")
+        return
+    reference = _pick_reference(targets, args)
+    if reference is None:
+        result.notes.append("no fp32 engine among the engines: parity not measured (give "
+                            "--reference fp32.onnx or a checkpoint)")
+        return
+    variants = [t for t in targets.values() if t is not reference]
+    others = [t for t in variants if t.label_space != reference.label_space]
+    for t in others:
+        result.skipped.append({"target": t.name, "what": "parity", "reason":
+                               f"predicts {t.label_space}, reference {reference.label_space}"})
+    variants = [t for t in variants if t.label_space == reference.label_space]
+    if not variants:
+        result.notes.append(f"only the reference {reference.name}: no variant to compare")
+        return
+    for spec in args.data:
+        p = check_parity(reference, variants, spec, args.max_images, max_drop, args.band,
+                         progress=sys.stderr.isatty())
+        result.parity.append(p)
+        verdicts = ", ".join(f"{v.name} {v.verdict}" for v in p.variants)
+        print(f"parity on {spec} ({p.frames} frames): {verdicts}", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = run_bench(args)
+    print()
+    print(format_console(result))
+    if args.report:
+        files: dict[str, Any] = write_report(args.report, result)
+        print(f"\nreport: {Path(args.report) / files['markdown']} "
+              f"(and {files['json']}, plots) in {args.report}")
+    if result.parity and not result.passed:
+        print("PARITY FAILED: a variant lost more mIoU than its budget (--max-drop)")
+        return 1
+    return 0

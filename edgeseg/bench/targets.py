@@ -1,0 +1,303 @@
+"""Any model file as one thing to time and score: ONNX file, ONNX Runtime engine, TensorRT
+plan or PyTorch checkpoint.
+
+A `Target` offers the two things the benchmark needs, the same way for every
+backend: ``predict`` (RGB frame -> class ids at the frame's size, for parity)
+and ``runner`` (a function that runs one timed iteration and returns the stage
+times the backend can tell apart). ONNX files and engines run through the
+runtime's own engine stage (`SegmentStage`), so the numbers are those of the
+path a vehicle runs, pre- and post-processing included. A target this machine
+cannot run (a TensorRT plan without TensorRT or a GPU, a checkpoint without
+PyTorch) raises `TargetSkipped` with the reason: it is reported as skipped,
+never given a number.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.bench.latency import RunFn, StageClock
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime.backends.base import Backend, BackendUnavailableError
+from edgeseg.runtime.manifest import BACKEND_TITLES, MachineInfo, manifest_path, read_manifest
+from edgeseg.runtime.predictor import BackendPredictor, load_backend
+from edgeseg.runtime.sources import SourceFrame
+from edgeseg.runtime.stages import (
+    Packet,
+    SegmentStage,
+    engine_size,
+    fit_frame,
+    frame_to_input,
+    output_to_labels,
+    unfit_labels,
+)
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+class TargetSkipped(EdgesegError):
+    """A model this machine cannot run here (no TensorRT/GPU, no PyTorch, batch too large)."""
+
+
+def _ms(t0: float, t1: float) -> float:
+    return (t1 - t0) * 1e3
+
+
+class Target(ABC):
+    """A loaded model: what it is (for tables) and how to run it (for timing and scoring)."""
+
+    kind: str  # "torch", "onnxruntime" or "tensorrt"
+
+    def __init__(self, path: Path, precision: str, label_space: str,
+                 size: tuple[int, int] | None, max_batch: int | None, runs_on: str,
+                 stages_note: str) -> None:
+        self.path = path
+        self.name = path.name
+        self.precision = precision
+        self.label_space = label_space
+        self.size = size  # (H, W) the model runs at; None = the frame's own size
+        self.max_batch = max_batch  # None = any batch
+        self.runs_on = runs_on  # e.g. "ONNX Runtime 1.31.1, CPUExecutionProvider, 2 threads"
+        self.stages_note = stages_note  # what the stage times cover on this backend
+
+    @abstractmethod
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 (H, W, 3) -> uint8 (H, W) class ids in ``label_space``."""
+
+    @abstractmethod
+    def runner(self, frames: Sequence[np.ndarray], batch: int) -> RunFn:
+        """A function running iteration i on RGB ``frames`` (cycled), ``batch`` per run."""
+
+    def check_batch(self, batch: int) -> None:
+        if batch < 1:
+            raise EdgesegError(f"batch {batch}: must be >= 1")
+        if self.max_batch is not None and batch > self.max_batch:
+            raise TargetSkipped(
+                f"{self.name} takes at most {self.max_batch} frame(s) per run "
+                f"(its batch size is fixed in the graph); export with --dynamic "
+                f"--max-batch {batch} to measure batches")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "kind": self.kind,
+                "precision": self.precision, "label_space": self.label_space,
+                "size": list(self.size) if self.size else None, "max_batch": self.max_batch,
+                "runs_on": self.runs_on, "stages": self.stages_note}
+
+    def close(self) -> None:  # noqa: B027 - a checkpoint has nothing to release
+        """Release the engine or model."""
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _groups(frames: Sequence[np.ndarray], batch: int) -> list[list[np.ndarray]]:
+    """``len(frames)`` batches of ``batch`` frames each, cycling through ``frames``."""
+    n = len(frames)
+    return [[frames[(i * batch + j) % n] for j in range(batch)] for i in range(n)]
+
+
+class BackendTarget(Target):
+    """An ONNX file or engine, run through the runtime's `SegmentStage` (ORT or TensorRT)."""
+
+    def __init__(self, path: Path, backend: Backend, threads: int = 0) -> None:
+        self.backend = backend
+        self.kind = backend.name
+        meta = backend.metadata
+        manifest = backend.manifest
+        precision = manifest.precision if manifest else meta.precision
+        first = backend.input_spec.shape[0] if backend.input_spec.shape else None
+        max_batch: int | None = int(first) if first is not None and first > 0 else None
+        hi = backend.input_spec.profile.get("max")
+        if max_batch is None and hi:
+            max_batch = int(hi[0])
+        if self.kind == "tensorrt":
+            runs_on = manifest.describe() if manifest else "TensorRT"
+            note = ("preprocess/postprocess on the CPU; h2d, infer (GPU compute) and d2h timed "
+                    "on the GPU with CUDA events; end_to_end is the wall clock")
+        else:
+            providers = ", ".join(getattr(backend, "providers", []) or ["?"])
+            version = manifest.backend_version if manifest else _ort_version()
+            threads = threads or (manifest.build.threads if manifest else 0)
+            runs_on = (f"{BACKEND_TITLES['onnxruntime']} {version}, {providers}, "
+                       f"{threads or 'default'} intra-op threads")
+            note = ("end_to_end = preprocess + infer + postprocess: ONNX Runtime does not "
+                    "report copies apart (on the CPU there are none; a GPU provider copies "
+                    "inside session.run); infer is session.run, in-graph normalisation and "
+                    "argmax included")
+        super().__init__(path, precision, meta.label_space, engine_size(meta), max_batch,
+                         runs_on, note)
+        self.stage = SegmentStage(backend)
+        self.predictor = BackendPredictor(backend)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return self.predictor(image)
+
+    def runner(self, frames: Sequence[np.ndarray], batch: int) -> RunFn:
+        self.check_batch(batch)
+        bgr = [np.ascontiguousarray(f[..., ::-1]) for f in frames]  # camera frames are BGR
+        if batch == 1:
+            def run_one(i: int) -> dict[str, float]:
+                image = bgr[i % len(bgr)]
+                packet = Packet(SourceFrame(i, image, 0.0), image)
+                self.stage.process(packet)
+                return dict(packet.timings)
+
+            return run_one
+        groups = _groups(bgr, batch)
+        meta, kind = self.backend.metadata, self.stage.kind
+
+        def run_batch(i: int) -> dict[str, float]:
+            group = groups[i % len(groups)]
+            t0 = time.perf_counter()
+            fitted = [fit_frame(f, self.size) for f in group]
+            x = np.concatenate([frame_to_input(f, meta) for f, _ in fitted])
+            t1 = time.perf_counter()
+            self.backend.submit(x)
+            result = self.backend.collect()
+            t2 = time.perf_counter()
+            for out, (_, box), f in zip(result.output, fitted, group):
+                unfit_labels(output_to_labels(out, kind), box, f.shape[:2])
+            t3 = time.perf_counter()
+            return {"preprocess": _ms(t0, t1), **result.timings, "postprocess": _ms(t2, t3)}
+
+        return run_batch
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _ort_version() -> str:
+    try:
+        import onnxruntime
+
+        return str(onnxruntime.__version__)
+    except ImportError:
+        return "?"
+
+
+class _TimedModule:
+    """A torch module whose forward calls go through a `StageClock` (other attributes pass)."""
+
+    def __init__(self, module: Any, clock: StageClock) -> None:
+        self._module = module
+        self._clock = clock
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._clock(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+class TorchTarget(Target):
+    """A training checkpoint in PyTorch eager mode, fp32: the reference every engine is held
+    to. ``size`` resizes frames first, as an engine of that size would."""
+
+    kind = "torch"
+
+    def __init__(self, path: Path, threads: int = 0, size: tuple[int, int] | None = None,
+                 device: str = "cpu") -> None:
+        try:
+            import torch
+        except ImportError as exc:
+            raise TargetSkipped(f"{path}: PyTorch is not installed here ({exc}); checkpoints "
+                                "are benchmarked in PyTorch (pip install 'edgeseg[train]')"
+                                ) from None
+        from edgeseg.train.predict import TorchPredictor
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise TargetSkipped(f"{path}: --device {device} but PyTorch sees no CUDA GPU here")
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.predictor, ckpt = TorchPredictor.from_checkpoint(str(path), device)
+        sync = torch.cuda.synchronize if device.startswith("cuda") else None
+        self.model = self.predictor.model
+        self.clock = StageClock(self.model, sync)
+        self.predictor.model = _TimedModule(self.model, self.clock)  # type: ignore[assignment]
+        runs_on = (f"PyTorch {torch.__version__} eager fp32 on {device}, "
+                   f"{torch.get_num_threads()} threads")
+        note = ("preprocess = tensor conversion and normalisation, infer = the module's forward, "
+                "postprocess = argmax and copy to numpy")
+        super().__init__(path, "fp32", str(ckpt["label_space"]), size, None, runs_on, note)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        fitted, box = fit_frame(image, self.size)
+        return unfit_labels(self.predictor(fitted), box, image.shape[:2])
+
+    def runner(self, frames: Sequence[np.ndarray], batch: int) -> RunFn:
+        self.check_batch(batch)
+        clock = self.clock
+        if batch == 1:
+            def run_one(i: int) -> dict[str, float]:
+                t0 = time.perf_counter()
+                self.predict(frames[i % len(frames)])
+                t1 = time.perf_counter()
+                return {"preprocess": _ms(t0, clock.start), "infer": _ms(clock.start, clock.end),
+                        "postprocess": _ms(clock.end, t1)}
+
+            return run_one
+        torch, p = self.torch, self.predictor
+        groups = _groups(frames, batch)
+
+        def run_batch(i: int) -> dict[str, float]:
+            group = groups[i % len(groups)]
+            t0 = time.perf_counter()
+            fitted = [fit_frame(f, self.size) for f in group]
+            x = torch.from_numpy(np.stack([f for f, _ in fitted])).to(p.device)
+            x = (x.permute(0, 3, 1, 2).float() - p.mean) / p.std  # as TorchPredictor.logits
+            with torch.no_grad():
+                t1 = time.perf_counter()
+                logits = clock(x)
+                t2 = time.perf_counter()
+            labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
+            for lab, (_, box), f in zip(labels, fitted, group):
+                unfit_labels(lab, box, f.shape[:2])
+            t3 = time.perf_counter()
+            return {"preprocess": _ms(t0, t1), "infer": _ms(t1, t2), "postprocess": _ms(t2, t3)}
+
+        return run_batch
+
+
+def open_target(path: str | Path, *, threads: int = 0, size: tuple[int, int] | None = None,
+                device: str = "cpu", cuda_graphs: bool = False) -> Target:
+    """Load ``path`` by what it is: checkpoint, engine with manifest, or plain ONNX file.
+
+    ``threads`` sets ONNX Runtime's intra-op threads and PyTorch's threads (0 = the
+    library's default, or the engine manifest's); ``size`` (H, W) is the frame size a
+    checkpoint runs at; ``cuda_graphs`` replays TensorRT enqueues as CUDA graphs. Raises
+    `TargetSkipped` for what this machine cannot run, `EdgesegError` for what is wrong
+    with the file (an engine built for another machine included: rebuild it).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise EdgesegError(f"{p}: no such engine, ONNX file or checkpoint")
+    if p.is_dir():
+        raise EdgesegError(f"{p}: is a folder; give an engine, an ONNX file or a checkpoint")
+    if p.suffix in CHECKPOINT_SUFFIXES:
+        return TorchTarget(p, threads, size, device)
+    try:
+        if manifest_path(p).is_file():
+            manifest = read_manifest(p)
+            if manifest.backend == "tensorrt":
+                machine = MachineInfo.detect("tensorrt")
+                if machine.backend_version is None or machine.device is None:
+                    raise TargetSkipped(f"{p}: TensorRT engine not run here: {machine.note}")
+                return BackendTarget(p, load_backend(p, machine=machine,
+                                                     cuda_graphs=cuda_graphs))
+            options = {"intra_op_threads": threads} if threads > 0 else {}
+            return BackendTarget(p, load_backend(p, **options), threads)
+        if p.suffix != ".onnx":
+            read_manifest(p)  # raises: an engine without its manifest, saying how to rebuild
+        return BackendTarget(p, load_backend(p, intra_op_threads=threads), threads)
+    except BackendUnavailableError as exc:
+        raise TargetSkipped(str(exc)) from None
