@@ -1,7 +1,8 @@
 """Streaming throughput of `edgeseg run`: video file -> engine -> overlay -> mp4, on this CPU.
 
 The goal (issue #4): end-to-end fps at least 85 % of the engine's raw inference
-throughput measured in the same run, i.e. decode, overlay and encode hidden
+throughput measured in the same run (against the faster of the stream's own
+session and a busy-waiting one), i.e. decode, overlay and encode hidden
 behind inference by the pipeline threads. The engine is the fastest ONNX
 Runtime engine that passes the accuracy gate at 480x360 (`--precision best`
 with export/cpu-best.yaml), built from the committed CamVid model; the video is
@@ -72,14 +73,35 @@ def stream_once(engine: Path, video: Path, sinks: list[str]) -> dict:
     return run_stream(engine, cfg).to_dict()
 
 
+def spinning_raw_fps(engine: Path, video: Path) -> float:
+    """The engine alone in its fastest configuration (busy-waiting ONNX Runtime threads),
+    so the stream is not compared with a slowed-down baseline."""
+    from edgeseg.runtime.predictor import load_backend
+    from edgeseg.runtime.run_cli import raw_throughput
+    from edgeseg.runtime.stages import SegmentStage
+
+    cap = cv2.VideoCapture(str(video))
+    frame = cap.read()[1]
+    cap.release()
+    backend = load_backend(engine, intra_op_threads=THREADS, spin=True)
+    try:
+        return raw_throughput(SegmentStage(backend), frame, 60)
+    finally:
+        backend.close()
+
+
 def test_stream_to_mp4_keeps_up_with_the_engine(benchmark, engine: Path, video: Path,
                                                 tmp_path: Path) -> None:
     summary = benchmark.pedantic(stream_once, args=(engine, video, [str(tmp_path / "o.mp4")]),
                                  rounds=1, iterations=1)
+    summary["raw_infer_fps_spinning"] = round(spinning_raw_fps(engine, video), 2)
+    summary["fps_over_best_raw"] = round(
+        summary["fps"] / max(summary["raw_infer_fps"], summary["raw_infer_fps_spinning"]), 3)
     benchmark.extra_info.update(summary)
     write_json(RESULTS / "stream-mp4.json", summary)
-    print(json.dumps({k: summary[k] for k in ("fps", "raw_infer_fps", "fps_over_raw")}))
-    assert summary["fps_over_raw"] >= MIN_RATIO, summary
+    print(json.dumps({k: summary[k] for k in ("fps", "raw_infer_fps", "raw_infer_fps_spinning",
+                                              "fps_over_best_raw")}))
+    assert summary["fps_over_best_raw"] >= MIN_RATIO, summary
 
 
 def test_stream_null_sink_stage_percentiles(benchmark, engine: Path, video: Path) -> None:

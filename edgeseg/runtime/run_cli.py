@@ -58,6 +58,9 @@ class StreamConfig:
     threads: int | None = None
     providers: list[str] | None = None
     cuda_graphs: bool = False
+    # ONNX Runtime threads busy-waiting between ops: fastest for inference alone, but they take
+    # the cores decode/overlay/encode need (measured: 23.9 fps spinning, 25.9 without, 2 cores)
+    spin: bool = False
     baseline: int = 0  # raw engine iterations after the stream (fps_over_raw in the summary)
     reconnect: Reconnect = Reconnect()
     progress: bool = True
@@ -70,7 +73,7 @@ def backend_options(path: str | Path, cfg: StreamConfig) -> dict[str, Any]:
     kind = read_manifest(path).backend if manifest_path(path).exists() else "onnxruntime"
     if kind == "tensorrt":
         return {"cuda_graphs": cfg.cuda_graphs}
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"spin": cfg.spin}
     if cfg.threads is not None:
         options["intra_op_threads"] = cfg.threads
     if cfg.providers:
@@ -195,6 +198,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", metavar="JSON", help="write the run summary here")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     parser.add_argument("--providers", help="ONNX Runtime providers, e.g. cuda,cpu")
+    parser.add_argument("--spin", action="store_true",
+                        help="ONNX Runtime: idle threads busy-wait between ops (faster inference "
+                             "alone; on small CPUs it starves decode/overlay/encode)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="TensorRT: replay each input shape as a CUDA graph")
     parser.add_argument("--baseline", type=int, default=0, metavar="N",
@@ -220,7 +226,7 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         style=OverlayStyle(args.alpha, args.side_by_side, not args.no_hud, not args.no_legend),
         fps=args.fps, max_frames=args.max_frames, threads=args.threads,
         providers=args.providers.split(",") if args.providers else None,
-        cuda_graphs=args.cuda_graphs, baseline=args.baseline,
+        cuda_graphs=args.cuda_graphs, spin=args.spin, baseline=args.baseline,
         reconnect=Reconnect(attempts=args.reconnect_attempts), progress=not args.no_progress)
 
 

@@ -41,8 +41,11 @@ def import_onnxruntime() -> Any:
 
 def session_options(graph_optimization: GraphOptimization = "all", *, intra_op_threads: int = 0,
                     inter_op_threads: int = 0, verbose: bool = False,
-                    optimized_model_path: str | Path | None = None) -> Any:
-    """SessionOptions shared by the runtime and the engine builder (errors-only log by default)."""
+                    optimized_model_path: str | Path | None = None, spin: bool = True) -> Any:
+    """SessionOptions shared by the runtime and the engine builder (errors-only log by default).
+
+    ``spin=False`` stops idle intra-op threads from busy-waiting between ops: slower alone, but
+    on a small CPU it leaves cycles for the stream's decode, overlay and encode threads."""
     ort = import_onnxruntime()
     opts = ort.SessionOptions()
     level = getattr(ort.GraphOptimizationLevel, _LEVELS[graph_optimization], None)
@@ -53,6 +56,7 @@ def session_options(graph_optimization: GraphOptimization = "all", *, intra_op_t
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = inter_op_threads
     opts.log_severity_level = 0 if verbose else 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     if optimized_model_path is not None:
         opts.optimized_model_filepath = str(optimized_model_path)
     return opts
@@ -106,10 +110,11 @@ class OrtBackend(Backend):
     @classmethod
     def _open(cls, engine_path: Path, manifest: EngineManifest, *, device: int = 0,
               providers: Sequence[str] | None = None, intra_op_threads: int | None = None,
-              inter_op_threads: int = 0, verbose: bool = False) -> OrtBackend:
+              inter_op_threads: int = 0, verbose: bool = False, spin: bool = True
+              ) -> OrtBackend:
         threads = manifest.build.threads if intra_op_threads is None else intra_op_threads
         opts = session_options("disable", intra_op_threads=threads,
-                               inter_op_threads=inter_op_threads, verbose=verbose)
+                               inter_op_threads=inter_op_threads, verbose=verbose, spin=spin)
         try:
             session = create_session(engine_path, opts, resolve_providers(providers, device))
         except EngineLoadError as exc:
@@ -120,14 +125,14 @@ class OrtBackend(Backend):
     @classmethod
     def from_onnx(cls, onnx_path: str | Path, *, providers: Sequence[str] | None = None,
                   graph_optimization: GraphOptimization = "all", intra_op_threads: int = 0,
-                  inter_op_threads: int = 0, verbose: bool = False, device: int = 0
-                  ) -> OrtBackend:
+                  inter_op_threads: int = 0, verbose: bool = False, device: int = 0,
+                  spin: bool = True) -> OrtBackend:
         """Run an exported ONNX file directly (no engine, no manifest; its metadata is used)."""
         path = Path(onnx_path)
         if not path.is_file():
             raise EdgesegError(f"{path}: no such ONNX file")
         opts = session_options(graph_optimization, intra_op_threads=intra_op_threads,
-                               inter_op_threads=inter_op_threads, verbose=verbose)
+                               inter_op_threads=inter_op_threads, verbose=verbose, spin=spin)
         session = create_session(path, opts, resolve_providers(providers, device))
         props = session.get_modelmeta().custom_metadata_map
         return cls(None, None, ModelMetadata.from_props(props, str(path)), session)
