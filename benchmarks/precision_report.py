@@ -21,10 +21,11 @@ from pathlib import Path
 
 import onnxruntime
 
+from edgeseg.argtypes import parse_hw
 from edgeseg.bench.latency import measure_latency
 from edgeseg.data import open_dataset
 from edgeseg.evaluate import evaluate
-from edgeseg.export.export_cli import export_gated, parse_size
+from edgeseg.export.export_cli import export_gated
 from edgeseg.export.onnx_export import ExportOptions
 from edgeseg.export.variants import make_variant
 from edgeseg.fileio import write_json, write_text
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     out = Path(args.out)
-    h, w = parse_size(args.size)
+    h, w = parse_hw(args.size)
     fp32 = out / f"{args.name}.fp32.onnx"
     t0 = time.perf_counter()
     _, parity = export_gated(args.checkpoint, fp32, ExportOptions(height=h, width=w),

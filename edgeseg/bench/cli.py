@@ -23,23 +23,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edgeseg.argtypes import non_negative_int, parse_hw_16, positive_int
 from edgeseg.bench.latency import measure
 from edgeseg.bench.parity import DEFAULT_MAX_DROP, check_parity, parse_max_drop
 from edgeseg.bench.report import BenchResult, LatencyRow, format_console, write_report
 from edgeseg.bench.targets import Target, TargetSkipped, open_target
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.base import InputShapeError
-
-
-def _size(text: str) -> tuple[int, int]:
-    """``WxH`` -> (H, W)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected WxH, e.g. 480x360") from None
-    if w < 16 or h < 16:
-        raise argparse.ArgumentTypeError(f"size {text!r}: both sides must be >= 16")
-    return h, w
 
 
 def _batches(text: str) -> list[int]:
@@ -50,20 +40,6 @@ def _batches(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"batch {text!r}: expected sizes >= 1, e.g. 1,4")
     return sorted(set(values))
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 EPILOG = """examples:
@@ -89,26 +65,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", metavar="MODEL",
                         help="fp32 reference for parity (fp32 ONNX or .pt); default the first "
                              "fp32 ENGINE")
-    parser.add_argument("--iterations", metavar="N", type=_positive, default=50,
+    parser.add_argument("--iterations", metavar="N", type=positive_int, default=50,
                         help="timed runs per engine and batch (default 50)")
-    parser.add_argument("--warmup", metavar="N", type=_non_negative, default=5,
+    parser.add_argument("--warmup", metavar="N", type=non_negative_int, default=5,
                         help="untimed runs first (default 5)")
     parser.add_argument("--batch", type=_batches, default=[1], metavar="N[,N...]",
                         help="batch sizes, e.g. 1,4 (default 1; >1 needs a dynamic-batch model)")
-    parser.add_argument("--size", type=_size, metavar="WxH",
+    parser.add_argument("--size", type=parse_hw_16, metavar="WxH",
                         help="frame size (default: the first fixed-size engine's input size); "
                              "checkpoints run at it, fixed-size engines resize to their own")
-    parser.add_argument("--threads", metavar="N", type=_non_negative, default=0,
+    parser.add_argument("--threads", metavar="N", type=non_negative_int, default=0,
                         help="ONNX Runtime intra-op and PyTorch threads (0 = library default)")
-    parser.add_argument("--frames", metavar="N", type=_positive, default=8,
+    parser.add_argument("--frames", metavar="N", type=positive_int, default=8,
                         help="distinct frames cycled through the latency runs (default 8)")
-    parser.add_argument("--max-images", metavar="N", type=_non_negative, default=0,
+    parser.add_argument("--max-images", metavar="N", type=non_negative_int, default=0,
                         help="parity: frames spread over each data set (default 0 = all)")
     parser.add_argument("--max-drop", action="append", default=[], metavar="PRECISION=POINTS",
                         help="mIoU points a variant may lose against fp32 (defaults: "
                              + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_MAX_DROP.items())
                              + "), repeatable")
-    parser.add_argument("--band", metavar="PX", type=_positive, default=3,
+    parser.add_argument("--band", metavar="PX", type=positive_int, default=3,
                         help="boundary band width in pixels (default 3)")
     parser.add_argument("--device", default="cpu", help="PyTorch device for checkpoints "
                         "(cpu or cuda; engines run on their own backend's device)")

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.argtypes import parse_hw
 from edgeseg.export.onnx_export import (
     INPUT_FORMATS,
     LABELS_DTYPES,
     OUTPUT_KINDS,
     ExportOptions,
     ExportResult,
-    Size,
     deploy_module,
     export_checkpoint,
 )
@@ -36,25 +36,16 @@ from edgeseg.fileio import atomic_path
 from edgeseg.train.checkpoint import load_model
 
 
-def parse_size(text: str) -> Size:
-    """``WxH`` (as cameras are described) -> (height, width)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected WxH, e.g. 512x256") from None
-    return h, w
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="training checkpoint (.pt), e.g. runs/x/best.pt")
     parser.add_argument("-o", "--onnx", required=True, metavar="ONNX",
                         help="ONNX file to write, e.g. model.onnx")
-    parser.add_argument("--size", type=parse_size, default=(256, 512), metavar="WxH",
+    parser.add_argument("--size", type=parse_hw, default=(256, 512), metavar="WxH",
                         help="input size (the opt size if --dynamic); default 512x256")
     parser.add_argument("--dynamic", action="store_true",
                         help="dynamic batch/height/width (TensorRT needs a shape profile)")
     for name, default in (("min", "half --size"), ("opt", "--size"), ("max", "twice --size")):
-        parser.add_argument(f"--{name}-size", type=parse_size, metavar="WxH",
+        parser.add_argument(f"--{name}-size", type=parse_hw, metavar="WxH",
                             help=f"--dynamic profile {name} size; default {default}")
     parser.add_argument("--max-batch", type=int, default=1, metavar="N",
                         help="--dynamic profile max batch; default 1")

@@ -170,9 +170,13 @@ class StreamPipeline:
                             self.counts.dropped += 1
                         except queue.Empty:
                             pass
+        self._put_waiting(self.q_in, item)
+
+    def _put_waiting(self, q: queue.Queue, item: object) -> None:
+        """Put, waiting for room, unless the run is aborted (then the item is dropped)."""
         while not self.abort.is_set():
             try:
-                self.q_in.put(item, timeout=0.1)
+                q.put(item, timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -236,13 +240,8 @@ class StreamPipeline:
         return [*lines, tail]
 
     # --- the run -------------------------------------------------------------------------
-    def _put_out(self, packet: Packet) -> None:
-        while not self.abort.is_set():
-            try:
-                self.q_out.put(packet, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+    def _put_out(self, packet: object) -> None:
+        self._put_waiting(self.q_out, packet)
 
     def run(self) -> RunSummary:
         """Stream until the source ends or ``stop`` is set; sinks are always closed."""

@@ -19,6 +19,7 @@ counted in ``corrupt``. Torch-free.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import time
@@ -31,6 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edgeseg.argtypes import parse_wxh
 from edgeseg.errors import EdgesegError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -305,22 +307,14 @@ class SyntheticSource(Source):
         return frame
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``WxH`` -> (W, H)."""
-    match = re.fullmatch(r"(\d+)x(\d+)", text)
-    if not match:
-        raise SourceError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 480x360")
-    return int(match.group(1)), int(match.group(2))
-
-
 def parse_synthetic(spec: str) -> SyntheticSource:
     parts = spec.split(":")[1:]
     domain = parts[0] if parts and parts[0] else "night"
-    size = parse_size(parts[1]) if len(parts) > 1 and parts[1] else (480, 360)
     try:
+        size = parse_wxh(parts[1], 16) if len(parts) > 1 and parts[1] else (480, 360)
         frames = int(parts[2]) if len(parts) > 2 and parts[2] else 300
         seed = int(parts[3]) if len(parts) > 3 and parts[3] else 0
-    except ValueError:
+    except (ValueError, argparse.ArgumentTypeError):
         raise SourceError(f"{spec}: expected synthetic[:DOMAIN[:WxH[:FRAMES[:SEED]]]], e.g. "
                           "synthetic:night:480x360:300") from None
     from edgeseg.data.synth.domains import DOMAINS

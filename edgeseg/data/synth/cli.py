@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from edgeseg.argtypes import non_negative_int, parse_wxh_16
 from edgeseg.data.synth.dataset import LAYOUT
 from edgeseg.data.synth.domains import DOMAINS
 from edgeseg.data.synth.generate import DEFAULT_SIZE, keep_freed_memory
@@ -16,16 +17,6 @@ from edgeseg.data.synth.render import STYLES
 from edgeseg.data.synth.video import DEFAULT_FPS
 from edgeseg.data.synth.writer import VERSION, write_pairs, write_scenes, write_videos
 from edgeseg.fileio import write_json
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 512x256, got {text!r}") from None
-    if width < 16 or height < 16:
-        raise argparse.ArgumentTypeError(f"size {text!r} is too small (at least 16x16)")
-    return width, height
 
 
 def _domains(text: str) -> tuple[str, ...]:
@@ -39,13 +30,6 @@ def _domains(text: str) -> tuple[str, ...]:
     return names
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Render procedural street scenes with pixel-exact Cityscapes-19 labels in several "
@@ -54,23 +38,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = f"Layout written:\n{LAYOUT}"
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--out", type=Path, required=True, help="output root folder")
-    parser.add_argument("--train", type=_non_negative, default=100,
+    parser.add_argument("--train", type=non_negative_int, default=100,
                         help="training scenes, spread round-robin over the domains (default 100)")
-    parser.add_argument("--val", type=_non_negative, default=20,
+    parser.add_argument("--val", type=non_negative_int, default=20,
                         help="validation scenes, each rendered in every domain (default 20)")
-    parser.add_argument("--size", type=_size, default=DEFAULT_SIZE, metavar="WxH",
+    parser.add_argument("--size", type=parse_wxh_16, default=DEFAULT_SIZE, metavar="WxH",
                         help="frame size (default 512x256)")
     parser.add_argument("--domains", type=_domains, default=("day", "night"),
                         help=f"comma-separated, of {','.join(DOMAINS)} (default day,night)")
     parser.add_argument("--style", choices=STYLES, default="textured",
                         help="textured (noise, bricks, shading) or flat game-like colours")
-    parser.add_argument("--seed", type=_non_negative, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--paired-train", action="store_true",
                         help="render every training scene in every domain")
-    parser.add_argument("--pairs", type=_non_negative, default=0,
+    parser.add_argument("--pairs", type=non_negative_int, default=0,
                         help="coarsely aligned day/night pairs to write (default 0)")
-    parser.add_argument("--videos", type=_non_negative, default=0, help="videos to write (default 0)")
-    parser.add_argument("--video-frames", type=_non_negative, default=100, help="frames per video")
+    parser.add_argument("--videos", type=non_negative_int, default=0, help="videos to write (default 0)")
+    parser.add_argument("--video-frames", type=non_negative_int, default=100, help="frames per video")
     parser.add_argument("--video-domain", choices=DOMAINS, default="night")
     parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="video frame rate")
 
