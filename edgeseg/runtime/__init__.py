@@ -1,4 +1,4 @@
-"""The torch-free vehicle side: engine manifests and inference backends.
+"""The torch-free vehicle side: engines, frame sources, the streaming pipeline and sinks.
 
 This package installs on a Jetson with numpy, opencv, a CUDA binding and
 TensorRT (or on a CPU box with ONNX Runtime) and nothing else: it never imports
@@ -7,5 +7,11 @@ torch or onnx, and TensorRT/CUDA only inside the functions that need them, so
 
 - ``manifest``: `EngineManifest` (the JSON beside every engine), `MachineInfo`,
   `check_compatible` / `ensure_compatible`
-- ``backends``: `Backend`, `open_backend`, `OrtBackend`, `TrtBackend`
+- ``backends``: `Backend`, `open_backend`, `OrtBackend`, `TrtBackend` (double-buffered,
+  CUDA graphs), ``cuda_memory`` (cuda-python or pycuda)
+- ``sources`` / ``sinks``: `open_source`, `open_sink` (files, folders, cameras, RTSP,
+  GStreamer, synthetic drives; window, video, frames, labels, null)
+- ``stages``: frame <-> engine geometry, `SegmentStage`, `TranslateStage`, `StageChain`
+- ``pipeline``: `StreamPipeline` (capture -> engines -> render/encode threads), `RunSummary`
+- ``overlay``, ``timing``; ``run_cli``: `edgeseg run` and `run_stream`
 """
