@@ -1,0 +1,104 @@
+"""Table of UDA runs (one eval.json per run, from `edgeseg eval --json`): mean and spread over
+seeds per row, the gap to a baseline row, and a bar chart.
+
+    python benchmarks/uda_report.py runs/uda_synth --rows source_only_init=demo_out/eval.json \\
+        --out benchmarks/results/synthetic/mobilenet_uda
+
+Run folders are named ``ROW_sSEED``; ``--rows NAME=EVAL.json`` adds single-file rows
+(e.g. the starting checkpoint). Datasets are the keys of each eval.json's results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.fileio import atomic_path, write_json, write_text
+
+
+def collect(root: Path, extra: list[str]) -> dict[str, list[dict[str, float]]]:
+    """row -> one {dataset: mIoU %} per seed."""
+    rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for item in extra:
+        name, _, path = item.partition("=")
+        rows[name].append(mious(Path(path)))
+    for run in sorted(root.glob("*_s[0-9]*")):
+        match = re.fullmatch(r"(.+)_s(\d+)", run.name)
+        if match and (run / "eval.json").exists():
+            rows[match.group(1)].append(mious(run / "eval.json"))
+    return rows
+
+
+def mious(path: Path) -> dict[str, float]:
+    results = json.loads(path.read_text())["results"]
+    return {spec.rsplit(":", 1)[-1]: 100 * r["miou"] for spec, r in results.items()}
+
+
+def table(rows: dict[str, list[dict[str, float]]], order: list[str]) -> tuple[str, dict]:
+    datasets = list(next(iter(rows.values()))[0])
+    names = [n for n in order if n in rows] + [n for n in rows if n not in order]
+    lines = ["| row | seeds | " + " | ".join(f"{d} mIoU" for d in datasets) + " |",
+             "|---|---|" + "---|" * len(datasets)]
+    data = {}
+    for name in names:
+        runs = rows[name]
+        cells = []
+        data[name] = {}
+        for d in datasets:
+            values = np.array([r[d] for r in runs])
+            data[name][d] = {"mean": float(values.mean()), "values": values.round(2).tolist()}
+            spread = f" ({', '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else ""
+            cells.append(f"{values.mean():.2f}{spread}")
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), data
+
+
+def plot(data: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(data)
+    datasets = list(next(iter(data.values())))
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 4))
+    width = 0.8 / len(datasets)
+    for i, d in enumerate(datasets):
+        means = [data[n][d]["mean"] for n in names]
+        ax.bar(np.arange(len(names)) + i * width, means, width, label=d)
+        for j, n in enumerate(names):
+            vals = data[n][d]["values"]
+            ax.scatter([j + i * width] * len(vals), vals, color="black", s=8, zorder=3)
+    ax.set_xticks(np.arange(len(names)) + width * (len(datasets) - 1) / 2, names, rotation=20,
+                  ha="right")
+    ax.set_ylabel("mIoU %")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("root", type=Path)
+    p.add_argument("--rows", action="append", default=[], metavar="NAME=EVAL.json")
+    p.add_argument("--order", default="", help="comma-separated row order")
+    p.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json, OUT.png")
+    args = p.parse_args()
+    rows = collect(args.root, args.rows)
+    text, data = table(rows, [n for n in args.order.split(",") if n])
+    write_text(args.out.with_suffix(".table.md"), text + "\n")
+    write_json(args.out.with_suffix(".json"), data)
+    plot(data, args.out.with_suffix(".png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
