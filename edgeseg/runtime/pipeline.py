@@ -245,8 +245,12 @@ class StreamPipeline:
 
     def run(self) -> RunSummary:
         """Stream until the source ends or ``stop`` is set; sinks are always closed."""
-        for sink in self.sinks:
-            sink.check()
+        try:
+            for sink in self.sinks:
+                sink.check()
+        except BaseException:
+            self.source.close()  # nothing was read; release the camera for the next attempt
+            raise
         self.t_start = self.t_last = time.perf_counter()
         total = self.source.frame_count
         if self.max_frames:
