@@ -478,3 +478,10 @@ def test_tensorrt_double_buffering_matches_synchronous(seg_onnx: Path, tmp_path:
             for a, b in zip(sync, got):
                 np.testing.assert_array_equal(a, b.output)
                 assert set(b.timings) == {"h2d", "infer", "d2h"}
+
+
+def test_window_sink_without_a_display_fails_before_the_stream(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(SinkError, match="no display"):
+        open_sink("window").check()
