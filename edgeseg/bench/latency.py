@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgeseg.runtime.timing import STAGE_ORDER, stage_stats
+from edgeseg.runtime.timing import STAGE_ORDER, stage_stats, time_calls
 
 #: the whole run, frame in to class map out (the runtime's name for it)
 END_TO_END = "end_to_end"
@@ -66,21 +66,6 @@ def summarize(times_ms: Sequence[float], batch: int = 1) -> LatencyStats:
     return LatencyStats(count=s.count, mean_ms=s.mean, std_ms=float(a.std()),
                         min_ms=float(a.min()), p50_ms=s.p50, p90_ms=s.p90, p99_ms=s.p99,
                         max_ms=s.max, batch=batch)
-
-
-def time_calls(fn: Callable[[], Any], warmup: int = 3, iterations: int = 20) -> list[float]:
-    """Milliseconds of ``iterations`` calls of ``fn`` after ``warmup`` untimed ones (the first
-    runs allocate buffers, pick kernels and fill caches, which is not steady-state speed)."""
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    for _ in range(max(0, warmup)):
-        fn()
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def measure_latency(predict: Any, image: np.ndarray, warmup: int = 3,

@@ -129,7 +129,6 @@ class StreamPipeline:
         self.abort = threading.Event()  # something failed: finish nothing more
         self.errors: list[BaseException] = []
         self.end_reason = "end of source"
-        self._drop_lock = threading.Lock()
         self.progress = progress
         self.bar: tqdm | None = None
         self.last_frame: np.ndarray | None = None  # for the raw-throughput baseline
@@ -158,18 +157,17 @@ class StreamPipeline:
 
     def _put_in(self, item: object) -> None:
         """`latest`: never wait, drop the oldest queued frame; `all`: wait for room."""
-        if self.policy == "latest":
-            with self._drop_lock:
-                while True:
+        if self.policy == "latest":  # one producer (this thread): no lock needed
+            while True:
+                try:
+                    self.q_in.put_nowait(item)
+                    return
+                except queue.Full:
                     try:
-                        self.q_in.put_nowait(item)
-                        return
-                    except queue.Full:
-                        try:
-                            self.q_in.get_nowait()
-                            self.counts.dropped += 1
-                        except queue.Empty:
-                            pass
+                        self.q_in.get_nowait()
+                        self.counts.dropped += 1
+                    except queue.Empty:
+                        pass
         self._put_waiting(self.q_in, item)
 
     def _put_waiting(self, q: queue.Queue, item: object) -> None:

@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from edgeseg.runtime.stages import (
     fit_frame,
     frame_to_input,
 )
+from edgeseg.runtime.timing import time_calls
 
 EXIT_INTERRUPTED = 130
 
@@ -116,11 +116,8 @@ def raw_throughput(stage: EngineStage, frame: Any, iterations: int) -> float:
     """Back-to-back `infer` calls on one prepared frame: the engine's own frames/s."""
     fitted, _ = fit_frame(frame, stage.target_size(frame), stage.aspect)
     x = frame_to_input(fitted, stage.meta)
-    stage.backend.infer(x)  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(iterations):
-        stage.backend.infer(x)
-    return iterations / (time.perf_counter() - t0)
+    times_ms = time_calls(lambda: stage.backend.infer(x), warmup=1, iterations=iterations)
+    return 1e3 * len(times_ms) / sum(times_ms)
 
 
 def run_stream(engine: str | Path, cfg: StreamConfig) -> RunSummary:

@@ -135,7 +135,7 @@ class EngineStage:
         self.meta: ModelMetadata = backend.metadata
         self.aspect = aspect
         self.size = engine_size(self.meta)
-        self.pending: deque[tuple[Packet, Box, float]] = deque()
+        self.pending: deque[tuple[Packet, Box]] = deque()
 
     @property
     def depth(self) -> int:
@@ -154,10 +154,10 @@ class EngineStage:
         packet.timings["preprocess"] = packet.timings.get("preprocess", 0.0) + \
             (time.perf_counter() - t0) * 1e3
         self.backend.submit(x)
-        self.pending.append((packet, box, time.perf_counter()))
+        self.pending.append((packet, box))
 
     def collect(self) -> Packet:
-        packet, box, _ = self.pending.popleft()
+        packet, box = self.pending.popleft()
         result = self.backend.collect()
         for stage, ms in result.timings.items():
             key = self.timing_key(stage)

@@ -9,8 +9,11 @@ reads recent means while the stream runs; the summary reports p50/p90/p99.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +44,21 @@ def stage_stats(samples_ms: np.ndarray | list[float]) -> StageStats:
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
     return StageStats(int(a.size), float(a.mean()), float(p50), float(p90), float(p99),
                       float(a.max()))
+
+
+def time_calls(fn: Callable[[], Any], warmup: int = 3, iterations: int = 20) -> list[float]:
+    """Milliseconds of ``iterations`` calls of ``fn`` after ``warmup`` untimed ones (the first
+    runs allocate buffers, pick kernels and fill caches, which is not steady-state speed)."""
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    for _ in range(max(0, warmup)):
+        fn()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 class StageTimes:

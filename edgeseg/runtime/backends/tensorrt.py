@@ -103,7 +103,6 @@ class _Slot:
         self.index = index
         self.tensors: dict[str, _Tensor] = {}
         self.events = {name: api.create_event() for name in self.EVENTS}
-        self.busy = False
         self.out_shape: tuple[int, ...] = ()
 
     def free(self, api: CudaApi) -> None:
@@ -237,7 +236,6 @@ class TrtBackend(Backend):
         out_bytes = int(np.prod(slot.out_shape)) * out.dtype.itemsize
         api.copy_to_host(out.host, out.device, out_bytes, self.compute_stream)
         api.record_event(ev["d2h_end"], self.compute_stream)
-        slot.busy = True
         self.queue.append(slot)
 
     def collect(self) -> InferResult:
@@ -246,7 +244,6 @@ class TrtBackend(Backend):
         slot = self.queue.popleft()
         api, ev = self.api, slot.events
         api.event_synchronize(ev["d2h_end"])
-        slot.busy = False
         out = slot.tensors[self.output_spec.name]
         nbytes = int(np.prod(slot.out_shape)) * out.dtype.itemsize
         output = out.host.array[:nbytes].view(out.dtype).reshape(slot.out_shape).copy()
