@@ -242,6 +242,42 @@ def test_batch_one_trains_the_aspp_pooling_branch_with_bn_in_train_mode() -> Non
     assert math.isfinite(m.train_step(_batch(0, n=1), 0)["loss_seg_src_translated"])
 
 
+# --- source replay (an extension, off by default) ----------------------------------------
+
+
+@pytest.mark.parametrize("feature,semantic", [(True, True), (False, False)])
+def test_source_replay_is_ce_on_the_raw_source_and_leaves_the_paper_losses(
+        feature: bool, semantic: bool) -> None:
+    switches = {"use_feature_loss": feature, "use_semantic_loss": semantic}
+    paper, replay = _method(**switches), _method(lambda_ce_source=0.5, **switches)
+    batch = _batch()
+    for m in (paper, replay):
+        m.set_model_mode(frozen=True)  # eval mode: no dropout, both see the same M
+    paper_losses, paper_cache = paper.generator_losses(batch)
+    replay_losses, replay_cache = replay.generator_losses(batch)
+    with torch.no_grad():
+        logits = replay.networks["model"](batch["source"]["image"])
+    expected = torch.nn.functional.cross_entropy(logits, batch["source"]["label"])
+    assert replay_losses["loss_seg_src"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert set(replay_losses) - set(paper_losses) == {"loss_seg_src"}
+    for key, value in paper_losses.items():  # pseudo-labels and real features are unchanged
+        assert replay_losses[key].item() == pytest.approx(value.item(), rel=1e-4, abs=1e-6), key
+    assert paper_cache.keys() == replay_cache.keys()
+    for key in paper_cache:
+        assert torch.allclose(paper_cache[key], replay_cache[key], atol=1e-5), key
+    assert replay.weights["loss_seg_src"] == 0.5
+
+
+def test_source_replay_reaches_the_segmenter_only() -> None:
+    m = _method(lambda_ce_source=1.0)
+    m.set_model_mode(frozen=False)
+    losses, _ = m.generator_losses(_batch())
+    m.zero_grad()
+    losses["loss_seg_src"].backward()
+    assert _has_grad(m.networks["model"].head) and _has_grad(m.networks["model"].backbone)
+    assert all(_no_grad(m.networks[name]) for name in GENERATORS)
+
+
 # --- ablations and config ---------------------------------------------------------------
 
 
@@ -257,6 +293,7 @@ def test_ablation_switches(feature: bool, semantic: bool) -> None:
         assert (key in logs) == semantic, key
     for key in ("loss_adv_img_t", "loss_cycle_s", "loss_seg_src_translated", "loss_disc_img_t"):
         assert key in logs
+    assert "loss_seg_src" not in logs  # source replay is off unless asked for
     assert not _same(img_before, _snapshot(m.networks["disc_img_t"]))
 
 
@@ -265,6 +302,8 @@ def test_params_and_crop_are_validated() -> None:
         from_dict(Params, {"lambda_feat": 0}, "method.params")
     with pytest.raises(ConfigError, match="freeze_model_fraction"):
         from_dict(Params, {"freeze_model_fraction": 1.0}, "method.params")
+    with pytest.raises(ConfigError, match="lambda_ce_source"):
+        from_dict(Params, {"lambda_ce_source": -1.0}, "method.params")
     with pytest.raises(ConfigError, match="method.params.lambda_sem_typo"):
         from_dict(Params, {"lambda_sem_typo": 1}, "method.params")
     with pytest.raises(ConfigError, match="multiples of 4"):

@@ -44,6 +44,14 @@ a 600x600 patch are noisy and would also mix translated and real images. With
 ``freeze_bn: false`` BN trains on the batch; the ASPP image-pooling BN then uses
 its running statistics for a one-value batch (`edgeseg.models.aspp.PooledBatchNorm2d`).
 
+Source replay (not in the paper, off by default): ``lambda_ce_source > 0`` adds
+a supervised CE of M on the raw source image. The paper trains M on translated
+source only (its goal is the target domain); a vehicle model must keep working by
+day as well, and on short budgets the translation-only CE costs the source domain
+several points (benchmarks/results/camvid/mobilenet_uda.md). The term reaches M
+only, never the generators. The raw source also provides the L_sem pseudo-label and
+D'_S's real features, so it costs one backward, no extra forward.
+
 Ablations (paper Table 3): ``use_feature_loss`` and ``use_semantic_loss``.
 Both false = image translation only (CycleGAN + CE on translated source); only
 feature = "lambda_sem = 0"; only semantic = "lambda_feat = 0"; both = full. A
@@ -86,6 +94,7 @@ class Params:
     lambda_sem: float = 0.1
     lambda_feat: float = 1e-4
     lambda_ce: float = 1.0
+    lambda_ce_source: float = 0.0  # source replay, not in the paper (see the module doc)
     use_feature_loss: bool = True
     use_semantic_loss: bool = True
     freeze_model_fraction: float = 0.25  # M frozen for this share of train.iterations
@@ -103,7 +112,7 @@ class Params:
     pool_size: int = 50
 
     def validate(self) -> None:
-        for key in ("lambda_cycle", "lambda_sem", "lambda_feat", "lambda_ce"):
+        for key in ("lambda_cycle", "lambda_sem", "lambda_feat", "lambda_ce", "lambda_ce_source"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0")
         for key, switch in (("lambda_feat", "use_feature_loss"), ("lambda_sem", "use_semantic_loss")):
@@ -197,6 +206,7 @@ class MobileNetUDA(Method):
             "loss_sem_s": p.lambda_sem, "loss_sem_t": p.lambda_sem,
             "loss_feat_t": p.lambda_feat, "loss_feat_s": p.lambda_feat,
             "loss_seg_src_translated": p.lambda_ce,
+            "loss_seg_src": p.lambda_ce_source,
         }
 
     def _check_crop(self) -> None:
@@ -247,24 +257,40 @@ class MobileNetUDA(Method):
             cache = {"real_s": real_s.detach(), "real_t": real_t.detach(),
                      "fake_t": fake_t.detach(), "fake_s": fake_s.detach()}
             cross = p.use_semantic_loss or p.use_feature_loss  # need M on both translations
-            translated = torch.cat([fake_t, fake_s]) if cross else fake_t
-            pred = self.net("model")(self.images.to_seg(translated), features=True)
-            logits_fake_t = pred["logits"][:n_s]
-            losses["loss_seg_src_translated"] = F.cross_entropy(
-                logits_fake_t.float(), y_s, ignore_index=IGNORE_INDEX)
+            replay = p.lambda_ce_source > 0
+            # one M call with gradients: translations, then the raw source if replayed
+            inputs = {"fake_t": self.images.to_seg(fake_t)}
             if cross:
-                with torch.no_grad():
-                    orig = self.net("model")(torch.cat([x_s, x_t]), features=True)
+                inputs["fake_s"] = self.images.to_seg(fake_s)
+            if replay:
+                inputs["src"] = x_s
+            pred = self.net("model")(torch.cat(list(inputs.values())), features=True)
+            sizes = [x.shape[0] for x in inputs.values()]
+            logits = dict(zip(inputs, pred["logits"].split(sizes)))
+            feats = dict(zip(inputs, pred["out"].split(sizes)))
+            losses["loss_seg_src_translated"] = F.cross_entropy(
+                logits["fake_t"].float(), y_s, ignore_index=IGNORE_INDEX)
+            if replay:
+                losses["loss_seg_src"] = F.cross_entropy(logits["src"].float(), y_s,
+                                                         ignore_index=IGNORE_INDEX)
+            if cross:
+                with torch.no_grad():  # M on the originals: pseudo-labels and real features
+                    if replay:
+                        orig_t = self.net("model")(x_t, features=True)
+                        orig_logits_s, orig_feat_s = logits["src"].detach(), feats["src"].detach()
+                    else:
+                        orig = self.net("model")(torch.cat([x_s, x_t]), features=True)
+                        orig_t = {k: v[n_s:] for k, v in orig.items()}
+                        orig_logits_s, orig_feat_s = orig["logits"][:n_s], orig["out"][:n_s]
                 if p.use_semantic_loss:
-                    losses["loss_sem_s"] = semantic_consistency_loss(logits_fake_t,
-                                                                     orig["logits"][:n_s])
-                    losses["loss_sem_t"] = semantic_consistency_loss(pred["logits"][n_s:],
-                                                                     orig["logits"][n_s:])
+                    losses["loss_sem_s"] = semantic_consistency_loss(logits["fake_t"], orig_logits_s)
+                    losses["loss_sem_t"] = semantic_consistency_loss(logits["fake_s"],
+                                                                     orig_t["logits"])
                 if p.use_feature_loss:
-                    feat_fake_t, feat_fake_s = pred["out"][:n_s], pred["out"][n_s:]
+                    feat_fake_t, feat_fake_s = feats["fake_t"], feats["fake_s"]
                     losses["loss_feat_t"] = self.gan_loss(self.net("disc_feat_t")(feat_fake_t), True)
                     losses["loss_feat_s"] = self.gan_loss(self.net("disc_feat_s")(feat_fake_s), True)
-                    cache.update(feat_s=orig["out"][:n_s], feat_t=orig["out"][n_s:],
+                    cache.update(feat_s=orig_feat_s, feat_t=orig_t["out"],
                                  feat_fake_t=feat_fake_t.detach(), feat_fake_s=feat_fake_s.detach())
         return losses, cache
 
