@@ -34,4 +34,7 @@ for seed in 0 1; do
   run plus_feature "$seed" --set method.params.use_semantic_loss=false
   run plus_semantic "$seed" --set method.params.use_feature_loss=false
   run full "$seed"
+  # not in the paper: the full method plus CE on the raw source (lambda_ce_source); its
+  # fair control is source_only_bnfrozen (the same raw-source CE, no adaptation)
+  run full_replay "$seed" --set method.params.lambda_ce_source=1.0
 done
