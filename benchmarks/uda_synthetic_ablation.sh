@@ -4,14 +4,20 @@
 # Results: runs/uda_synth/ROW_sSEED/{last.pt,eval.json}; table and chart:
 #   python benchmarks/uda_report.py runs/uda_synth --rows source_only_init=demo_out/eval.json \
 #     --out benchmarks/results/synthetic/mobilenet_uda
-# N (iterations, default 300) and THREADS (default 1; two of these scripts can share 2 cores).
+# N (iterations, default 300), THREADS (default 1; two of these scripts can share 2 cores),
+# ROOT (default runs/uda_synth), SEEDS (default "0 1") and ROWS (default: all rows), e.g.
+#   N=1000 ROOT=runs/uda_synth_1000 SEEDS=0 ROWS="source_only_bnfrozen full_replay" bash $0
 set -u
 N=${N:-300}
+ROOT=${ROOT:-runs/uda_synth}
+SEEDS=${SEEDS:-0 1}
+ROWS=${ROWS:-}
 THREADS=${THREADS:-1}
 EDGESEG=${EDGESEG:-.venv/bin/edgeseg}
 run() {  # row seed overrides...
   local name=$1 seed=$2; shift 2
-  local out=runs/uda_synth/${name}_s${seed}
+  local out=$ROOT/${name}_s${seed}
+  [ -n "$ROWS" ] && [[ " $ROWS " != *" $name "* ]] && return
   [ -f "$out/eval.json" ] && return
   rm -rf "$out"
   "$EDGESEG" train train/mobilenet_uda_synthetic.yaml --no-progress \
@@ -22,8 +28,8 @@ run() {  # row seed overrides...
     --data synthetic:demo_out/synth:night_val --json "$out/eval.json" > "$out/eval.txt" 2>&1
   echo "done $name $seed $(date +%T)"
 }
-mkdir -p runs/uda_synth
-for seed in 0 1; do
+mkdir -p "$ROOT"
+for seed in $SEEDS; do
   # controls: batch 1, same crops and LR; BN statistics trained (as plain fine-tuning does)
   # or frozen (as the UDA runs keep them)
   run source_only "$seed" --set method.name=source_only --set 'method.params={}'
