@@ -18,7 +18,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from edgeseg.fileio import atomic_path
+from edgeseg.fileio import atomic_path, write_text
 
 
 def val_curves(metrics: Path) -> dict[str, list[tuple[int, float]]]:
@@ -35,6 +35,26 @@ def start_mious(path: Path) -> dict[str, float]:
     """dataset -> mIoU % of the starting model (an `edgeseg eval --json` file)."""
     results = json.loads(path.read_text())["results"]
     return {spec.rsplit(":", 1)[-1]: 100 * r["miou"] for spec, r in results.items()}
+
+
+def table(runs: dict[str, dict[str, list[tuple[int, float]]]], start: dict[str, float],
+          source: str) -> str:
+    """Markdown: each run's last validation, with the change from the start in brackets."""
+    datasets = sorted({d for curves in runs.values() for d in curves}, key=lambda d: d != source)
+    lines = ["| run | iteration | " + " | ".join(datasets) + " |",
+             "|---|---|" + "---|" * len(datasets)]
+    if start:
+        lines.append("| start | 0 | " + " | ".join(f"{start.get(d, float('nan')):.2f}"
+                                                   for d in datasets) + " |")
+    for name, curves in runs.items():
+        last_it = max(it for points in curves.values() for it, _ in points)
+        cells = []
+        for d in datasets:
+            value = dict(curves.get(d, [])).get(last_it)
+            delta = f" ({value - start[d]:+.2f})" if value is not None and d in start else ""
+            cells.append("-" if value is None else f"{value:.2f}{delta}")
+        lines.append(f"| {name} | {last_it} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(runs: dict[str, dict[str, list[tuple[int, float]]]], start: dict[str, float],
@@ -76,7 +96,8 @@ def main() -> None:
     p.add_argument("--start", type=Path, help="eval.json of the starting model")
     p.add_argument("--source", default="day_val", help="the source-domain dataset")
     p.add_argument("--budget", type=float, default=2.0, help="allowed source mIoU loss")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the PNG")
+    p.add_argument("--table", type=Path, help="also write the last validations as Markdown")
     args = p.parse_args()
     runs = {}
     for item in args.run:
@@ -84,8 +105,12 @@ def main() -> None:
         if not sep:
             p.error(f"--run {item!r}: expected NAME=METRICS.jsonl")
         runs[name] = val_curves(Path(path))
-    plot(runs, start_mious(args.start) if args.start else {}, args.source, args.budget, args.out)
-    print(f"wrote {args.out}")
+    start = start_mious(args.start) if args.start else {}
+    plot(runs, start, args.source, args.budget, args.out)
+    text = table(runs, start, args.source)
+    if args.table:
+        write_text(args.table, text)
+    print(text + f"wrote {args.out}")
 
 
 if __name__ == "__main__":
