@@ -1,0 +1,83 @@
+"""The UDA report scripts in benchmarks/: validation curves/table and translator grids."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _metrics(path: Path, points: list[tuple[int, str, float]]) -> Path:
+    lines = [json.dumps({"type": "train", "iter": 1, "loss": 1.0})]
+    lines += [json.dumps({"type": "val", "iter": it, "data": f"camvid:/x:{split}", "miou": m})
+              for it, split, m in points]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_curves_table_reports_the_last_validation_against_the_start(tmp_path: Path) -> None:
+    curves = _script("uda_curves")
+    run = _metrics(tmp_path / "m.jsonl", [(500, "day_val", 0.40), (500, "dusk_train", 0.30),
+                                          (1000, "day_val", 0.42), (1000, "dusk_train", 0.35)])
+    start = tmp_path / "start.json"
+    start.write_text(json.dumps({"results": {"camvid:/x:day_val": {"miou": 0.43},
+                                             "camvid:/x:dusk_train": {"miou": 0.20}}}))
+    parsed = curves.val_curves(run)
+    assert parsed == {"day_val": [(500, 40.0), (1000, 42.0)],
+                      "dusk_train": [(500, 30.0), (1000, 35.0)]}
+    text = curves.table({"a": parsed}, curves.start_mious(start), "day_val")
+    assert "| a | 1000 | 42.00 (-1.00) | 35.00 (+15.00) |" in text
+    assert text.index("day_val") < text.index("dusk_train")  # the source column first
+    out = tmp_path / "c.png"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "uda_curves.py"), "--run",
+                          f"a=b={run}", "--start", str(start), "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert cv2.imread(str(out)) is not None  # a name may contain '='; the path is after the last
+
+
+def test_translations_grid_from_a_uda_checkpoint_and_a_clear_error_otherwise(
+        tiny_synth: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from edgeseg.config import Recipe, from_dict
+    from edgeseg.train.trainer import Trainer
+    from tests.test_mobilenet_uda import _uda_recipe
+
+    grid = _script("uda_translations")
+    out = tmp_path / "uda"
+    assert Trainer(from_dict(Recipe, _uda_recipe(tiny_synth, out, iterations=1)),
+                   progress=False).run() == 0
+    gen = grid.load_translator(out / "last.pt")
+    assert gen.model[1].out_channels == 8  # the recipe's ngf, not the default 64
+    image = np.random.default_rng(0).integers(0, 255, (66, 130, 3), dtype=np.uint8)
+    fake = grid.translate(gen, image)
+    assert fake.dtype == np.uint8 and fake.shape == (64, 128, 3)  # sides cut to multiples of 4
+    assert np.abs(fake.astype(int) - image[:64, :128]).mean() > 1  # it does translate
+
+    paths = []
+    for name in ("day", "night"):
+        paths.append(tmp_path / f"{name}.png")
+        cv2.imwrite(str(paths[-1]), image)
+    png = tmp_path / "grid.png"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "uda_translations.py"),
+                          str(out / "last.pt"), str(png), f"{paths[0]}:{paths[1]}", str(paths[0]),
+                          "--width", "64"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert cv2.imread(str(png)).shape == (2 * 32, 3 * 64, 3)  # rows padded to the widest
+    with pytest.raises(SystemExit, match="has no G_S->T"):
+        grid.load_translator(tiny_checkpoint)  # a source-only checkpoint
