@@ -18,6 +18,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from uda_report import mious  # benchmarks/, beside this script
+
 from edgeseg.fileio import atomic_path, write_text
 
 
@@ -29,12 +31,6 @@ def val_curves(metrics: Path) -> dict[str, list[tuple[int, float]]]:
         if record.get("type") == "val":
             curves[record["data"].rsplit(":", 1)[-1]].append((record["iter"], 100 * record["miou"]))
     return dict(curves)
-
-
-def start_mious(path: Path) -> dict[str, float]:
-    """dataset -> mIoU % of the starting model (an `edgeseg eval --json` file)."""
-    results = json.loads(path.read_text())["results"]
-    return {spec.rsplit(":", 1)[-1]: 100 * r["miou"] for spec, r in results.items()}
 
 
 def table(runs: dict[str, dict[str, list[tuple[int, float]]]], start: dict[str, float],
@@ -93,7 +89,7 @@ def plot(runs: dict[str, dict[str, list[tuple[int, float]]]], start: dict[str, f
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run", action="append", required=True, metavar="NAME=METRICS.jsonl")
-    p.add_argument("--start", type=Path, help="eval.json of the starting model")
+    p.add_argument("--start", type=Path, help="`edgeseg eval --json` of the starting model")
     p.add_argument("--source", default="day_val", help="the source-domain dataset")
     p.add_argument("--budget", type=float, default=2.0, help="allowed source mIoU loss")
     p.add_argument("--out", type=Path, required=True, help="the PNG")
@@ -105,7 +101,7 @@ def main() -> None:
         if not sep:
             p.error(f"--run {item!r}: expected NAME=METRICS.jsonl")
         runs[name] = val_curves(Path(path))
-    start = start_mious(args.start) if args.start else {}
+    start = mious(args.start) if args.start else {}
     plot(runs, start, args.source, args.budget, args.out)
     text = table(runs, start, args.source)
     if args.table:

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from edgeseg.fileio import atomic_path
+from edgeseg.fileio import write_image
 from edgeseg.train.checkpoint import load_checkpoint
 from edgeseg.train.nets.generator import build_generator
 
@@ -68,10 +68,7 @@ def main() -> None:
         rows.append(np.hstack([t[:height] for t in tiles]))
     width = max(r.shape[1] for r in rows)
     grid = np.vstack([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows])
-    with atomic_path(args.out) as tmp:
-        if not cv2.imwrite(str(tmp) + ".png", grid):
-            raise SystemExit(f"{args.out}: could not write")
-        Path(str(tmp) + ".png").replace(tmp)
+    write_image(args.out, grid, rgb=False)
     print(f"wrote {args.out} (source | G_S->T(source) | target)")
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "data" / "camvid"
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for a subprocess running this checkout (torchrun, the CLI): one thread."""
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from edgeseg.train.methods.mobilenet_uda import (
     semantic_consistency_loss,
 )
 from edgeseg.train.trainer import Trainer
-from tests.conftest import REPO, tiny_recipe
+from tests.conftest import cli_env, tiny_recipe
 
 TINY = {"ngf": 8, "n_blocks": 1, "ndf": 8, "feat_ndf": 8, "pool_size": 3}
 GENERATORS = ("gen_s2t", "gen_t2s")
@@ -419,8 +418,7 @@ def test_ddp_gloo_keeps_every_network_in_sync(tiny_synth: Path, tmp_path: Path) 
     (tmp_path / "worker.py").write_text(DDP_WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(tmp_path / "worker.py"), str(tmp_path / "r.yaml"), str(tmp_path)]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env=cli_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert set(rank0) == {"model", *GENERATORS, "disc_img_s", "disc_img_t", "disc_feat_s",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from edgeseg.train.checkpoint import CheckpointError, load_checkpoint, load_mode
 from edgeseg.train.nets.ema import EMATeacher
 from edgeseg.train.schedule import lr_factor
 from edgeseg.train.trainer import EXIT_INTERRUPTED, Trainer
-from tests.conftest import REPO, tiny_recipe
+from tests.conftest import cli_env, tiny_recipe
 
 
 def _recipe(synth: Path, out: Path, **over: object) -> Recipe:
@@ -36,11 +35,6 @@ def _assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-
-
-def _cli_env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return env
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -125,7 +119,7 @@ def test_ctrl_c_saves_resumable_checkpoint(tiny_synth: Path, tmp_path: Path) -> 
     recipe = _write_recipe(tmp_path / "r.yaml", tiny_synth, out, train__iterations=10_000)
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgeseg.cli", "train", str(recipe), "--no-progress"],
-        env=_cli_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=cli_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = out / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
@@ -154,7 +148,7 @@ def test_ddp_two_processes_gloo(tiny_synth: Path, tmp_path: Path) -> None:
                            train__val_every=3)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "edgeseg.cli", "train", str(recipe), "--no-progress"]
-    res = subprocess.run(cmd, env=_cli_env(), cwd=tmp_path, capture_output=True, text=True,
+    res = subprocess.run(cmd, env=cli_env(), cwd=tmp_path, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     ckpt = load_checkpoint(out / "last.pt")

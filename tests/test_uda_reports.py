@@ -17,6 +17,9 @@ from tests.conftest import REPO
 
 
 def _script(name: str) -> ModuleType:
+    """A benchmarks/ script as a module; its directory is on sys.path as when it is run."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -41,7 +44,7 @@ def test_curves_table_reports_the_last_validation_against_the_start(tmp_path: Pa
     parsed = curves.val_curves(run)
     assert parsed == {"day_val": [(500, 40.0), (1000, 42.0)],
                       "dusk_train": [(500, 30.0), (1000, 35.0)]}
-    text = curves.table({"a": parsed}, curves.start_mious(start), "day_val")
+    text = curves.table({"a": parsed}, curves.mious(start), "day_val")
     assert "| a | 1000 | 42.00 (-1.00) | 35.00 (+15.00) |" in text
     assert text.index("day_val") < text.index("dusk_train")  # the source column first
     out = tmp_path / "c.png"
