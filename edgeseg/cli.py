@@ -127,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"edgeseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only, permissions: one line, not a traceback
+        from edgeseg.fileio import OUTPUT_ERRNOS, describe_os_error
+
+        if exc.errno not in OUTPUT_ERRNOS:
+            raise
+        where = exc.filename or "an output file"
+        print(f"edgeseg {args.command}: error: {describe_os_error(where, exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"edgeseg {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -87,3 +87,86 @@ def tiny_checkpoint(tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) 
     recipe["optim"] = {"name": "adam", "lr": 0.01}  # ~10 s; predicts road, sky, car, ...
     assert Trainer(from_dict(Recipe, recipe), progress=False).run() == 0
     return out / "last.pt"
+
+
+def _mount_tmpfs(where: Path, options: str) -> None:
+    import subprocess
+
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): "
+                    f"{done.stderr.strip()}")
+
+
+def _umount(where: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 1 MiB filesystem (tmpfs) mounted at a fresh folder: fill it to test ENOSPC.
+
+    ``fill(leave=0)`` fills it up, leaving ``leave`` bytes free.
+    """
+    where = tmp_path / "small_disk"
+    _mount_tmpfs(where, "size=1m,mode=0777")
+
+    class Disk:
+        path = where
+
+        @staticmethod
+        def fill(leave: int = 0) -> None:
+            import shutil
+
+            free = shutil.disk_usage(where).free - leave
+            with open(where / ".filler", "ab") as f:
+                try:
+                    f.write(b"\0" * max(free, 0))
+                    f.flush()
+                except OSError:
+                    pass
+            while shutil.disk_usage(where).free > leave + 4096:  # page-granular accounting
+                with open(where / ".filler", "ab") as f:
+                    f.write(b"\0" * 4096)
+
+        @staticmethod
+        def free_up() -> None:
+            (where / ".filler").unlink(missing_ok=True)
+
+    yield Disk
+    _umount(where)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path: Path):
+    """A real read-only filesystem (EROFS) with one file ``existing.txt`` in it."""
+    where = tmp_path / "readonly"
+    _mount_tmpfs(where, "size=1m")
+    (where / "existing.txt").write_text("keep me\n")
+    import subprocess
+
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+    yield where
+    _umount(where)
+
+
+def unprivileged(cmd: list[str]) -> list[str]:
+    """``cmd`` run without root's permission override (a user namespace mapping root to uid 1000).
+
+    As root, chmod'ed folders are still writable; inside this namespace the
+    process is an ordinary owner, so a 0555 folder gives EACCES as it would
+    for a vehicle's service user.
+    """
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        return cmd
+    probe = subprocess.run(["unshare", "--user", "--map-user=1000", "true"], capture_output=True)
+    if shutil.which("unshare") is None or probe.returncode:
+        pytest.skip("running as root and cannot drop root's permission override (unshare --user)")
+    return ["unshare", "--user", "--map-user=1000", *cmd]
