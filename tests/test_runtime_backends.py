@@ -211,6 +211,15 @@ def test_missing_manifest_and_engine(engine: Path) -> None:
     assert "edgeseg build-engine" in text
     with pytest.raises(EngineLoadError, match="nothere.engine: no such engine file"):
         open_backend(engine.with_name("nothere.engine"))
+    # an ORT engine is an .onnx file too: without its manifest it is refused, not run as a
+    # plain ONNX model with the CPU check skipped
+    from edgeseg.runtime.predictor import EngineWithoutManifestWarning, load_backend
+
+    with pytest.raises(ManifestError, match="manifest .* is missing") as info:
+        load_backend(engine)
+    assert f"edgeseg build-engine MODEL.onnx -o {engine}" in str(info.value)
+    with pytest.warns(EngineWithoutManifestWarning, match="WITHOUT its manifest"):
+        load_backend(engine, manifest_check=False, intra_op_threads=1).close()
 
 
 def test_corrupt_engine_and_manifest(engine: Path) -> None:

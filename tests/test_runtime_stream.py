@@ -377,8 +377,9 @@ def test_sigint_mid_stream_leaves_a_playable_video(seg_onnx: Path, tmp_path: Pat
     proc = run_cli_subprocess(["run", str(seg_onnx), "--source", "synthetic:night:96x64:100000",
                                "--sink", str(out), "--summary", str(tmp_path / "s.json"),
                                "--no-progress", "--threads", "1"])
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(tmp_path.glob(".out.mp4.*")):
+    partial = tmp_path / "out.partial.mp4"  # the recording, from the first frame on
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size):
         time.sleep(0.1)
     time.sleep(1.0)  # some frames into the stream
     proc.send_signal(signal.SIGINT)
@@ -388,7 +389,7 @@ def test_sigint_mid_stream_leaves_a_playable_video(seg_onnx: Path, tmp_path: Pat
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["end_reason"] == "interrupted"
     assert 0 < frames == summary["frames"]["processed"] < 100000
-    assert not list(tmp_path.glob(".out.mp4.*"))  # the temp file became out.mp4
+    assert not (tmp_path / "out.partial.mp4").exists()  # the recording became out.mp4
 
 
 def test_run_refuses_an_engine_built_for_another_machine(seg_onnx: Path, tmp_path: Path) -> None:

@@ -37,15 +37,28 @@ def colorize(labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return cv2.LUT(cv2.cvtColor(labels, cv2.COLOR_GRAY2BGR), lut)
 
 
-def render_legend(names: Sequence[str], palette: Sequence[Sequence[int]],
-                  height: int) -> np.ndarray | None:
-    """A column of colour swatches and class names fitting ``height`` (None if too short)."""
-    row = max(10, min(22, height // max(len(names), 1)))
-    if row * len(names) > height:
+#: legend rows below this many pixels are unreadable: no legend rather than a smudge
+MIN_LEGEND_ROW = 10
+#: the HUD text never goes below this scale (about 7 px tall) ...
+MIN_HUD_SCALE = 0.3
+#: ... and covers at most this fraction of the frame: lines are dropped from the end instead
+MAX_HUD_COVER = 0.15
+
+
+def render_legend(names: Sequence[str], palette: Sequence[Sequence[int]], height: int,
+                  width: int | None = None) -> np.ndarray | None:
+    """A column of colour swatches and class names fitting ``height`` and a quarter of
+    ``width`` (None when it would be too small to read)."""
+    n = max(len(names), 1)
+    max_width = width // 4 if width else None
+    for row in range(min(22, int(height * 0.9) // n), MIN_LEGEND_ROW - 1, -1):
+        scale = row / 32
+        legend_width = max(cv2.getTextSize(name, FONT, scale, 1)[0][0] for name in names) + row + 8
+        if max_width is None or legend_width <= max_width:
+            break
+    else:
         return None
-    scale = row / 32
-    width = max(cv2.getTextSize(n, FONT, scale, 1)[0][0] for n in names) + row + 8
-    legend = np.zeros((row * len(names), width, 3), np.uint8)
+    legend = np.zeros((row * len(names), legend_width, 3), np.uint8)
     for i, (name, rgb) in enumerate(zip(names, palette)):
         y = i * row
         cv2.rectangle(legend, (2, y + 2), (row - 2, y + row - 2), tuple(int(c) for c in rgb[::-1]),
@@ -62,12 +75,13 @@ class OverlayRenderer:
                  style: OverlayStyle = OverlayStyle()) -> None:
         self.names, self.palette, self.style = list(names), list(palette), style
         self.lut = palette_lut(palette)
-        self._legends: dict[int, np.ndarray | None] = {}
+        self._legends: dict[tuple[int, int], np.ndarray | None] = {}
 
-    def legend(self, height: int) -> np.ndarray | None:
-        if height not in self._legends:
-            self._legends[height] = render_legend(self.names, self.palette, height)
-        return self._legends[height]
+    def legend(self, height: int, width: int | None = None) -> np.ndarray | None:
+        key = (height, width or 0)
+        if key not in self._legends:
+            self._legends[key] = render_legend(self.names, self.palette, height, width)
+        return self._legends[key]
 
     def render(self, frame: np.ndarray, labels: np.ndarray,
                hud_lines: Sequence[str] = ()) -> np.ndarray:
@@ -75,7 +89,7 @@ class OverlayRenderer:
         a = self.style.alpha
         blended = cv2.addWeighted(frame, 1.0 - a, colours, a, 0.0)
         if self.style.legend:
-            paste_legend(blended, self.legend(blended.shape[0]))
+            paste_legend(blended, self.legend(*blended.shape[:2]))
         out = np.hstack([frame, blended]) if self.style.side_by_side else blended
         if self.style.hud and hud_lines:
             draw_hud(out, hud_lines)
@@ -97,12 +111,32 @@ def paste_legend(image: np.ndarray, legend: np.ndarray | None) -> None:
     region[mask] = legend[mask]
 
 
-def draw_hud(image: np.ndarray, lines: Sequence[str]) -> None:
-    """Text lines top-left on a dark band (in place); sized to the frame height."""
-    scale = max(0.35, image.shape[0] / 900)
+def hud_layout(lines: Sequence[str], width: int, height: int
+               ) -> tuple[float, int, int, list[str]]:
+    """(scale, thickness, line step, lines kept) so the HUD grows with the frame, fits its
+    width, and covers at most `MAX_HUD_COVER` of it (small frames keep the first lines)."""
+    scale = min(max(MIN_HUD_SCALE, height / 900), 2.0)
     thickness = 1 if scale < 0.8 else 2
+    widest = max(cv2.getTextSize(line, FONT, scale, thickness)[0][0] for line in lines)
+    if widest + 12 > width:
+        scale = max(MIN_HUD_SCALE, scale * (width - 12) / widest)
     (_, th), _ = cv2.getTextSize("Ag", FONT, scale, thickness)
     step = int(th * 1.8)
+    kept = list(lines)
+    while len(kept) > 1:
+        band_w = min(width, max(cv2.getTextSize(line, FONT, scale, thickness)[0][0]
+                                for line in kept) + 12)
+        if band_w * (step * len(kept) + 6) <= MAX_HUD_COVER * width * height:
+            break
+        kept.pop()
+    return scale, thickness, step, kept
+
+
+def draw_hud(image: np.ndarray, lines: Sequence[str]) -> None:
+    """Text lines top-left on a dark band (in place); sized to the frame (`hud_layout`)."""
+    if not lines:
+        return
+    scale, thickness, step, lines = hud_layout(lines, image.shape[1], image.shape[0])
     width = max(cv2.getTextSize(line, FONT, scale, thickness)[0][0] for line in lines) + 12
     band = image[:step * len(lines) + 6, :min(width, image.shape[1])]
     band[:] = band // 3

@@ -247,6 +247,7 @@ class StreamPipeline:
             for sink in self.sinks:
                 sink.check()
         except BaseException:
+            self._close_sinks()  # a video sink checked before the failing one removes its file
             self.source.close()  # nothing was read; release the camera for the next attempt
             raise
         self.t_start = self.t_last = time.perf_counter()

@@ -8,6 +8,7 @@ the same way. Torch-free.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +21,44 @@ from edgeseg.runtime.stages import AspectPolicy, Packet, SegmentStage
 __all__ = ["AspectPolicy", "BackendPredictor", "load_backend"]
 
 
-def load_backend(path: str | Path, backend: str = "auto", **options: object) -> Backend:
-    """A plain ``.onnx`` file runs in ONNX Runtime directly; anything with a manifest beside
-    it (TensorRT plan, optimised ONNX Runtime model) goes through the engine loader."""
-    from edgeseg.runtime.manifest import manifest_path
+#: names `build-engine` gives ONNX Runtime engines (optimised for the build CPU)
+ORT_ENGINE_SUFFIXES = (".ort.onnx", ".ort")
+
+
+def is_ort_engine_name(path: str | Path) -> bool:
+    return Path(path).name.endswith(ORT_ENGINE_SUFFIXES)
+
+
+def load_backend(path: str | Path, backend: str = "auto", *, manifest_check: bool = True,
+                 **options: object) -> Backend:
+    """A plain exported ``.onnx`` runs in ONNX Runtime directly; anything with a manifest
+    beside it (TensorRT plan, optimised ONNX Runtime model) goes through the engine loader.
+
+    An engine (``.ort.onnx``) whose manifest is missing is refused: without it nothing says
+    which CPU its fused kernels were built for. ``manifest_check=False`` runs it anyway as a
+    plain ONNX file, with a warning.
+    """
+    from edgeseg.runtime.manifest import manifest_path, read_manifest
 
     p = Path(path)
-    if p.suffix == ".onnx" and not manifest_path(p).exists():
-        from edgeseg.runtime.backends.onnxruntime import OrtBackend
+    if not manifest_path(p).exists():
+        if is_ort_engine_name(p):
+            if manifest_check:
+                read_manifest(p)  # raises: names the missing manifest and the rebuild command
+            warnings.warn(f"{p}: running an ONNX Runtime engine WITHOUT its manifest "
+                          f"{manifest_path(p)}: nothing checks that it was built for this CPU, "
+                          "results may be wrong or it may crash; rebuild it with "
+                          f"`edgeseg build-engine MODEL.onnx -o {p} --backend onnxruntime`",
+                          EngineWithoutManifestWarning, stacklevel=2)
+        if p.suffix == ".onnx":
+            from edgeseg.runtime.backends.onnxruntime import OrtBackend
 
-        return OrtBackend.from_onnx(p, **options)
+            return OrtBackend.from_onnx(p, **options)
     return open_backend(p, backend, **options)
+
+
+class EngineWithoutManifestWarning(UserWarning):
+    """An engine loaded with its compatibility check skipped (--no-manifest-check)."""
 
 
 class BackendPredictor:

@@ -25,7 +25,7 @@ from edgeseg.fileio import write_json
 from edgeseg.runtime.backends.base import Backend
 from edgeseg.runtime.overlay import OverlayRenderer, OverlayStyle
 from edgeseg.runtime.pipeline import Policy, RunSummary, StreamPipeline
-from edgeseg.runtime.sinks import open_sink
+from edgeseg.runtime.sinks import VideoWriterChoice, open_sink, preflight
 from edgeseg.runtime.sources import Reconnect, open_source
 from edgeseg.runtime.stages import (
     AspectPolicy,
@@ -64,6 +64,8 @@ class StreamConfig:
     baseline: int = 0  # raw engine iterations after the stream (fps_over_raw in the summary)
     reconnect: Reconnect = Reconnect()
     progress: bool = True
+    video_writer: VideoWriterChoice = "auto"
+    manifest_check: bool = True  # False: run an engine whose manifest is missing (warns)
 
 
 def backend_options(path: str | Path, cfg: StreamConfig) -> dict[str, Any]:
@@ -87,7 +89,8 @@ def open_engine(path: str | Path, cfg: StreamConfig) -> Backend:
     if not Path(path).exists():
         raise EdgesegError(f"{path}: no such engine or ONNX file (build one with "
                            "edgeseg build-engine MODEL.onnx)")
-    return load_backend(path, cfg.backend, **backend_options(path, cfg))
+    return load_backend(path, cfg.backend, manifest_check=cfg.manifest_check,
+                        **backend_options(path, cfg))
 
 
 @contextlib.contextmanager
@@ -138,7 +141,7 @@ def run_stream(engine: str | Path, cfg: StreamConfig) -> RunSummary:
                              reconnect=cfg.reconnect)
         try:
             fps = cfg.fps or source.fps or 10.0
-            sinks = [open_sink(spec, fps) for spec in cfg.sinks]
+            sinks = [open_sink(spec, fps, cfg.video_writer) for spec in cfg.sinks]
             renderer = OverlayRenderer(meta.labels, meta.palette, cfg.style) \
                 if meta.labels else None
             scorer = None
@@ -150,6 +153,11 @@ def run_stream(engine: str | Path, cfg: StreamConfig) -> RunSummary:
             info = {"engine": str(engine), "translator": cfg.translator,
                     "backend": seg.name, "precision": meta.precision,
                     "source": source.describe(), "sinks": cfg.sinks}
+            videos = [d for d in (s.describe() for s in sinks) if d]
+            if videos:
+                info["video"] = videos
+            if not cfg.manifest_check:
+                info["manifest_check"] = "skipped (--no-manifest-check)"
             pipeline = StreamPipeline(source, StageChain(stages), sinks, renderer,
                                       policy=cfg.policy, queue_size=cfg.queue_size,
                                       max_frames=cfg.max_frames, scorer=scorer, info=info,
@@ -204,6 +212,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after the stream, time N raw engine calls and report the stream's "
                              "fps as a fraction of the engine's throughput")
     parser.add_argument("--reconnect-attempts", type=int, default=5)
+    parser.add_argument("--video-writer", default="auto", choices=["auto", "pyav", "opencv"],
+                        help="auto: H.264 in fragmented MP4 through PyAV (plays after a crash, "
+                             "in browsers) when installed, else OpenCV's mp4v")
+    parser.add_argument("--no-manifest-check", action="store_true",
+                        help="run an ONNX Runtime engine (.ort.onnx) whose manifest is missing, "
+                             "skipping the check that it was built for this CPU (warns)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -224,15 +238,21 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         fps=args.fps, max_frames=args.max_frames, threads=args.threads,
         providers=args.providers.split(",") if args.providers else None,
         cuda_graphs=args.cuda_graphs, spin=args.spin, baseline=args.baseline,
-        reconnect=Reconnect(attempts=args.reconnect_attempts), progress=not args.no_progress)
+        reconnect=Reconnect(attempts=args.reconnect_attempts), progress=not args.no_progress,
+        video_writer=args.video_writer, manifest_check=not args.no_manifest_check)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    if args.summary:  # a summary that cannot be written fails now, not after the drive
+        preflight("--summary", Path(args.summary))
     summary = run_stream(args.engine, cfg)
     print(summary.format())
+    writers = {v["path"]: v for v in summary.info.get("video", [])}
     for out in summary.outputs:
-        print(f"wrote {out}")
+        v = writers.get(out)
+        print(f"wrote {out}" + (f" ({v['codec']} via {v['writer']}, {v['container']})" if v
+                                else ""))
     if args.summary:
         write_json(args.summary, summary.to_dict())
         print(f"summary: {args.summary}")

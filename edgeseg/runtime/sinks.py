@@ -3,30 +3,60 @@
 Sink specs: ``window``, ``null``, ``PATH.mp4`` (or ``video:PATH``), ``frames:DIR``
 (rendered overlays as JPEG), ``labels:DIR`` (class-id PNGs, what a downstream
 planner or an mIoU script reads). Every sink is checked before the stream
-starts (a path that cannot be written fails at once, not after an hour of
-driving). A video is written under a temp name and renamed when the sink
-closes (also on Ctrl-C), so the final name always holds a playable file.
+starts (a path that cannot be written, or a full disk, fails at once, not after
+an hour of driving), and every write is checked (a full disk mid-stream ends
+the run with one line naming the path, never a silently broken file).
+
+Videos: H.264 in fragmented MP4 through PyAV when it is installed (a fragment
+per keyframe, one keyframe a second), so a recording cut by kill -9 or power
+loss plays up to its last fragment, and browsers play it. Without PyAV (or its
+H.264 encoder) OpenCV's mp4v writer is the fallback, which is neither
+fragmented nor browser-playable; the run summary says which one wrote the file.
+The recording is written as the visible ``NAME.partial.mp4`` beside ``NAME.mp4``
+and renamed to ``NAME.mp4`` (fsynced) on a clean close, including Ctrl-C and
+SIGTERM; an earlier ``NAME.mp4`` is replaced only then. A ``NAME.partial.mp4``
+left by a killed run is kept as ``NAME.recovered-TIME.mp4`` at the next start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
-import tempfile
+import sys
+import time
 from abc import ABC, abstractmethod
+from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 
-from edgeseg.errors import EdgesegError
-from edgeseg.fileio import write_image
+from edgeseg.fileio import (
+    OutputError,
+    check_writable,
+    check_writable_dir,
+    commit_temp,
+    describe_os_error,
+    is_disk_full,
+    write_image,
+)
 from edgeseg.runtime.sources import VIDEO_SUFFIXES
 
 FOURCCS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+#: containers PyAV writes H.264 into (fragmented where the format has fragments)
+PYAV_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+#: H.264 encoder names to try in PyAV's bundled FFmpeg, best first
+H264_ENCODERS = ("libx264", "h264", "libopenh264")
+FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+VideoWriterChoice = Literal["auto", "pyav", "opencv"]
 
 
-class SinkError(EdgesegError):
-    """A sink that cannot be written (unwritable folder, no display, codec missing)."""
+class SinkError(OutputError):
+    """A sink that cannot be written (unwritable folder, full disk, no display, codec missing)."""
 
 
 class Sink(ABC):
@@ -52,17 +82,32 @@ class Sink(ABC):
         """Paths this sink produced (for the summary)."""
         return []
 
+    def describe(self) -> dict[str, Any]:
+        """What this sink writes with (for the run summary); empty when nothing to say."""
+        return {}
 
-def ensure_writable_dir(folder: Path, spec: str) -> None:
-    """Create ``folder`` if needed and prove a file can be created in it."""
+
+def disk_full_error(path: Path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def preflight(spec: str, target: Path, folder: bool = False) -> None:
+    """Prove ``target`` (a file, or a folder of files) can be written and its disk is not full.
+
+    Run before the stream so a read-only mount, a permission problem or a full
+    disk is one line naming the path and the fix, not a failure an hour later.
+    """
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".edgeseg-write-check-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise SinkError(f"{spec}: cannot write to {folder} ({exc.strerror or exc}); pick a "
-                        "writable path or fix the folder's permissions") from None
+        if folder:
+            check_writable_dir(target)
+        else:
+            check_writable(target)
+    except OutputError as exc:
+        raise SinkError(f"{spec}: {exc}") from None
+    except OSError as exc:  # e.g. a parent that is a file (ENOTDIR)
+        raise SinkError(f"{spec}: {describe_os_error(target, exc)}") from None
+    if is_disk_full(target):
+        raise SinkError(f"{spec}: {describe_os_error(target, disk_full_error(target))}")
 
 
 class NullSink(Sink):
@@ -74,62 +119,280 @@ class NullSink(Sink):
         pass
 
 
-class VideoSink(Sink):
-    """mp4/avi through cv2.VideoWriter, opened at the first frame (its size), renamed at close."""
+@lru_cache(maxsize=1)
+def pyav_h264() -> tuple[Any, str, str]:
+    """(the av module, H.264 encoder name, "") or (None, "", why not)."""
+    try:
+        import av
+    except ImportError as exc:
+        return None, "", f"PyAV is not installed ({exc}); pip install av"
+    for name in H264_ENCODERS:
+        try:
+            codec = av.codec.Codec(name, "w")
+        except Exception:  # noqa: BLE001 - UnknownCodecError and friends differ by version
+            continue
+        if codec.type == "video":
+            return av, codec.name, ""
+    return None, "", f"PyAV {av.__version__} has no H.264 encoder ({', '.join(H264_ENCODERS)})"
 
-    def __init__(self, spec: str, path: Path, fps: float = 10.0) -> None:
+
+class _FdWriter:
+    """The file object PyAV muxes into: every write reaches the OS or raises (ENOSPC, EIO).
+
+    FFmpeg's own file protocol reports a failed write late or not at all; through
+    this object the first failed write raises OSError in the thread that encodes.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.write(self.fd, view[done:])
+        return done
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return os.lseek(self.fd, offset, whence)
+
+    def tell(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_CUR)
+
+    def seekable(self) -> bool:
+        return True
+
+
+def partial_path(path: Path) -> Path:
+    """``drive.mp4`` -> ``drive.partial.mp4``: where a recording lives until it is closed."""
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def recovered_path(path: Path, mtime: float) -> Path:
+    """A free ``NAME.recovered-YYYYmmdd-HHMMSS[-N].EXT`` for a killed run's recording."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(mtime))
+    candidate = path.with_name(f"{path.stem}.recovered-{stamp}{path.suffix}")
+    n = 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}.recovered-{stamp}-{n}{path.suffix}")
+    return candidate
+
+
+class VideoSink(Sink):
+    """A recording: H.264 fragmented MP4 through PyAV, or OpenCV's VideoWriter as the fallback.
+
+    Opened at the first frame (its size); later frames of another size are
+    resized to it. Written as ``NAME.partial.EXT`` (locked against a second
+    writer) and renamed to ``NAME.EXT`` at close.
+    """
+
+    def __init__(self, spec: str, path: Path, fps: float = 10.0,
+                 writer: VideoWriterChoice = "auto", keyframe_s: float = 1.0,
+                 sync_s: float = 5.0) -> None:
         super().__init__(spec)
         self.path, self.fps = path, fps
+        self.partial = partial_path(path)
         self.fourcc = FOURCCS.get(path.suffix.lower(), "mp4v")
+        self.keyframe_s, self.sync_s = keyframe_s, sync_s
+        self.av, self.encoder, why = pyav_h264()
+        fmt = PYAV_FORMATS.get(path.suffix.lower())
+        if writer == "pyav" and (self.av is None or fmt is None):
+            raise SinkError(f"{spec}: cannot write H.264 with PyAV: "
+                            f"{why or f'{path.suffix} is not one of {sorted(PYAV_FORMATS)}'}")
+        self.kind = "pyav" if writer != "opencv" and self.av is not None and fmt else "opencv"
+        self.format = fmt or ""
+        self.fallback_reason = "" if self.kind == "pyav" else (
+            "asked for" if writer == "opencv" else why or f"PyAV does not write {path.suffix}")
+        self.fd: int | None = None
+        self.fd_writer: _FdWriter | None = None
         self.writer: cv2.VideoWriter | None = None
-        self.tmp: Path | None = None
-        self.size: tuple[int, int] | None = None
+        self.container: Any = None
+        self.stream: Any = None
+        self.size: tuple[int, int] | None = None  # the frames' (W, H)
         self.frames = 0
         self.done = False
+        self.failed = False
+        self.recovered: Path | None = None
+        self.last_sync = time.monotonic()
 
+    def describe(self) -> dict[str, Any]:
+        if self.kind == "pyav":
+            container = "fragmented MP4" if self.format in ("mp4", "mov") else self.format
+            out = {"writer": "pyav", "codec": f"h264 ({self.encoder})", "container": container}
+        else:
+            out = {"writer": "opencv", "codec": self.fourcc,
+                   "container": f"{self.path.suffix.lstrip('.')} (not fragmented: a killed run "
+                                "leaves no playable file)", "why": self.fallback_reason}
+        return {"path": str(self.path), **out}
+
+    # --- before the stream -------------------------------------------------------------
     def check(self) -> None:
         if self.path.is_dir():
             raise SinkError(f"{self.spec}: {self.path} is a folder; give a file name like "
                             f"{self.path / 'out.mp4'}")
-        ensure_writable_dir(self.path.parent, self.spec)
+        preflight(self.spec, self.path)
+        self._recover_previous()
+        try:
+            self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                              0o666)  # the user's umask applies, as for any new file
+        except OSError as exc:
+            raise SinkError(f"{self.spec}: {describe_os_error(self.partial, exc)}") from None
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
+    def _recover_previous(self) -> None:
+        """Keep a killed run's recording under a new name; refuse if a live run still writes it."""
+        if not self.partial.exists():
+            return
+        try:
+            fd = os.open(self.partial, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SinkError(f"{self.spec}: {describe_os_error(self.partial, exc)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SinkError(f"{self.spec}: another process is recording to {self.partial}; "
+                            "stop it or write to another file") from None
+        finally:
+            os.close(fd)
+        stat = self.partial.stat()
+        if stat.st_size == 0:  # a run killed before its first byte: nothing was recorded
+            self.partial.unlink()
+            return
+        self.recovered = recovered_path(self.path, stat.st_mtime)
+        os.replace(self.partial, self.recovered)
+        print(f"[edgeseg run] {self.partial} was left by a run that did not finish (killed or "
+              f"power loss); kept it as {self.recovered}", file=sys.stderr, flush=True)
+
+    # --- the stream ----------------------------------------------------------------------
     def _open(self, width: int, height: int) -> None:
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.path.suffix,
-                                    dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter.fourcc(*self.fourcc), self.fps,
-                                 (width, height))
-        if not writer.isOpened():
-            self.tmp.unlink(missing_ok=True)
-            raise SinkError(f"{self.spec}: OpenCV cannot write {self.path.suffix} video with "
-                            f"codec {self.fourcc} here; try a .avi (MJPG) or .mp4 (mp4v) name")
-        self.writer, self.size = writer, (width, height)
+        if self.fd is None:
+            self.check()
+        if self.kind == "pyav":
+            self._open_pyav(width, height)
+        else:
+            writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter.fourcc(*self.fourcc),
+                                     self.fps, (width, height))
+            if not writer.isOpened():
+                self.failed = True
+                raise SinkError(f"{self.spec}: OpenCV cannot write {self.path.suffix} video with "
+                                f"codec {self.fourcc} here; try a .avi (MJPG) or .mp4 (mp4v) "
+                                "name, or pip install av for H.264")
+            self.writer = writer
+        self.size = (width, height)
+
+    def _open_pyav(self, width: int, height: int) -> None:
+        options = dict(FRAGMENTED) if self.format in ("mp4", "mov") else {"flush_packets": "1"}
+        self.fd_writer = _FdWriter(self.fd)
+        self.container = self.av.open(self.fd_writer, "w", format=self.format,
+                                      options=options)
+        rate = Fraction(self.fps).limit_denominator(1001)
+        stream = self.container.add_stream(self.encoder, rate=rate)
+        stream.width, stream.height = width + width % 2, height + height % 2  # 4:2:0 needs even
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = max(1, round(self.fps * self.keyframe_s))
+        if self.encoder == "libx264":
+            # no lookahead or B-frames: a frame is in the file within one fragment of being shown
+            stream.options = {"preset": "veryfast", "tune": "zerolatency", "crf": "23"}
+        self.stream = stream
+
+    def _encode(self, image: np.ndarray | None) -> None:
+        if image is not None:
+            h, w = image.shape[:2]
+            if (w % 2) or (h % 2):
+                image = cv2.copyMakeBorder(image, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+            frame = self.av.VideoFrame.from_ndarray(image, format="bgr24")
+            packets = self.stream.encode(frame)
+        else:
+            packets = self.stream.encode()  # flush the encoder
+        for packet in packets:
+            self.container.mux(packet)
 
     def write(self, index: int, rendered: np.ndarray | None, labels: np.ndarray) -> None:
         assert rendered is not None
+        if self.failed:
+            return
         h, w = rendered.shape[:2]
-        if self.writer is None:
-            self._open(w, h)
-        elif (w, h) != self.size:  # the source changed resolution mid-stream
-            rendered = cv2.resize(rendered, self.size, interpolation=cv2.INTER_AREA)
-        self.writer.write(rendered)
-        self.frames += 1
+        try:
+            if self.size is None:
+                self._open(w, h)
+            elif (w, h) != self.size:  # the source changed resolution mid-stream
+                rendered = cv2.resize(rendered, self.size, interpolation=cv2.INTER_AREA)
+            if self.kind == "pyav":
+                self._encode(np.ascontiguousarray(rendered))
+            else:
+                self.writer.write(rendered)
+                if is_disk_full(self.partial):  # VideoWriter drops what it cannot write silently
+                    raise disk_full_error(self.partial)
+            self.frames += 1
+            now = time.monotonic()
+            if now - self.last_sync >= self.sync_s:  # bound what a power cut loses
+                os.fsync(self.fd)
+                self.last_sync = now
+        except OSError as exc:
+            self.failed = True
+            raise self._error(exc) from None
+
+    def _error(self, exc: OSError) -> OutputError:
+        kept = (f"{self.path} was left as it was" if self.path.exists()
+                else f"{self.path} was not written")
+        return OutputError(f"{self.spec}: {describe_os_error(self.path, exc)}; {kept}; the "
+                           f"frames recorded so far are in {self.partial}")
 
     def close(self) -> None:
+        """Flush the encoder and rename the recording to its final name (playable, fsynced)."""
         if self.done:
             return
         self.done = True
+        try:
+            self._finish()
+        except OSError as exc:
+            self.failed = True
+            raise self._error(exc) from None
+        finally:
+            if self.fd is not None:
+                if self.fd_writer is not None:
+                    self.fd_writer.fd = -1  # a late write from FFmpeg fails instead of landing elsewhere
+                os.close(self.fd)  # releases the lock
+                self.fd = None
+
+    def _finish(self) -> None:
+        if self.container is not None:
+            try:
+                if not self.failed:
+                    self._encode(None)
+                    self.container.close()
+            except OSError:
+                self.failed = True
+                raise
+            finally:
+                if self.failed:  # the error is already reported: closing is best effort
+                    with contextlib.suppress(Exception):
+                        self.container.close()
+                self.container = None
         if self.writer is not None:
             self.writer.release()
-        if self.tmp is not None:
-            if self.frames:
-                os.replace(self.tmp, self.path)
-            else:
-                self.tmp.unlink(missing_ok=True)
+            if not self.failed and (is_disk_full(self.partial) or not playable(self.partial)):
+                raise disk_full_error(self.partial) if is_disk_full(self.partial) else OSError(
+                    errno.EIO, "OpenCV wrote a video that does not play", str(self.partial))
+        if self.failed or self.fd is None:
+            return
+        if self.frames:
+            commit_temp(self.partial, self.path)
+        else:
+            self.partial.unlink(missing_ok=True)
 
     def outputs(self) -> list[str]:
-        return [str(self.path)] if self.done and self.frames else []
+        return [str(self.path)] if self.done and self.frames and not self.failed else []
+
+
+def playable(path: Path) -> bool:
+    """True when OpenCV opens ``path`` and decodes its first frame."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return cap.isOpened() and cap.read()[0]
+    finally:
+        cap.release()
 
 
 class FolderSink(Sink):
@@ -144,7 +407,7 @@ class FolderSink(Sink):
     def check(self) -> None:
         if self.folder.exists() and not self.folder.is_dir():
             raise SinkError(f"{self.spec}: {self.folder} is a file, not a folder")
-        ensure_writable_dir(self.folder, self.spec)
+        preflight(self.spec, self.folder, folder=True)
 
     def write(self, index: int, rendered: np.ndarray | None, labels: np.ndarray) -> None:
         if self.labels:
@@ -189,7 +452,7 @@ class WindowSink(Sink):
             self.opened = False
 
 
-def open_sink(spec: str, fps: float = 10.0) -> Sink:
+def open_sink(spec: str, fps: float = 10.0, video_writer: VideoWriterChoice = "auto") -> Sink:
     """The sink for ``spec`` (see the module docstring)."""
     if spec == "null":
         return NullSink(spec)
@@ -201,8 +464,8 @@ def open_sink(spec: str, fps: float = 10.0) -> Sink:
             raise SinkError(f"{spec}: expected {kind}:FOLDER")
         return FolderSink(spec, Path(rest), labels=kind == "labels")
     if sep and kind == "video":
-        return VideoSink(spec, Path(rest), fps)
+        return VideoSink(spec, Path(rest), fps, video_writer)
     path = Path(spec)
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        return VideoSink(spec, path, fps)
+        return VideoSink(spec, path, fps, video_writer)
     raise SinkError(f"{spec}: unknown sink; use window, null, OUT.mp4, frames:DIR or labels:DIR")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -234,6 +235,12 @@ class ImageFolderSource(Source):
             raise SourceError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in {images}")
         self.labels_dir = labels
         self.label_space = label_space if labels is not None else None
+        self.num_classes: int | None = None
+        if self.label_space:
+            from edgeseg.labels import get_label_space
+
+            self.num_classes = get_label_space(self.label_space).num_classes
+        self.warned_void = False
         self.frame_count = len(self.files)
         self.position = 0
 
@@ -255,8 +262,27 @@ class ImageFolderSource(Source):
                     raise SourceError(f"{label_path}: missing, unreadable or not a single-channel "
                                       f"label map of {image.shape[1]}x{image.shape[0]} for "
                                       f"{path.name}")
+                labels = self._void_to_ignore(labels, label_path)
             return SourceFrame(index, image, t, labels, path.stem)
         return None
+
+
+    def _void_to_ignore(self, labels: np.ndarray, path: Path) -> np.ndarray:
+        """Ids outside the label space (CamVid's raw 11 = void) become ignore (255), not a crash."""
+        from edgeseg.labels import IGNORE_INDEX
+
+        n = self.num_classes
+        if n is None:
+            return labels
+        outside = (labels >= n) & (labels != IGNORE_INDEX)
+        if outside.any():
+            if not self.warned_void:
+                print(f"[edgeseg run] {path}: label ids {np.unique(labels[outside])[:5].tolist()} "
+                      f"are outside {self.label_space} (0..{n - 1}); scored as ignore",
+                      file=sys.stderr, flush=True)
+                self.warned_void = True
+            labels = np.where(outside, IGNORE_INDEX, labels)
+        return labels.astype(np.uint8, copy=False)
 
 
 class DatasetSource(Source):
