@@ -35,10 +35,16 @@ MODULE_COMMANDS: list[tuple[str, str, str]] = [
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from edgeseg.config import load_recipe
-    from edgeseg.train.trainer import Trainer
+    from edgeseg.config import ConfigError, load_recipe
+    from edgeseg.train.trainer import Trainer, resume_recipe
 
-    recipe = load_recipe(args.recipe, args.set)
+    if args.resume:
+        recipe = resume_recipe(args.resume, args.set, args.recipe)
+    elif args.recipe:
+        recipe = load_recipe(args.recipe, args.set)
+    else:
+        raise ConfigError("give a recipe (e.g. train/source_only_synthetic.yaml) or "
+                          "--resume RUN/last.pt")
     return Trainer(recipe, resume=args.resume, progress=not args.no_progress).run()
 
 
@@ -87,10 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_module_commands(sub)
 
     p = sub.add_parser("train", help="train a recipe (train/*.yaml); torchrun for DDP")
-    p.add_argument("recipe", help="recipe YAML, e.g. train/source_only_synthetic.yaml")
+    p.add_argument("recipe", nargs="?",
+                   help="recipe YAML, e.g. train/source_only_synthetic.yaml (optional with "
+                        "--resume: the run continues its own saved recipe)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set optim.lr=0.005 (repeatable)")
-    p.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
+                   help="override a recipe key, e.g. --set optim.lr=0.005 (repeatable; with "
+                        "--resume only the keys listed in train/README.md)")
+    p.add_argument("--resume", metavar="CKPT",
+                   help="continue a run from its last.pt with the recipe saved in it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=_cmd_train)
 

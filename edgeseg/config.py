@@ -24,6 +24,36 @@ class ConfigError(EdgesegError):
     """A recipe or profile that does not match its schema."""
 
 
+class RangeError(ValueError):
+    """A value outside its allowed range; `from_dict` names the full key path."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        super().__init__(f"{key}={value!r} is out of range; allowed: {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+def check_range(obj: Any, key: str, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raise RangeError when ``obj.key`` (a number or a list of numbers) leaves [low, high].
+
+    Every numeric recipe key is checked where it is declared, so a bad value
+    fails when the recipe loads, not as a ZeroDivisionError an hour later.
+    """
+    value = getattr(obj, key)
+    if value is None:
+        return
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high}")
+    for v in value if isinstance(value, (list, tuple)) else (value,):
+        bad = (low is not None and (v <= low if low_open else v < low)) or (
+            high is not None and (v >= high if high_open else v > high))
+        if bad:
+            raise RangeError(key, value, " and ".join(parts))
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -118,6 +148,9 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     if validate is not None:
         try:
             validate()
+        except RangeError as exc:
+            key = f"{path}.{exc.key}" if path else exc.key
+            raise ConfigError(f"{key}={exc.value!r} is out of range; allowed: {exc.allowed}") from None
         except ValueError as exc:
             raise ConfigError(f"{path or '<root>'}: {exc}") from None
     return obj
@@ -195,10 +228,9 @@ class ModelConfig:
     init_from: str | None = None
 
     def validate(self) -> None:
-        if self.num_classes < 1 or self.num_classes > 255:
-            raise ValueError("model.num_classes must be in 1..255 (255 is the ignore index)")
-        if self.width_mult <= 0:
-            raise ValueError("model.width_mult must be positive")
+        check_range(self, "num_classes", 1, 255)  # class ids stay below 255, the ignore index
+        check_range(self, "width_mult", 0, low_open=True)
+        check_range(self, "aspp_channels", 1)
         if self.head == "deeplabv2" and self.backbone == "mobilenet_v2":
             raise ValueError("the deeplabv2 head is built for ResNet backbones")
 
@@ -222,13 +254,18 @@ class DataConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError("data.batch_size must be >= 1")
-        if min(self.crop) < 16:
-            raise ValueError("data.crop must be at least 16x16")
+        check_range(self, "crop", 16)
+        check_range(self, "resize", 16)
+        check_range(self, "scale_range", 0, low_open=True)
         lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise ValueError("data.scale_range must be 0 < min <= max")
+        if lo > hi:
+            raise ValueError(f"data.scale_range={list(self.scale_range)}: expected min <= max")
+        check_range(self, "color_jitter", 0, 1)
+        check_range(self, "batch_size", 1)
+        check_range(self, "val_batch_size", 1)
+        check_range(self, "workers", 0)
+        check_range(self, "mean", 0, 1)
+        check_range(self, "std", 0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -244,6 +281,17 @@ class OptimConfig:
     warmup_iters: int = 0
     step_size: int = 0
     gamma: float = 0.1
+
+    def validate(self) -> None:
+        check_range(self, "lr", 0)
+        check_range(self, "momentum", 0, 1, high_open=True)
+        check_range(self, "betas", 0, 1, high_open=True)
+        check_range(self, "weight_decay", 0)
+        check_range(self, "head_lr_mult", 0)
+        check_range(self, "power", 0)
+        check_range(self, "warmup_iters", 0)
+        check_range(self, "step_size", 1 if self.schedule == "step" else 0)
+        check_range(self, "gamma", 0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -265,8 +313,12 @@ class TrainConfig:
     val_max_images: int = 0  # 0 = the whole validation split
 
     def validate(self) -> None:
-        if self.iterations < 1:
-            raise ValueError("train.iterations must be >= 1")
+        check_range(self, "iterations", 1)
+        check_range(self, "val_every", 0)  # 0 = only at the end
+        check_range(self, "ckpt_every", 0)  # 0 = only at the end and on Ctrl-C
+        check_range(self, "log_every", 1)
+        check_range(self, "threads", 0)
+        check_range(self, "val_max_images", 0)
 
 
 @dataclass(frozen=True)
@@ -279,6 +331,16 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     output_dir: str = "runs/{name}"
+
+    def validate(self) -> None:
+        if not self.name.strip():
+            raise ValueError("name: must not be empty")
+        check_range(self, "seed", 0, 2**32 - 1)
+        try:
+            self.output_dir.format(name=self.name)
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"output_dir={self.output_dir!r}: only {{name}} may be replaced "
+                             "in it") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -61,3 +61,55 @@ def test_overrides_parse_yaml_values_and_are_validated(tmp_path: Path) -> None:
 def test_missing_recipe_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "allowed"),
+    [
+        ("train.iterations=0", ">= 1"),
+        ("train.log_every=0", ">= 1"),
+        ("train.ckpt_every=-1", ">= 0"),
+        ("train.val_every=-500", ">= 0"),
+        ("train.threads=-1", ">= 0"),
+        ("train.val_max_images=-3", ">= 0"),
+        ("data.batch_size=0", ">= 1"),
+        ("data.val_batch_size=0", ">= 1"),
+        ("data.workers=-2", ">= 0"),
+        ("data.crop=[0, 64]", ">= 16"),
+        ("data.resize=[8, 64]", ">= 16"),
+        ("data.std=[0.2, 0.0, 0.2]", "> 0"),
+        ("data.color_jitter=2", "<= 1"),
+        ("model.aspp_channels=0", ">= 1"),
+        ("model.num_classes=300", "<= 255"),
+        ("optim.lr=-0.1", ">= 0"),
+        ("optim.momentum=1.0", "< 1"),
+        ("optim.warmup_iters=-1", ">= 0"),
+        ("seed=-1", ">= 0"),
+    ],
+)
+def test_numeric_ranges_name_key_value_and_range(tmp_path: Path, override: str,
+                                                 allowed: str) -> None:
+    """Through the real recipe loader and --set: a bad number fails at load, in one line."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ndata:\n  source: synthetic:/tmp/s:day_train\n")
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path, [override])
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: {key}=") and "out of range" in msg and allowed in msg, msg
+    assert "\n" not in msg
+
+
+def test_step_schedule_needs_a_step_size(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ndata:\n  source: synthetic:/tmp/s:day_train\n")
+    with pytest.raises(ConfigError, match=r"optim\.step_size=0 is out of range; allowed: >= 1"):
+        load_recipe(path, ["optim.schedule=step"])
+    assert load_recipe(path, ["optim.schedule=step", "optim.step_size=100"]).optim.step_size == 100
+
+
+def test_output_dir_placeholders(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ndata:\n  source: synthetic:/tmp/s:day_train\n")
+    with pytest.raises(ConfigError, match=r"output_dir='runs/\{run\}': only \{name\}"):
+        load_recipe(path, ["output_dir=runs/{run}"])

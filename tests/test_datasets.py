@@ -367,3 +367,16 @@ def test_synthetic_missing_module_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "edgeseg.data.synth.dataset", None)
     with pytest.raises(DatasetError, match="edgeseg.data.synth.dataset"):
         open_dataset(f"synthetic:{tmp_path}:train")
+
+
+def test_colour_label_png_is_refused_grey_as_rgb_is_read(tmp_path):
+    """A colour label image must not be turned into grey 'class ids' silently."""
+    root = fx.make_camvid(tmp_path / "camvid")
+    label = root / "labels" / "train" / "0006R0_f00930.png"
+    ids = fx.stripe_label(fx.CAMVID_RAW)
+    cv2.imwrite(str(label), np.dstack([ids, ids, ids]))  # grey stored as RGB
+    assert fx.stripes(CamVidDataset(root, "day_train")[0]["label"]) == fx.stripes(
+        CamVidDataset(root, "day_train")[1]["label"])
+    cv2.imwrite(str(label), np.dstack([ids, ids + 1, ids]))
+    with pytest.raises(DatasetError, match=r"single-channel label id map, got a 3-channel"):
+        CamVidDataset(root, "day_train")[0]

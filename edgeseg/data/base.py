@@ -76,6 +76,24 @@ class SegDataset:
     def load(self, item: Any) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def require_labels(self, purpose: str) -> None:
+        """Fail at open, naming the folder, when a split that must be labelled is not (or is
+        only partly): otherwise training fails later at the first batch without a label."""
+        paths = [p for p in (getattr(it, "label", None) for it in self.items) if p is not None]
+        absent = [p for p in paths if not Path(p).is_file()]
+        where = f"split {self.split!r} of {self.root}" if self.split else str(self.root)
+        if not self.has_labels or not paths:
+            folder = Path(absent[0]).parent if absent else self.root
+            raise DatasetError(
+                f"{folder}: no label files for {where} ({len(absent)} expected, e.g. "
+                f"{absent[0] if absent else 'none listed'}); {purpose} needs labels: add "
+                "them or use a labelled split")
+        if absent:
+            raise DatasetError(
+                f"{Path(absent[0]).parent}: {len(absent)} of {len(paths)} label files of "
+                f"{where} are missing (e.g. {absent[0]}); {purpose} needs every label: add "
+                "them or list only labelled images in the split")
+
     def missing(self, path: Path, what: str) -> DatasetError:
         return DatasetError(f"{path}: {what} not found. Expected layout:\n{self.layout}")
 
@@ -89,9 +107,20 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_label(path: Path, unchanged: bool = False) -> np.ndarray:
-    """Read a single-channel label png (``unchanged`` keeps 16-bit / multi-channel)."""
-    flag = cv2.IMREAD_UNCHANGED if unchanged else cv2.IMREAD_GRAYSCALE
-    lab = cv2.imread(str(path), flag)
+    """Read a single-channel label png (``unchanged`` keeps 16-bit / multi-channel).
+
+    A colour image is refused rather than converted to grey: its grey values
+    would pass as class ids and train on wrong labels. Grey stored as RGB(A)
+    (equal channels) is accepted.
+    """
+    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if lab is None:
         raise DatasetError(f"{path}: missing or not a readable label image")
-    return lab
+    if unchanged or lab.ndim == 2:
+        return lab
+    colour = lab[..., :3]
+    if not ((colour == colour[..., :1]).all()):
+        raise DatasetError(
+            f"{path}: expected a single-channel label id map, got a {lab.shape[2]}-channel "
+            "colour image; write class ids as a 1-channel (greyscale) png")
+    return np.ascontiguousarray(colour[..., 0])

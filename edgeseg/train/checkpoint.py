@@ -18,7 +18,8 @@ import torch
 
 from edgeseg.config import ConfigError, ModelConfig, from_dict, to_dict
 from edgeseg.errors import EdgesegError
-from edgeseg.fileio import atomic_path
+from edgeseg.fileio import OUTPUT_ERRNOS, OutputError, atomic_path, describe_os_error, is_disk_full
+from edgeseg.labels import get_label_space
 
 FORMAT = "edgeseg-checkpoint/1"
 REQUIRED_KEYS = ("format", "model_cfg", "model", "label_space", "mean", "std", "iteration")
@@ -28,10 +29,31 @@ class CheckpointError(EdgesegError):
     """A checkpoint file that is missing, corrupt or not an edgeseg checkpoint."""
 
 
+#: model keys that say how the weights were started, not what the network is
+INIT_KEYS = ("pretrained", "init_from")
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (see `build_payload`) to ``path`` via a temp file + rename."""
+    """Write ``payload`` to ``path`` via a temp file + rename; an earlier file stays intact.
+
+    torch.save reports a full disk as "enforce fail ... unexpected pos", which
+    never says why; the free space is checked while the partial temp file
+    still holds it, and the error becomes one OutputError line naming ``path``.
+    """
+    import errno
+
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except OutputError:
+            raise
+        except (RuntimeError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS:
+                raise OutputError(describe_os_error(path, exc)) from None
+            if is_disk_full(tmp):
+                raise OutputError(describe_os_error(
+                    path, OSError(errno.ENOSPC, "No space left on device"))) from None
+            raise
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -51,7 +73,60 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{p}: checkpoint lacks {missing}; it was written by another tool")
+    check_label_space(ckpt, p)
     return ckpt
+
+
+def check_label_space(ckpt: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose label space contradicts its class count: its scores and
+    exported label names would silently be wrong."""
+    try:
+        space = get_label_space(str(ckpt["label_space"]))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    model_cfg = ckpt["model_cfg"]
+    classes = model_cfg.get("num_classes") if isinstance(model_cfg, dict) else None
+    if classes != space.num_classes:
+        raise CheckpointError(
+            f"{path}: label space {space.name} has {space.num_classes} classes but the model "
+            f"has num_classes={classes}; the checkpoint is inconsistent, retrain or fix its "
+            "label_space")
+
+
+def check_model_spec(ckpt: dict[str, Any], cfg: ModelConfig, path: str | Path,
+                     what: str = "recipe") -> None:
+    """One line naming the model keys where ``ckpt`` differs from ``cfg`` (instead of
+    load_state_dict's hundreds of lines of mismatched tensor names)."""
+    theirs = to_dict(model_config_of(ckpt, path))
+    ours = to_dict(cfg)
+    diff = [f"model.{k} {theirs[k]!r} (checkpoint) vs {ours[k]!r} ({what})"
+            for k in ours if k not in INIT_KEYS and theirs.get(k) != ours[k]]
+    if diff:
+        raise CheckpointError(f"{path}: another model config: {'; '.join(diff)}")
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path,
+                 what: str = "weights") -> None:
+    """``load_state_dict`` with a one-line error: counts and a few names, not every tensor."""
+    try:
+        model.load_state_dict(state)
+        return
+    except RuntimeError:
+        pass
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state]
+    unexpected = [k for k in state if k not in ours]
+    shapes = [k for k, v in state.items()
+              if k in ours and tuple(ours[k].shape) != tuple(getattr(v, "shape", ()))]
+    if missing or unexpected or shapes:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected),
+                           ("of another shape", shapes)):
+            if keys:
+                parts.append(f"{len(keys)} tensors {name} (e.g. {', '.join(keys[:3])})")
+    else:
+        parts = ["tensors of another type"]
+    raise CheckpointError(f"{path}: {what} do not fit the network: {'; '.join(parts)}")
 
 
 def model_config_of(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> ModelConfig:
@@ -70,10 +145,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     # The weights come from the checkpoint: never re-read an ImageNet file here.
     cfg = from_dict(ModelConfig, {**to_dict(cfg), "pretrained": None})
     model = build_model(cfg)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the stored model spec: {exc}") from None
+    load_weights(model, ckpt["model"], path, "weights (of the stored model spec)")
     return model.to(device).eval(), ckpt
 
 

@@ -11,6 +11,7 @@ N, resume, M.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,8 +19,48 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from edgeseg.data.base import SegDataset
+from edgeseg.data.base import DatasetError, SegDataset
 from edgeseg.data.transforms import to_chw_float
+from edgeseg.errors import EdgesegError
+
+#: signals a user, ``timeout``, systemd or SLURM send to the whole process group
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """Loader worker init: ignore SIGINT/SIGTERM so only the trainer reacts (finishes
+    the iteration and saves); torch's worker handler would die on a group SIGTERM
+    and take the run down before the checkpoint is written."""
+    del worker_id
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _start_workers(loader: DataLoader) -> Iterator:
+    """``iter(loader)`` with stop signals held back while workers fork: a signal in the
+    window before `ignore_stop_signals` runs stays pending and is then ignored there,
+    and is delivered to the trainer once the workers are running."""
+    if loader.num_workers == 0:
+        return iter(loader)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def worker_error(exc: EdgesegError) -> EdgesegError:
+    """The user's error a loader worker raised, as its own one line: torch re-raises it
+    with the worker's whole traceback pasted into the message."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    cls = type(exc)
+    marker = f"{cls.__module__}.{cls.__qualname__}: "
+    if marker in text:
+        text = text.rpartition(marker)[2].rstrip()
+    return cls(text)
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -76,7 +117,7 @@ class Stream:
     def __init__(self, dataset: AugmentedDataset, batch_size: int, workers: int, rank: int,
                  world_size: int, seed: int) -> None:
         if len(dataset) < batch_size * world_size:
-            raise ValueError(
+            raise DatasetError(
                 f"dataset {dataset.reader.root} has {len(dataset)} samples, fewer than one "
                 f"batch ({batch_size} x {world_size} ranks); lower data.batch_size"
             )
@@ -85,6 +126,7 @@ class Stream:
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
             drop_last=True, pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
+            worker_init_fn=ignore_stop_signals if workers > 0 else None,
             # A private generator: creating an iterator must not consume the
             # global torch RNG, or resuming would change dropout draws.
             generator=torch.Generator(),
@@ -97,9 +139,15 @@ class Stream:
     def _restart(self) -> None:
         self.sampler.set_epoch(self.epoch)
         self.sampler.start = self.position * self.batch_size
-        self._it = iter(self.loader)
+        self._it = _start_workers(self.loader)
 
     def __next__(self) -> dict[str, torch.Tensor]:
+        try:
+            return self._next()
+        except EdgesegError as exc:
+            raise worker_error(exc) from None
+
+    def _next(self) -> dict[str, torch.Tensor]:
         if self._it is None:
             self._restart()
         try:

@@ -7,7 +7,9 @@ networks beyond the segmenter, their optimisers and the step itself.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import random
 import signal
 import time
@@ -19,11 +21,11 @@ import torch
 from tqdm import tqdm
 
 from edgeseg import __version__
-from edgeseg.config import ConfigError, Recipe, from_dict, to_dict
+from edgeseg.config import ConfigError, Recipe, apply_overrides, from_dict, load_recipe, to_dict
 from edgeseg.data import open_dataset
 from edgeseg.data.transforms import TrainTransform
 from edgeseg.evaluate import evaluate, metrics_of, open_eval_dataset
-from edgeseg.fileio import write_text
+from edgeseg.fileio import append_line, check_writable_dir, remove_stale_temps, write_text
 from edgeseg.labels import get_label_space
 from edgeseg.models import build_model
 from edgeseg.train import checkpoint as ckpt_io
@@ -43,6 +45,75 @@ from edgeseg.train.predict import TorchPredictor
 #: exit status after Ctrl-C / SIGTERM: a checkpoint was saved, resume with --resume
 EXIT_INTERRUPTED = 130
 
+#: recipe keys ``--resume`` may change (each change is printed): they decide how long the
+#: run goes, what it logs, scores and where it writes, never what one iteration computes.
+#: Every other key (model, data streams and augmentation, batch, method, optimiser,
+#: schedule shape, seed, device, AMP) is refused, because the resumed run would no
+#: longer be the run its checkpoint belongs to.
+RESUME_CHANGEABLE = (
+    "train.iterations", "train.log_every", "train.val_every", "train.ckpt_every",
+    "train.val_max_images", "train.threads", "data.workers", "data.val",
+    "data.val_batch_size", "output_dir", "model.pretrained", "model.init_from",
+)
+
+#: files the trainer writes into a run folder (temp files of killed writers are removed)
+RUN_FILES = ("last.pt", "best.pt", "recipe.yaml", "metrics.jsonl")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and (data or not prefix):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def recipe_changes(old: Recipe | dict, new: Recipe | dict) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose value differs between two recipes: ``{key: (old, new)}``."""
+    a = _flatten(to_dict(old) if not isinstance(old, dict) else old)
+    b = _flatten(to_dict(new) if not isinstance(new, dict) else new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def resume_changeable(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUME_CHANGEABLE)
+
+
+def _print_main(msg: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(msg, flush=True)
+
+
+def resume_recipe(path: str | Path, overrides: list[str] | None = None,
+                  recipe_file: str | Path | None = None) -> Recipe:
+    """The recipe a run continues with: the one saved in its checkpoint plus ``overrides``.
+
+    The run's own resolved recipe is the truth (the recipe file may have been
+    edited since, and the run may have been started with ``--set``); a given
+    ``recipe_file`` that differs from it is reported, not used.
+    """
+    ckpt = ckpt_io.load_checkpoint(path)
+    saved = ckpt.get("recipe")
+    if not isinstance(saved, dict):
+        raise ckpt_io.CheckpointError(
+            f"{path}: holds no training recipe, so it cannot be resumed; start a new run with "
+            f"--set model.init_from={path}")
+    try:
+        run = from_dict(Recipe, saved)
+    except ConfigError as exc:
+        raise ckpt_io.CheckpointError(f"{path}: its saved recipe no longer loads: {exc}") from None
+    if recipe_file is not None:
+        diff = recipe_changes(run, load_recipe(recipe_file))
+        if diff:
+            _print_main(f"note: {recipe_file} differs from the run's recipe in "
+                        f"{', '.join(diff)}; resuming with the run's own recipe saved in {path} "
+                        "(change what may change with --set)")
+    try:
+        return from_dict(Recipe, apply_overrides(to_dict(run), list(overrides or [])))
+    except ConfigError as exc:
+        raise ConfigError(f"--set with --resume {path}: {exc}") from None
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
@@ -57,7 +128,7 @@ def load_init_weights(model: torch.nn.Module, recipe: Recipe) -> None:
     method); its model spec, label space and normalisation must be the recipe's."""
     path = recipe.model.init_from
     ckpt = ckpt_io.load_checkpoint(path)
-    skip = ("pretrained", "init_from")  # how the weights were started, not what they are
+    skip = ckpt_io.INIT_KEYS
     theirs = to_dict(ckpt_io.model_config_of(ckpt, path))
     ours = to_dict(recipe.model)
     diff = [f"{k} {theirs[k]!r} (checkpoint) vs {ours[k]!r} (recipe)"
@@ -71,11 +142,8 @@ def load_init_weights(model: torch.nn.Module, recipe: Recipe) -> None:
         raise ckpt_io.CheckpointError(
             f"{path} (model.init_from) does not fit this recipe: {'; '.join(diff)}; "
             "set the recipe's model/data keys to the checkpoint's or pick another checkpoint")
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise ckpt_io.CheckpointError(f"{path} (model.init_from): weights do not match its "
-                                      f"model spec: {str(exc)[:300]}") from None
+    ckpt_io.load_weights(model, ckpt["model"], f"{path} (model.init_from)",
+                         "weights (of its model spec)")
 
 
 def seed_everything(seed: int) -> None:
@@ -86,7 +154,6 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(self, recipe: Recipe, resume: str | None = None, progress: bool = True) -> None:
-        self.recipe = recipe
         self.progress = progress
         self.device = resolve_device(recipe.train.device)
         if recipe.train.threads > 0 and self.device.type == "cpu":
@@ -94,6 +161,8 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
+        ckpt = self._check_resume(resume, recipe) if resume is not None else None
+        self.recipe = recipe
         self.run_dir = Path(recipe.output_dir.format(name=recipe.name))
         self.label_space = get_label_space(recipe.data.label_space)
         if recipe.model.num_classes != self.label_space.num_classes:
@@ -106,8 +175,15 @@ class Trainer:
                 f"{self.run_dir} already holds a run (last.pt); continue it with --resume "
                 f"{self.run_dir / 'last.pt'} or set output_dir to a new folder"
             )
+        if self.dist.is_main:
+            check_writable_dir(self.run_dir)  # before any work, not at the first checkpoint
+        for spec in recipe.data.val:  # a typo fails now, not at the first validation
+            open_eval_dataset(spec, self.label_space)
         seed_everything(recipe.seed)
-        self.model = build_model(recipe.model)
+        # on resume the weights come from the checkpoint: never re-read an ImageNet file
+        model_cfg = recipe.model if ckpt is None else dataclasses.replace(
+            recipe.model, pretrained=None)
+        self.model = build_model(model_cfg)
         if resume is None and recipe.model.init_from:
             load_init_weights(self.model, recipe)
             self._log_main(f"segmenter initialised from {recipe.model.init_from}")
@@ -122,11 +198,47 @@ class Trainer:
         self.streams = self._build_streams(method_cls.streams)
         self.iteration = 0
         self.best: dict[str, Any] = {}
-        if resume is not None:
-            self._resume(resume)
+        if ckpt is not None:
+            self._resume(str(resume), ckpt)
         if self.dist.enabled:
             self.method.wrap_networks(self._ddp)
         self._stop = False
+
+    def _check_resume(self, path: str, recipe: Recipe) -> dict[str, Any]:
+        """Load the checkpoint to resume and refuse, in one line each, what cannot continue
+        it exactly: weights only, another model, another method, a changed recipe key that
+        is not in RESUME_CHANGEABLE. Allowed changes are printed."""
+        ckpt = ckpt_io.load_checkpoint(path)
+        if "method_state" not in ckpt or "streams" not in ckpt or "rng" not in ckpt:
+            raise ckpt_io.CheckpointError(
+                f"{path}: holds weights only (no optimiser, data-stream and RNG state), so it "
+                f"cannot be resumed; resume from the run's last.pt, or start a new run with "
+                f"--set model.init_from={path}")
+        ckpt_io.check_model_spec(ckpt, recipe.model, path)
+        if ckpt.get("method") != recipe.method.name:
+            raise ckpt_io.CheckpointError(
+                f"{path}: written by method {ckpt.get('method')!r}, recipe uses "
+                f"{recipe.method.name!r}; resume with the run's own recipe (edgeseg train "
+                f"--resume {path}) or start a new run with --set model.init_from={path}")
+        saved = ckpt.get("recipe")
+        changes = recipe_changes(saved, recipe) if isinstance(saved, dict) else {}
+        refused = {k: v for k, v in changes.items() if not resume_changeable(k)}
+        if refused:
+            what = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
+            raise ConfigError(
+                f"--resume {path}: cannot change {what}: the resumed run would no longer "
+                f"continue its checkpoint exactly; on resume only {', '.join(RESUME_CHANGEABLE)} "
+                f"may change. Start a new run (another output_dir) with "
+                f"--set model.init_from={path} instead")
+        done = int(ckpt["iteration"])
+        if recipe.train.iterations < done:
+            raise ConfigError(
+                f"--resume {path}: train.iterations={recipe.train.iterations} is below the "
+                f"checkpoint's iteration {done}; set train.iterations >= {done}")
+        for key, (a, b) in changes.items():
+            note = " (the LR schedule follows the new length)" if key == "train.iterations" else ""
+            self._log_main(f"resume: {key} {a!r} -> {b!r}{note}")
+        return ckpt
 
     # --- set-up -------------------------------------------------------------------
     def _build_streams(self, names: tuple[str, ...]) -> MultiStream:
@@ -142,6 +254,8 @@ class Trainer:
             reader = open_dataset(spec, self.label_space.name if name == "source" else None)
             if name == "target":
                 reader = _Unlabelled(reader)  # target labels never reach a loss
+            if name in ("source", "pairs"):
+                reader.require_labels(f"the {name} stream of method {self.recipe.method.name}")
             dataset = AugmentedDataset(reader, transform, d.mean, d.std, self.recipe.seed + 1000 * i)
             streams[name] = Stream(dataset, d.batch_size, d.workers, self.dist.rank,
                                    self.dist.world_size, self.recipe.seed + 1000 * i)
@@ -152,16 +266,14 @@ class Trainer:
         return torch.nn.parallel.DistributedDataParallel(
             net, device_ids=ids, find_unused_parameters=self.method.find_unused_parameters)
 
-    def _resume(self, path: str) -> None:
-        ckpt = ckpt_io.load_checkpoint(path)
-        if "method_state" not in ckpt:
-            raise ckpt_io.CheckpointError(f"{path}: holds weights only (no training state) to resume")
-        if ckpt.get("method") != self.recipe.method.name:
+    def _resume(self, path: str, ckpt: dict[str, Any]) -> None:
+        ckpt_io.load_weights(unwrap(self.model), ckpt["model"], path)
+        try:
+            self.method.load_state_dict(ckpt["method_state"])
+        except (KeyError, ValueError, RuntimeError) as exc:
             raise ckpt_io.CheckpointError(
-                f"{path}: written by method {ckpt.get('method')!r}, recipe uses "
-                f"{self.recipe.method.name!r}")
-        self.model.load_state_dict(ckpt["model"])
-        self.method.load_state_dict(ckpt["method_state"])
+                f"{path}: its training state does not fit method {self.recipe.method.name} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
         self.streams.load_state_dict(ckpt["streams"])
         ckpt_io.restore_rng(ckpt["rng"])
         self.iteration = int(ckpt["iteration"])
@@ -175,8 +287,38 @@ class Trainer:
 
     def _append_jsonl(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
+
+    def _trim_metrics(self) -> None:
+        """Drop log records newer than the iteration the run continues from (and a line cut
+        by a kill): a run killed after its last checkpoint logged iterations it will redo."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and int(record.get("iter", 0)) <= self.iteration:
+                keep.append(line)
+        if len(keep) != len(lines):
+            write_text(path, "".join(line + "\n" for line in keep))
+            self._log_main(f"{path}: dropped {len(lines) - len(keep)} records after iteration "
+                           f"{self.iteration} (logged after the checkpoint)")
+
+    def _prepare_run_dir(self) -> None:
+        """Clean what a killed earlier process left in the run folder and save the recipe."""
+        import yaml
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            for stale in remove_stale_temps(self.run_dir / name):
+                self._log_main(f"removed {stale} (left by a killed run)")
+        self._trim_metrics()
+        write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(to_dict(self.recipe), sort_keys=False))
 
     def payload(self) -> dict[str, Any]:
         r = self.recipe
@@ -261,10 +403,7 @@ class Trainer:
         r = self.recipe
         t = r.train
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            import yaml
-
-            write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(to_dict(r), sort_keys=False))
+            self._prepare_run_dir()
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         bar = tqdm(total=t.iterations, initial=self.iteration, desc=r.name, dynamic_ncols=True,
