@@ -26,9 +26,9 @@ def test_build_engine_makes_the_int8_variant_first(fp32_onnx: Path, tiny_synth: 
                    "--precision", "int8", "--calib", f"synthetic:{tiny_synth}:night_train",
                    "--calib-frames", "8", "--threads", "1"])
     assert status == 0
-    variant = tmp_path / "tiny.int8.onnx"
+    variant = tmp_path / "tiny.ort.int8.onnx"  # named after the engine, not quantize's name
     meta = read_metadata(variant)
-    assert meta.precision == "int8"
+    assert meta.precision == "int8" and meta.extra["made_by"] == "build-engine"
     assert meta.extra["calibration"]["flavour"] == "onnxruntime"  # the backend's flavour
     manifest = read_manifest(out)
     assert manifest.precision == "int8" and "--calib" in manifest.build_command

@@ -264,6 +264,9 @@ def _parity(result: BenchResult, targets: dict[str, Target], args: argparse.Name
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgeseg.export.outputs import preflight_dir
+
+    preflight_dir(args.report)  # a report that cannot be written fails before the runs
     result = run_bench(args)
     print()
     print(format_console(result))

@@ -14,14 +14,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edgeseg.config import ConfigError
 from edgeseg.export.build_engine import (
+    ShapeRange,
     build_engine,
     default_engine_path,
     load_profile,
     resolve_backend,
 )
 from edgeseg.export.metadata import read_metadata
-from edgeseg.export.variants import choose_precision, make_variant
+from edgeseg.export.outputs import guard_output, preflight
+from edgeseg.export.variants import (
+    calib_cache_path,
+    choose_precision,
+    make_variant,
+    variant_path,
+)
 
 #: profile keys settable from the command line: key -> argparse options (flag = --key-with-dashes)
 FLAGS: dict[str, dict[str, Any]] = {
@@ -31,7 +39,10 @@ FLAGS: dict[str, dict[str, Any]] = {
                   "help": "must match the ONNX file's precision (default: the file's own)"},
     "workspace_mb": {"type": int, "metavar": "MB", "help": "TensorRT workspace limit"},
     "opt_level": {"type": int, "metavar": "N", "help": "TensorRT builder optimisation level 0..5"},
-    "dla_core": {"type": int, "metavar": "N", "help": "build for DLA core N (Jetson), GPU fallback"},
+    "dla_core": {"type": int, "metavar": "N", "help": "build for DLA core N (Jetson)"},
+    "gpu_fallback": {"action": argparse.BooleanOptionalAction,
+                     "help": "with --dla-core: run layers DLA cannot on the GPU (trtexec "
+                             "--allowGPUFallback; default on)"},
     "timing_cache": {"metavar": "FILE", "help": "TensorRT timing cache to read and update"},
     "hardware_compatibility": {"choices": ["none", "ampere_plus", "same_compute_capability"],
                                "help": "TensorRT plans that load on other GPUs (slower)"},
@@ -62,9 +73,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cal.add_argument("--calib-frames", type=int, metavar="N", help="calibration frames")
     cal.add_argument("--method", choices=["minmax", "entropy", "percentile"],
                      help="int8 range calibration")
+    cal.add_argument("--flavour", choices=["tensorrt", "onnxruntime"],
+                     help="int8 Q/DQ form (default: the backend's)")
     cal.add_argument("--accuracy-data", metavar="SPEC|VIDEO",
-                     help="best: set to score candidates on (labelled -> mIoU drop); "
-                          "default the calibration data")
+                     help="best: source/accuracy set scored besides the --calib frames "
+                          "(labelled -> mIoU drop); each set must pass the budget")
+    cal.add_argument("--min-agreement", type=float, metavar="FRACTION",
+                     help="best: pixel agreement with fp32 a candidate needs on every set")
+    cal.add_argument("--max-miou-drop", type=float, metavar="POINTS",
+                     help="best: mIoU points a candidate may lose on every labelled set")
+    shapes = parser.add_argument_group("dynamic input shape profile (TensorRT; the `shapes` key)")
+    for name in SHAPE_FLAGS:
+        shapes.add_argument(f"--{name}-shapes", dest=f"{name}_shapes", metavar="[NAME:]NxHxWxC",
+                            help=f"{name} input shape, as trtexec --{name}Shapes "
+                                 "(e.g. frame:1x720x1280x3)")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="overwrite -o (or a variant ONNX) even if another stage wrote it")
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="the builder's full log")
 
@@ -76,7 +100,9 @@ def rebuild_command(model: str | Path, out: str | Path, profile: str | None,
     if profile:
         cmd += ["--profile", str(profile)]
     for key, value in flags.items():
-        if value is True:
+        if value is False and FLAGS.get(key, {}).get("action") is argparse.BooleanOptionalAction:
+            cmd.append("--no-" + _flag(key)[2:])
+        elif value is True:
             cmd.append(_flag(key))
         elif value is not None and value is not False:
             cmd += [_flag(key), str(value)]
@@ -85,7 +111,40 @@ def rebuild_command(model: str | Path, out: str | Path, profile: str | None,
 
 #: conversion flags -> (profile section, key)
 CONVERSION_FLAGS = {"calib": ("calibration", "data"), "calib_frames": ("calibration", "frames"),
-                    "method": ("calibration", "method"), "accuracy_data": ("parity", "data")}
+                    "method": ("calibration", "method"), "flavour": ("calibration", "flavour"),
+                    "accuracy_data": ("parity", "data"),
+                    "min_agreement": ("parity", "min_agreement"),
+                    "max_miou_drop": ("parity", "max_miou_drop")}
+SHAPE_FLAGS = ("min", "opt", "max")
+
+
+def parse_shape(text: str, flag: str) -> list[int]:
+    """``frame:1x720x1280x3`` or ``1x720x1280x3`` (trtexec's form) -> [1, 720, 1280, 3]."""
+    dims = text.rsplit(":", 1)[-1]
+    try:
+        shape = [int(d) for d in dims.lower().split("x")]
+    except ValueError:
+        shape = []
+    if len(shape) != 4 or min(shape) < 1:
+        raise ConfigError(f"{flag} {text!r}: expected NxHxWxC (NHWC frame input) or NxCxHxW, "
+                          "four positive dims, e.g. frame:1x720x1280x3")
+    return shape
+
+
+def _with_shapes(profile: Any, args: argparse.Namespace) -> Any:
+    """--min/opt/max-shapes -> the profile's ``shapes`` (min and max default to opt)."""
+    given = {n: getattr(args, f"{n}_shapes", None) for n in SHAPE_FLAGS}
+    if not any(given.values()):
+        return profile
+    if not given["opt"]:
+        raise ConfigError("--min-shapes/--max-shapes need --opt-shapes too")
+    dims = {n: parse_shape(v, f"--{n}-shapes") for n, v in given.items() if v}
+    shapes = ShapeRange(dims.get("min", dims["opt"]), dims["opt"], dims.get("max", dims["opt"]))
+    try:
+        shapes.validate()
+    except ValueError as exc:
+        raise ConfigError(f"--min/opt/max-shapes: {exc}") from None
+    return replace(profile, shapes=shapes)
 
 
 def _with_conversion_flags(profile: Any, args: argparse.Namespace) -> Any:
@@ -97,27 +156,50 @@ def _with_conversion_flags(profile: Any, args: argparse.Namespace) -> Any:
     return profile
 
 
+def _outputs(model: Path, out: Path, profile: Any, backend: str) -> list[Path]:
+    """Every model file this build writes besides its manifest: engine, variants, caches."""
+    paths = [out]
+    if profile.precision == "best":
+        paths += [variant_path(out, p) for p in ("fp16", "int8")]
+    elif profile.precision not in (None, "best") and read_metadata(model).precision == "fp32" \
+            and profile.precision != "fp32":
+        paths.append(variant_path(out, profile.precision))
+    return paths
+
+
 def run(args: argparse.Namespace) -> int:
     flags = {key: getattr(args, key, None) for key in FLAGS}
     profile = _with_conversion_flags(load_profile(args.profile, flags), args)
+    profile = _with_shapes(profile, args)
+    model = Path(args.model)
+    force = getattr(args, "force", False)
+    if args.output:  # before anything is printed: a bad -o is the whole message
+        guard_output(args.output, "build-engine", [model], force=force, input_force=False)
+        preflight([args.output])
     backend = resolve_backend(profile.backend)
     profile = replace(profile, backend=backend)
-    out = Path(args.output) if args.output else default_engine_path(args.model, backend)
+    out = Path(args.output) if args.output else default_engine_path(model, backend)
+    outputs = _outputs(model, out, profile, backend)
+    for path in outputs:
+        guard_output(path, "build-engine", [model], force=force, input_force=False)
+    timing = profile.timing_cache if backend == "tensorrt" else None
+    cache = calib_cache_path(out) if profile.precision == "best" else None
+    preflight([*outputs, timing, cache])
     extra = {f: getattr(args, f, None) for f in CONVERSION_FLAGS}
+    extra.update({f"{n}_shapes": getattr(args, f"{n}_shapes", None) for n in SHAPE_FLAGS})
     command = rebuild_command(args.model, out, args.profile,
                               {**flags, **extra, "backend": backend})
-    model = Path(args.model)
     if profile.precision == "best":
         manifest = choose_precision(model, out, profile, command)
     else:
         found = read_metadata(model).precision
         if profile.precision not in (None, found) and found == "fp32":
             # precision lives in the graph: make the variant beside the engine, then build it
-            variant = out.with_name(f"{out.name.split('.')[0]}.{profile.precision}.onnx")
+            variant = variant_path(out, profile.precision)
             cal = profile.calibration
             make_variant(model, variant, profile.precision, calib=cal.data,
                          calib_frames=cal.frames, method=cal.method,
-                         flavour=cal.flavour or backend)
+                         flavour=cal.flavour or backend, made_by="build-engine")
             print(f"made {variant} ({profile.precision}) from {model}")
             model, profile = variant, replace(profile, precision=None)
         manifest = build_engine(model, out, profile, command,

@@ -15,6 +15,7 @@ the end: a failed or interrupted build leaves nothing behind. Torch-free.
 from __future__ import annotations
 
 import contextlib
+import errno
 import shlex
 import sys
 import time
@@ -32,7 +33,7 @@ from edgeseg.export.metadata import (
     load_onnx,
     metadata_of,
 )
-from edgeseg.fileio import atomic_path, sha256_file, write_bytes
+from edgeseg.fileio import atomic_path, is_disk_full, output_error, sha256_file, write_bytes
 from edgeseg.runtime.manifest import (
     BACKEND_TITLES,
     BuildOptions,
@@ -305,7 +306,14 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None, profile: Bu
     with contextlib.ExitStack() as stack:
         tmp_engine = stack.enter_context(atomic_path(out))
         tmp_manifest = stack.enter_context(atomic_path(manifest_path(out)))
-        built = build(onnx_path, tmp_engine, meta, profile, verbose)
+        try:
+            built = build(onnx_path, tmp_engine, meta, profile, verbose)
+        except EngineBuildError:
+            # ONNX Runtime and TensorRT report a failed write as a load/serialisation error
+            if is_disk_full(out):
+                raise output_error(out, OSError(errno.ENOSPC, "No space left on device")
+                                   ) from None
+            raise
         for suffix, text in built.side_files.items():
             stack.enter_context(atomic_path(str(out) + suffix)).write_text(text)
         manifest = EngineManifest(

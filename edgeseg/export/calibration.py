@@ -120,7 +120,9 @@ def _read_dataset(spec: str, count: int) -> Iterator[np.ndarray]:
     try:
         samples = spread_samples(spec, count)
     except DatasetError as exc:
-        raise CalibrationError(f"{exc}: nothing to calibrate with") from None
+        first = str(exc).splitlines()[0].rstrip(". :")
+        raise CalibrationError(f"{first}: nothing to calibrate with (check the spec "
+                               f"{spec}: NAME:ROOT[:SPLIT])") from None
     return (sample["image"] for sample in samples)
 
 
@@ -138,6 +140,10 @@ def load_frames(source: str | Path, contract: InputContract, count: int = 64,
         frames = read_video_frames(path, count, every)
     elif ":" in str(source):
         frames = _read_dataset(str(source), count)
+    elif path.is_dir():
+        raise CalibrationError(f"{source}: a folder, not a video file or a dataset spec; "
+                               f"name the dataset and split, e.g. camvid:{source}:dusk_train "
+                               f"or synthetic:{source}:night_train")
     else:
         raise CalibrationError(f"{source}: neither a video file nor a dataset spec "
                                "NAME:ROOT[:SPLIT] (e.g. camvid:data/camvid:dusk_train)")

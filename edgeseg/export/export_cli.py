@@ -24,6 +24,7 @@ from edgeseg.export.onnx_export import (
     deploy_module,
     export_checkpoint,
 )
+from edgeseg.export.outputs import guard_output, preflight
 from edgeseg.export.parity import (
     FP32,
     ParityError,
@@ -66,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames for the parity gate; default 8")
     parser.add_argument("--skip-parity", action="store_true",
                         help="publish without the parity gate (not recommended)")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="overwrite -o even if it is the checkpoint or another stage's file")
 
 
 def options_from_args(args: argparse.Namespace) -> ExportOptions:
@@ -110,6 +113,9 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
 
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
+    options.validate()
+    guard_output(args.onnx, "export", [args.checkpoint], force=args.force)
+    preflight([args.onnx])
     frames = 0 if args.skip_parity else args.parity_frames
     try:
         result, report = export_gated(args.checkpoint, args.onnx, options, args.parity_data,

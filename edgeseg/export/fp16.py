@@ -135,9 +135,10 @@ def save_model(proto: onnx.ModelProto, dst: str | Path) -> Path:
 
 
 def convert_fp16(src: str | Path, dst: str | Path, keep_fp32: Sequence[str] = (),
-                 keep_io_types: bool = True) -> Path:
+                 keep_io_types: bool = True, made_by: str = "quantize") -> Path:
     """Write an fp16 copy of ``src`` to ``dst``; ``keep_fp32`` lists op types or node names
-    to leave in fp32 (e.g. ``["ArgMax"]`` or a sensitive Conv's name)."""
+    to leave in fp32 (e.g. ``["ArgMax"]`` or a sensitive Conv's name). ``made_by`` (the
+    command) goes into the metadata so no other stage overwrites the file unasked."""
     from onnxconverter_common.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     proto = load_onnx(src)
@@ -152,6 +153,6 @@ def convert_fp16(src: str | Path, dst: str | Path, keep_fp32: Sequence[str] = ()
     if clamped:
         logger.info("%d weights outside fp16's range were clamped (to 1e-7 .. 1e4)", clamped)
     _retarget_casts(converted)
-    update_metadata(converted, "fp16", {"keep_fp32": list(keep_fp32)})
+    update_metadata(converted, "fp16", {"keep_fp32": list(keep_fp32), "made_by": made_by})
     check_loads(converted, src, "keep the failing node in fp32 with --keep-fp32 NAME")
     return save_model(converted, dst)

@@ -30,11 +30,13 @@ the same tensor names, and silently reusing its ranges would be wrong.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,15 @@ from edgeseg.export.fp16 import (
     update_metadata,
 )
 from edgeseg.export.lint import SHAPE_OPS, GraphIndex, load_onnx, validate_trt_qdq
-from edgeseg.fileio import sha256_file, write_json
+from edgeseg.fileio import (
+    OUTPUT_ERRNOS,
+    OutputError,
+    describe_os_error,
+    is_disk_full,
+    output_errors,
+    sha256_file,
+    write_json,
+)
 
 __all__ = [
     "BudgetResult",
@@ -193,10 +203,12 @@ class Int8Quantizer:
         self.cache = Path(cache) if cache else None
         self.src_sha256 = sha256_file(self.src)
         self.header: dict[str, Any] = {}
-        self._tmp = Path(tempfile.mkdtemp(prefix="edgeseg-int8-"))
+        with output_errors(tempfile.gettempdir()):
+            self._tmp = Path(tempfile.mkdtemp(prefix="edgeseg-int8-"))
         self.ranges = self._tmp / "ranges.json"
         try:
-            self.model = self._prepare()
+            with self._temp_files():
+                self.model = self._prepare()
             self.graph = onnx.load(str(self.model)).graph
             self.auto_excluded = prepost_nodes(self.model)
         except BaseException:
@@ -209,6 +221,23 @@ class Int8Quantizer:
     def __exit__(self, *exc: object) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def _temp_files(self) -> Iterator[None]:
+        """Disk-full/read-only errors while writing the temp models (onnxruntime's quantiser
+        hides some behind its own exceptions) become one OutputError naming the temp folder."""
+        try:
+            yield
+        except EdgesegError:
+            raise
+        except Exception as exc:
+            os_error = isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS
+            if not os_error and not is_disk_full(self._tmp):
+                raise
+            cause = exc if os_error else OSError(errno.ENOSPC, "No space left on device")
+            raise OutputError(describe_os_error(self._tmp.parent, cause)  # type: ignore[arg-type]
+                              + " (int8 calibration's temp files; TMPDIR=DIR moves them)"
+                              ) from None
+
     def _prepare(self) -> Path:
         """quant_pre_process (ORT optimisation + shape inference) on a temp copy."""
         out = self._tmp / "pre.onnx"
@@ -220,6 +249,8 @@ class Int8Quantizer:
         try:
             quant_pre_process(str(self.src), str(out))
         except Exception as exc:  # noqa: BLE001 - symbolic shape inference (sympy) is fragile
+            if isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS or is_disk_full(self._tmp):
+                raise  # no space for temp files: a retry only truncates them differently
             logger.warning("symbolic shape inference failed (%s); retrying without it", exc)
             quant_pre_process(str(self.src), str(out), skip_symbolic_shape=True)
         return out
@@ -265,16 +296,17 @@ class Int8Quantizer:
         reader = self._reader(frames, source)
         from onnxruntime.quantization import create_calibrator, save_tensors_data
 
-        calibrator = create_calibrator(self.model, None, str(self._tmp / "augmented.onnx"),
-                                       calibrate_method=_method(self.method),
-                                       extra_options=CALIBRATOR_OPTIONS.get(self.method, {}))
-        try:
-            calibrator.collect_data(reader)
-        except ValueError as exc:
-            if reader.count == 0:
-                raise CalibrationError(f"{reader.source}: no calibration frames") from None
-            raise CalibrationError(f"{reader.source}: calibration failed: {exc}") from None
-        save_tensors_data(calibrator.compute_data(), self.ranges)
+        with self._temp_files():
+            calibrator = create_calibrator(self.model, None, str(self._tmp / "augmented.onnx"),
+                                           calibrate_method=_method(self.method),
+                                           extra_options=CALIBRATOR_OPTIONS.get(self.method, {}))
+            try:
+                calibrator.collect_data(reader)
+            except ValueError as exc:
+                if reader.count == 0:
+                    raise CalibrationError(f"{reader.source}: no calibration frames") from None
+                raise CalibrationError(f"{reader.source}: calibration failed: {exc}") from None
+            save_tensors_data(calibrator.compute_data(), self.ranges)
         self.header = {**self._key(), "onnx": self.src.name, "frames": reader.count,
                        "frames_sha256": reader.sha256, "source": reader.source,
                        "onnxruntime": _ort_version()}
@@ -307,7 +339,8 @@ class Int8Quantizer:
         names += [n.name for n in self.graph.node if n.op_type in ops]
         return list(dict.fromkeys([*self.auto_excluded, *names]))
 
-    def quantize(self, flavour: str = "tensorrt", exclude: Sequence[str] = ()) -> onnx.ModelProto:
+    def quantize(self, flavour: str = "tensorrt", exclude: Sequence[str] = (),
+                 made_by: str = "quantize") -> onnx.ModelProto:
         """A Q/DQ model (with metadata) from the calibrated ranges; `calibrate` first."""
         from onnxruntime.quantization import QuantFormat, quantize_static
 
@@ -316,9 +349,10 @@ class Int8Quantizer:
         options = _flavour_options(flavour)
         excluded = self.exclusions(exclude)
         out = self._tmp / "int8.onnx"
-        quantize_static(str(self.model), str(out), None, quant_format=QuantFormat.QDQ,
-                        calibrate_method=_method(self.method), nodes_to_exclude=excluded,
-                        calibration_cache_path=str(self.ranges), **options)
+        with self._temp_files():
+            quantize_static(str(self.model), str(out), None, quant_format=QuantFormat.QDQ,
+                            calibrate_method=_method(self.method), nodes_to_exclude=excluded,
+                            calibration_cache_path=str(self.ranges), **options)
         proto = onnx.load(str(out))
         if flavour == "tensorrt":
             problems = validate_trt_qdq(proto)
@@ -330,7 +364,8 @@ class Int8Quantizer:
                        "flavour": flavour,
                        "cache_sha256": sha256_file(self.cache) if self.cache else ""}
         update_metadata(proto, "int8", {"calibration": calibration, "excluded_nodes": excluded,
-                                        "exclude_requested": list(exclude)})
+                                        "exclude_requested": list(exclude),
+                                        "made_by": made_by})
         return proto
 
 
@@ -344,7 +379,7 @@ def quantize_int8(src: str | Path, dst: str | Path,
                   frames: np.ndarray | Sequence[np.ndarray] | FrameReader | None = None, *,
                   method: str = "minmax", flavour: str = "tensorrt", exclude: Sequence[str] = (),
                   cache: str | Path | None = None, preprocess: bool = True,
-                  source: str = "calibration frames") -> Path:
+                  source: str = "calibration frames", made_by: str = "quantize") -> Path:
     """Write an int8 Q/DQ copy of fp32 ``src`` to ``dst``.
 
     ``frames``: model inputs as (N, *input shape) (see calibration.load_frames)
@@ -354,7 +389,7 @@ def quantize_int8(src: str | Path, dst: str | Path,
     _flavour_options(flavour)
     with Int8Quantizer(src, method=method, preprocess=preprocess, cache=cache) as q:
         q.calibrate(frames, source)
-        proto = q.quantize(flavour, exclude)
+        proto = q.quantize(flavour, exclude, made_by)
     check_loads(proto, src, "exclude the failing node with --exclude NAME")
     return save_model(proto, dst)
 

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from edgeseg.export.int8 import FLAVOURS, METHODS
+from edgeseg.export.outputs import guard_output, preflight
 from edgeseg.export.variants import make_variant
 
 
@@ -35,9 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", metavar="FILE",
                         help="int8 calibration cache (JSON): reused if it matches the model, "
                              "else written")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="overwrite -o even if it is the input or another stage's file")
 
 
 def run(args: argparse.Namespace) -> int:
+    guard_output(args.output, "quantize", [args.model], force=args.force)
+    preflight([args.output])
     out = make_variant(args.model, args.output, args.precision, calib=args.calib,
                        calib_frames=args.calib_frames, calib_every=args.calib_every,
                        method=args.method, flavour=args.flavour, exclude=args.exclude,
