@@ -38,9 +38,9 @@ def load_predictor(model: str, device: str = "auto") -> tuple[Predictor, str, di
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from edgeseg.export.outputs import preflight
+    from edgeseg.fileio import check_outputs
 
-    preflight([args.json, args.overlays, args.plot])  # before minutes of scoring
+    check_outputs([args.json, args.overlays, args.plot])  # before minutes of scoring
     predict, space_name, info = load_predictor(args.model, args.device)
     model_space = get_label_space(space_name)
     results, samples, space_of = {}, [], {}

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ _OUTPUT_ERRNOS: dict[int, tuple[str, str]] = {
     errno.EACCES: ("permission denied", "fix the folder's permissions or write elsewhere"),
     errno.EPERM: ("operation not permitted", "fix the folder's permissions or write elsewhere"),
     errno.EFBIG: ("the file is too large for this filesystem", "write to another filesystem"),
+    errno.ENOTDIR: ("a parent of it is a file, not a folder", "pick another path"),
 }
 OUTPUT_ERRNOS = frozenset(_OUTPUT_ERRNOS)
 
@@ -178,21 +179,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def check_writable(path: str | Path) -> None:
     """Prove that ``path`` (a file to be written later) can be created, before a long job.
 
-    Creates missing parent folders and a probe file beside ``path``; raises
-    OutputError (one line, the path and the fix) when it cannot.
+    Creates missing parent folders and a probe file beside ``path`` and checks
+    that the disk is not full; raises OutputError (one line, the path and the
+    fix) when it cannot, leaving no folder it made behind.
     """
     final = Path(path)
     if final.is_dir():
         raise OutputError(f"cannot write {final}: it is a folder; give a file name inside it")
-    tmp = make_temp(final)
-    tmp.unlink()
+    made = [p for p in final.parents if not p.exists()]  # innermost first
+    try:
+        make_temp(final).unlink()
+        if is_disk_full(final):
+            raise output_error(final, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    except OutputError:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def check_outputs(paths: Iterable[str | Path | None]) -> None:
+    """`check_writable` for each output a command will write (None: an output not asked for)."""
+    for path in paths:
+        if path is not None:
+            check_writable(path)
 
 
 def check_writable_dir(folder: str | Path) -> None:
-    """Create ``folder`` if needed and prove a file can be created in it."""
+    """Create ``folder`` if needed and prove files can be written into it."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise OutputError(f"cannot write to {folder}: it is a file, not a folder")
+        raise OutputError(f"cannot write to {folder}: it is a file, not a folder; give a "
+                          "folder name")
     check_writable(folder / ".edgeseg-write-check")
 
 

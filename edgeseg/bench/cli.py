@@ -264,9 +264,10 @@ def _parity(result: BenchResult, targets: dict[str, Target], args: argparse.Name
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeseg.export.outputs import preflight_dir
+    from edgeseg.fileio import check_writable_dir
 
-    preflight_dir(args.report)  # a report that cannot be written fails before the runs
+    if args.report:
+        check_writable_dir(args.report)  # a report that cannot be written fails before the runs
     result = run_bench(args)
     print()
     print(format_console(result))

@@ -23,13 +23,14 @@ from edgeseg.export.build_engine import (
     resolve_backend,
 )
 from edgeseg.export.metadata import read_metadata
-from edgeseg.export.outputs import guard_output, preflight
+from edgeseg.export.outputs import guard_output
 from edgeseg.export.variants import (
     calib_cache_path,
     choose_precision,
     make_variant,
     variant_path,
 )
+from edgeseg.fileio import check_outputs
 
 #: profile keys settable from the command line: key -> argparse options (flag = --key-with-dashes)
 FLAGS: dict[str, dict[str, Any]] = {
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     force = getattr(args, "force", False)
     if args.output:  # before anything is printed: a bad -o is the whole message
         guard_output(args.output, "build-engine", [model], force=force, input_force=False)
-        preflight([args.output])
+        check_outputs([args.output])
     backend = resolve_backend(profile.backend)
     profile = replace(profile, backend=backend)
     out = Path(args.output) if args.output else default_engine_path(model, backend)
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         guard_output(path, "build-engine", [model], force=force, input_force=False)
     timing = profile.timing_cache if backend == "tensorrt" else None
     cache = calib_cache_path(out) if profile.precision == "best" else None
-    preflight([*outputs, timing, cache])
+    check_outputs([*outputs, timing, cache])
     extra = {f: getattr(args, f, None) for f in CONVERSION_FLAGS}
     extra.update({f"{n}_shapes": getattr(args, f"{n}_shapes", None) for n in SHAPE_FLAGS})
     command = rebuild_command(args.model, out, args.profile,

@@ -24,7 +24,7 @@ from edgeseg.export.onnx_export import (
     deploy_module,
     export_checkpoint,
 )
-from edgeseg.export.outputs import guard_output, preflight
+from edgeseg.export.outputs import guard_output
 from edgeseg.export.parity import (
     FP32,
     ParityError,
@@ -33,7 +33,7 @@ from edgeseg.export.parity import (
     check_parity,
     sample_frames,
 )
-from edgeseg.fileio import atomic_path
+from edgeseg.fileio import atomic_path, check_outputs
 from edgeseg.train.checkpoint import load_model
 
 
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     options.validate()
     guard_output(args.onnx, "export", [args.checkpoint], force=args.force)
-    preflight([args.onnx])
+    check_outputs([args.onnx])
     frames = 0 if args.skip_parity else args.parity_frames
     try:
         result, report = export_gated(args.checkpoint, args.onnx, options, args.parity_data,

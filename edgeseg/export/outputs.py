@@ -4,20 +4,16 @@ Each stage writes a file a user keeps (design.md), so a later stage must never
 silently replace an earlier stage's file: ``build-engine model.onnx`` once
 wrote its int8 variant over the ``model.int8.onnx`` the user had made with
 ``edgeseg quantize``. `guard_output` refuses to overwrite the input or a file
-another stage wrote unless ``--force`` is given, and `preflight` proves every
-output can be written (folder exists or can be made, not read-only, permitted,
-disk not full) before a job that may run for minutes. Torch-free.
+another stage wrote unless ``--force`` is given. Torch-free.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 from collections.abc import Iterable
 from pathlib import Path
 
 from edgeseg.errors import EdgesegError
-from edgeseg.fileio import OutputError, check_writable, is_disk_full, output_error
+from edgeseg.fileio import OutputError
 from edgeseg.runtime.manifest import manifest_path
 
 #: the stages that write model files, by their command name
@@ -94,33 +90,3 @@ def guard_output(path: str | Path, stage: str, inputs: Iterable[str | Path] = ()
             f"is not an edgeseg {stage} output")
     raise OverwriteError(f"{path} exists and {what}; pick another -o, or add --force to "
                          "overwrite it")
-
-
-def preflight(paths: Iterable[str | Path | None]) -> None:
-    """Prove every output can be written before the long job: folder, permissions,
-    read-only filesystem, free space. Raises OutputError naming the path and the fix."""
-    for path in paths:
-        if path is None:
-            continue
-        path = Path(path)
-        made = [p for p in path.parents if not p.exists()]  # folders the check creates
-        try:
-            check_writable(path)
-            if is_disk_full(path):
-                raise output_error(path, OSError(errno.ENOSPC, "No space left on device"))
-        except OutputError:
-            for folder in made:  # innermost first; a failed check leaves nothing behind
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-            raise
-
-
-def preflight_dir(folder: str | Path | None) -> None:
-    """`preflight` for a folder that will receive several files (a bench report)."""
-    if folder is None:
-        return
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"cannot write to {folder}: it is a file, not a folder; give a "
-                          "folder name")
-    preflight([folder / ".edgeseg-write-check"])

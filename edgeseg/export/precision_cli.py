@@ -10,8 +10,9 @@ import argparse
 from pathlib import Path
 
 from edgeseg.export.int8 import FLAVOURS, METHODS
-from edgeseg.export.outputs import guard_output, preflight
+from edgeseg.export.outputs import guard_output
 from edgeseg.export.variants import make_variant
+from edgeseg.fileio import check_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     guard_output(args.output, "quantize", [args.model], force=args.force)
-    preflight([args.output])
+    check_outputs([args.output])
     out = make_variant(args.model, args.output, args.precision, calib=args.calib,
                        calib_frames=args.calib_frames, calib_every=args.calib_every,
                        method=args.method, flavour=args.flavour, exclude=args.exclude,

@@ -37,14 +37,14 @@ def make_variant(src: str | Path, dst: str | Path, precision: str, *, calib: str
     ``dst`` (and a cache still to be written) are checked writable before the
     conversion; ``made_by`` is recorded so other stages never overwrite the file unasked.
     """
-    from edgeseg.export.outputs import preflight
+    from edgeseg.fileio import check_outputs
 
     if precision == "fp16":
         if calib or exclude or cache:
             raise EdgesegError("--calib/--exclude/--cache apply to --precision int8 only")
         from edgeseg.export.fp16 import convert_fp16
 
-        preflight([dst])
+        check_outputs([dst])
         return convert_fp16(src, dst, keep_fp32=keep_fp32, made_by=made_by)
     if precision != "int8":
         raise EdgesegError(f"precision {precision!r}: variants are fp16 or int8")
@@ -55,7 +55,7 @@ def make_variant(src: str | Path, dst: str | Path, precision: str, *, calib: str
         raise EdgesegError("int8 needs calibration frames: --calib VIDEO|NAME:ROOT[:SPLIT] "
                            "(frames of the target domain), or --cache FILE with ranges for "
                            "this model")
-    preflight([dst, None if cached else cache])
+    check_outputs([dst, None if cached else cache])
     from edgeseg.export.calibration import input_contract, load_frames
     from edgeseg.export.int8 import quantize_int8
 

@@ -98,16 +98,9 @@ def preflight(spec: str, target: Path, folder: bool = False) -> None:
     disk is one line naming the path and the fix, not a failure an hour later.
     """
     try:
-        if folder:
-            check_writable_dir(target)
-        else:
-            check_writable(target)
+        (check_writable_dir if folder else check_writable)(target)
     except OutputError as exc:
         raise SinkError(f"{spec}: {exc}") from None
-    except OSError as exc:  # e.g. a parent that is a file (ENOTDIR)
-        raise SinkError(f"{spec}: {describe_os_error(target, exc)}") from None
-    if is_disk_full(target):
-        raise SinkError(f"{spec}: {describe_os_error(target, disk_full_error(target))}")
 
 
 class NullSink(Sink):
