@@ -22,13 +22,13 @@ from pathlib import Path
 import onnxruntime
 
 from edgeseg.argtypes import parse_hw
-from edgeseg.bench.latency import measure_latency
 from edgeseg.data import open_dataset
 from edgeseg.evaluate import evaluate
 from edgeseg.export.export_cli import export_gated
 from edgeseg.export.onnx_export import ExportOptions
 from edgeseg.export.variants import make_variant
 from edgeseg.fileio import write_json, write_text
+from edgeseg.runtime.latency import measure_latency
 from edgeseg.runtime.predictor import BackendPredictor, load_backend
 
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", action="append", required=True, help="labelled eval specs")
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--exclude", nargs="*", default=[], help="int8: nodes kept in float")
+    p.add_argument("--keep-fp32", nargs="*", default=[], help="int8: nodes kept in fp32")
     args = p.parse_args(argv)
 
     out = Path(args.out)
@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         "fp16": make_variant(fp32, out / f"{args.name}.fp16.onnx", "fp16"),
         "int8 (TensorRT Q/DQ)": make_variant(fp32, out / f"{args.name}.int8.onnx", "int8",
                                              calib=args.calib, calib_frames=args.calib_frames,
-                                             flavour="tensorrt", exclude=args.exclude),
+                                             flavour="tensorrt", keep_fp32=args.keep_fp32),
         "int8 (ORT Q/DQ)": make_variant(fp32, out / f"{args.name}.int8-ort.onnx", "int8",
                                         calib=args.calib, calib_frames=args.calib_frames,
-                                        flavour="onnxruntime", exclude=args.exclude),
+                                        flavour="onnxruntime", keep_fp32=args.keep_fp32),
     }
     datasets = {spec: open_dataset(spec) for spec in args.data}
     rows = {}

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from edgeseg.bench.latency import summarize
 from edgeseg.bench.targets import TargetSkipped, open_target
+from edgeseg.runtime.latency import summarize
 
 RESOLUTIONS = {"480x360": (360, 480), "1024x512": (512, 1024)}  # WxH -> (H, W)
 HEADS = ("standard", "separable")
@@ -97,7 +97,7 @@ class Models:
 
     def tensorrt(self, head: str, resolution: str, precision: str) -> Path:
         """A TensorRT plan built here from the matching ONNX variant (skips without a GPU)."""
-        from edgeseg.runtime.manifest import MachineInfo
+        from edgeseg.runtime.compat import MachineInfo
 
         if self._trt_reason is None:
             machine = MachineInfo.detect("tensorrt")
@@ -107,7 +107,8 @@ class Models:
             pytest.skip(self._trt_reason)
         key = ("trt", head, f"{resolution}-{precision}")
         if key not in self.files:
-            from edgeseg.export.build_engine import BuildProfile, ShapeRange, build_engine
+            from edgeseg.export.build_engine import build_engine
+            from edgeseg.export.profile import BuildProfile, ShapeRange
 
             h, w = RESOLUTIONS[resolution]
             onnx = self.onnx(head, resolution, "int8-trtqdq" if precision == "int8" else precision)

@@ -4,8 +4,8 @@ The goal (issue #4): end-to-end fps at least 85 % of the engine's raw inference
 throughput measured in the same run (against the faster of the stream's own
 session and a busy-waiting one), i.e. decode, overlay and encode hidden
 behind inference by the pipeline threads. The engine is the fastest ONNX
-Runtime engine that passes the accuracy gate at 480x360 (`--precision best`
-with export/cpu-best.yaml), built from the committed CamVid model; the video is
+Runtime engine that passes the accuracy gate at 480x360 (`--precision auto`
+with export/cpu-auto.yaml), built from the committed CamVid model; the video is
 made of real CamVid dusk frames when ../shared/data/camvid exists, otherwise of
 the generator's night drive. A `null`-sink run gives the per-stage p50/p90/p99
 without output costs.
@@ -59,9 +59,9 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
         calib = f"camvid:{CAMVID}:day_train"
         accuracy = f"camvid:{CAMVID}:day_val"
     else:
-        pytest.skip("the accuracy gate of --precision best needs labelled CamVid frames")
+        pytest.skip("the accuracy gate of --precision auto needs labelled CamVid frames")
     assert edgeseg(["build-engine", str(FP32), "-o", str(out), "--profile",
-                    str(REPO / "export" / "cpu-best.yaml"), "--calib", calib,
+                    str(REPO / "export" / "cpu-auto.yaml"), "--calib", calib,
                     "--calib-frames", "64", "--accuracy-data", accuracy,
                     "--threads", str(THREADS)]) == 0
     return out

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -57,7 +59,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edgeseg.demo import run_demo
 
-    return run_demo(args)
+    return run_demo(args, edgeseg=main)
 
 
 def _add_module_commands(sub: argparse._SubParsersAction) -> None:
@@ -65,10 +67,11 @@ def _add_module_commands(sub: argparse._SubParsersAction) -> None:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:  # an optional extra is not installed
-            p = sub.add_parser(name, help=f"{help_text} (unavailable: {exc})")
+            p = sub.add_parser(name, help=f"{help_text} (unavailable: {exc})",
+                               allow_abbrev=False)
             p.set_defaults(func=_unavailable(name, exc))
             continue
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         module.add_arguments(p)
         p.set_defaults(func=module.run)
 
@@ -82,17 +85,44 @@ def _unavailable(name: str, exc: ImportError) -> Handler:
     return fail
 
 
+def package_version() -> str:
+    """The installed distribution's version, else the one in the source tree's pyproject.toml
+    (a checkout run without ``pip install``), so a report names the code that actually ran."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgeseg")
+    except PackageNotFoundError:
+        pass
+    try:
+        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    except OSError:
+        text = ""
+    project = text.partition("[project]")[2].split("\n[", 1)[0]
+    found = re.search(r'^version\s*=\s*"([^"]+)"', project, re.MULTILINE)
+    if found:
+        return found.group(1)
+    from edgeseg import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from edgeseg.argtypes import non_negative_int, parse_device, positive_int
+
     parser = argparse.ArgumentParser(
         prog="edgeseg",
         description="Train domain-adaptive segmentation, export it, run it on a vehicle.",
+        allow_abbrev=False,  # a removed flag must fail, not match a longer one by its prefix
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    parser.add_argument("--version", action="version", version=f"edgeseg {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _add_module_commands(sub)
 
-    p = sub.add_parser("train", help="train a recipe (train/*.yaml); torchrun for DDP")
+    p = sub.add_parser("train", help="train a recipe (train/*.yaml); torchrun for DDP",
+                       allow_abbrev=False)
     p.add_argument("recipe", nargs="?",
                    help="recipe YAML, e.g. train/source_only_synthetic.yaml (optional with "
                         "--resume: the run continues its own saved recipe)")
@@ -104,23 +134,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="mIoU / per-class IoU of a checkpoint, ONNX file or engine")
+    p = sub.add_parser("eval", help="mIoU / per-class IoU of a checkpoint, ONNX file or engine",
+                       allow_abbrev=False)
     p.add_argument("model", help="checkpoint (.pt), ONNX file (.onnx) or engine (with manifest)")
     p.add_argument("--data", action="append", required=True, metavar="SPEC",
                    help="NAME:ROOT[:SPLIT], repeatable, e.g. camvid:../shared/data/camvid:day_val")
-    p.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT (- = stdout)")
     p.add_argument("--overlays", metavar="PNG", help="write an overlay grid of a few samples")
     p.add_argument("--plot", metavar="PNG", help="write a per-class IoU bar chart")
-    p.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-frames", type=non_negative_int, default=0, metavar="N",
+                   help="stop after the first N frames of each dataset (default 0 = all)")
+    p.add_argument("--device", type=parse_device, default=parse_device("auto"),
+                   metavar="cpu|cuda[:N]|auto",
+                   help="where the model runs: a checkpoint in PyTorch on it, an ONNX file or "
+                        "engine on that GPU's provider/context (default auto)")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("demo", help="the whole path on built-in synthetic data (make demo)")
+    p = sub.add_parser("demo", help="the whole path on built-in synthetic data (make demo)",
+                       allow_abbrev=False)
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--iterations", type=int, default=0, help="training iterations (default: recipe)")
     p.add_argument("--retrain", action="store_true", help="ignore a cached demo model")
-    p.add_argument("--frames", type=int, default=200,
-                   help="frames of the synthetic night drive streamed into demo.mp4")
+    p.add_argument("--max-frames", type=positive_int, default=200, metavar="N",
+                   help="frames of the synthetic night drive streamed into demo.mp4 (default 200)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -5,13 +5,15 @@
    is reused unless --retrain);
 3. evaluate on day and night: per-class tables, the day->night gap, an overlay
    PNG and per-class IoU bars;
-4. export to ONNX (parity-gated) and build the engine with ``--precision best``
+4. export to ONNX (parity-gated) and build the engine with ``--precision auto``
    (ONNX Runtime on CPU; TensorRT where it and a GPU are installed);
 5. stream the generator's night drive through the engine with `edgeseg run`:
    ``demo.mp4`` with overlays and HUD, and a JSON summary (fps, per-stage
    latency, online mIoU against the drive's ground truth).
 
-Sized for under 10 minutes on 2 CPU cores.
+Sized for under 10 minutes on 2 CPU cores. Step 4 runs the real ``edgeseg export``
+and ``edgeseg build-engine`` commands through the `Command` the CLI hands in, so the
+demo prints and runs exactly what a user would type (and does not import the CLI).
 """
 
 from __future__ import annotations
@@ -19,15 +21,18 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edgeseg.config import Recipe, from_dict
 from edgeseg.errors import EdgesegError
 
+#: the ``edgeseg`` command: argv in, exit status out (``edgeseg.cli.main``)
+Command = Callable[[list[str]], int]
+
 SYNTH_ARGS = ["--train", "320", "--val", "24", "--size", "256x128", "--domains", "day,night",
               "--seed", "0"]
 DEMO_SIZE = "256x128"  # engine and video size (WxH), the training resolution
-DRIVE_FRAMES = 200  # night drive streamed through the engine (20 s at 10 fps)
 
 DEMO_RECIPE = {
     "name": "demo_source_only",
@@ -60,7 +65,9 @@ def demo_recipe(out: Path, iterations: int = 0) -> Recipe:
                               "output_dir": str(out / "run")})
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace, edgeseg: Command) -> int:
+    """The five steps; ``edgeseg`` runs the export and build-engine commands."""
+    from edgeseg.argtypes import parse_device
     from edgeseg.data.synth.cli import add_arguments
     from edgeseg.data.synth.cli import run as run_synth
     from edgeseg.eval_cli import run_eval
@@ -98,36 +105,35 @@ def run_demo(args: argparse.Namespace) -> int:
     print("[3/5] evaluating on day and night")
     ns = argparse.Namespace(model=str(last), data=list(recipe.data.val), json=str(out / "eval.json"),
                             overlays=str(out / "overlays.png"), plot=str(out / "iou_bars.png"),
-                            max_images=0, device="auto")
+                            max_frames=0, device=parse_device("auto"))
     status = run_eval(ns)
     if status:
         return status
-    engine = deploy(out, last, synth, fresh=not cached)
-    status = stream_night_drive(out, engine, args.frames)
+    engine = deploy(out, last, synth, fresh=not cached, edgeseg=edgeseg)
+    status = stream_night_drive(out, engine, args.max_frames)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; outputs in {out}/: "
           "demo.mp4, stream.json, eval.json, overlays.png, iou_bars.png, model.onnx, "
           f"{engine.name} (+ {engine.name}.json manifest), run/last.pt")
     return status
 
 
-def deploy(out: Path, checkpoint: Path, synth: Path, fresh: bool) -> Path:
+def deploy(out: Path, checkpoint: Path, synth: Path, fresh: bool, edgeseg: Command) -> Path:
     """Export (parity-gated) and build the fastest engine that keeps the accuracy."""
-    from edgeseg.cli import main as edgeseg
+    from edgeseg.contract.manifest import manifest_path
     from edgeseg.export.build_engine import default_engine_path, resolve_backend
-    from edgeseg.runtime.manifest import manifest_path
 
     onnx_path = out / "model.onnx"
     engine = default_engine_path(onnx_path, resolve_backend("auto"))  # .engine or .ort.onnx
     if fresh or not onnx_path.exists():
         print(f"[4/5] exporting {checkpoint} -> {onnx_path} and building the engine "
-              "(--precision best)")
+              "(--precision auto)")
         if edgeseg(["export", str(checkpoint), "-o", str(onnx_path), "--size", DEMO_SIZE,
                     "--parity-data", f"synthetic:{synth}:day_val"]):
             raise EdgesegError("demo: export failed (see above)")
     if fresh or not manifest_path(engine).exists():
         # calibration on unlabelled night frames (the deployment domain); accuracy budget
         # checked on labelled day frames (target labels are for reporting only)
-        if edgeseg(["build-engine", str(onnx_path), "-o", str(engine), "--precision", "best",
+        if edgeseg(["build-engine", str(onnx_path), "-o", str(engine), "--precision", "auto",
                     "--backend", "auto", "--calib", f"synthetic:{synth}:night_train",
                     "--calib-frames", "64", "--accuracy-data", f"synthetic:{synth}:day_val"]):
             raise EdgesegError("demo: build-engine failed (see above)")

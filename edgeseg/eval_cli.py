@@ -10,28 +10,30 @@ import argparse
 import sys
 from pathlib import Path
 
+from edgeseg.argtypes import Device, parse_device, torch_device
 from edgeseg.evaluate import Predictor, evaluate, open_eval_dataset
 from edgeseg.fileio import write_json
 from edgeseg.labels import get_label_space
 from edgeseg.metrics import compare_summaries, format_table
 
 
-def load_predictor(model: str, device: str = "auto") -> tuple[Predictor, str, dict]:
-    """(predictor, label-space name, info) for a checkpoint, an ONNX file or an engine."""
+def load_predictor(model: str, device: Device | str = "auto") -> tuple[Predictor, str, dict]:
+    """(predictor, label-space name, info) for a checkpoint, an ONNX file or an engine.
+
+    ``device`` (``cpu``, ``cuda[:N]``, ``auto``) goes to PyTorch for a checkpoint and, as
+    the GPU index, to the backend for an ONNX file or engine.
+    """
+    dev = device if isinstance(device, Device) else parse_device(device)
     suffix = Path(model).suffix.lower()
     if suffix in (".pt", ".pth", ".ckpt"):
-        import torch
-
         from edgeseg.train.predict import TorchPredictor
 
-        dev = "cuda" if device == "auto" and torch.cuda.is_available() else (
-            "cpu" if device == "auto" else device)
-        predictor, ckpt = TorchPredictor.from_checkpoint(model, dev)
+        predictor, ckpt = TorchPredictor.from_checkpoint(model, torch_device(dev))
         return predictor, ckpt["label_space"], {"kind": "checkpoint", "method": ckpt.get("method"),
                                                 "iteration": ckpt.get("iteration")}
-    from edgeseg.runtime.predictor import BackendPredictor, load_backend
+    from edgeseg.runtime.predictor import BackendPredictor, device_options, load_backend
 
-    predictor = BackendPredictor(load_backend(model))
+    predictor = BackendPredictor(load_backend(model, **device_options(model, dev)))
     meta = predictor.meta
     return predictor, meta.label_space, {"kind": "onnx/engine", "precision": meta.precision,
                                          "method": meta.method}
@@ -49,7 +51,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if not dataset.has_labels:
             print(f"skip {spec}: its labels are absent (nothing to score)", file=sys.stderr)
             continue
-        res = evaluate(predict, dataset, model_space, max_images=args.max_images,
+        res = evaluate(predict, dataset, model_space, max_images=args.max_frames,
                        keep_samples=2, desc=spec)
         results[spec] = res.metrics
         space_of[spec] = dataset.label_space

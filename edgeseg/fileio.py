@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -42,6 +43,8 @@ _OUTPUT_ERRNOS: dict[int, tuple[str, str]] = {
     errno.ENOTDIR: ("a parent of it is a file, not a folder", "pick another path"),
 }
 OUTPUT_ERRNOS = frozenset(_OUTPUT_ERRNOS)
+#: the output path that means standard output (``--json -``)
+STDOUT = "-"
 
 
 class OutputError(EdgesegError):
@@ -199,9 +202,10 @@ def check_writable(path: str | Path) -> None:
 
 
 def check_outputs(paths: Iterable[str | Path | None]) -> None:
-    """`check_writable` for each output a command will write (None: an output not asked for)."""
+    """`check_writable` for each output a command will write (None: an output not asked for;
+    ``-``: standard output, as ``--json -``)."""
     for path in paths:
-        if path is not None:
+        if path is not None and str(path) != STDOUT:
             check_writable(path)
 
 
@@ -234,7 +238,13 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented JSON; ``path`` ``-`` prints it (``--json -`` everywhere)."""
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    if str(path) == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    write_text(path, text)
 
 
 def append_line(path: str | Path, line: str) -> None:

@@ -148,11 +148,6 @@ def cityscapes_to(space: LabelSpace) -> dict[int, int]:
     return {cs: i for i, cs in enumerate(cs_ids)}
 
 
-def compose(first: dict[int, int], second: dict[int, int]) -> dict[int, int]:
-    """raw -> first -> second; classes missing in ``second`` are dropped (ignored)."""
-    return {raw: second[mid] for raw, mid in first.items() if mid in second}
-
-
 def apply_lut(raw: np.ndarray, lut: np.ndarray, source: str = "label") -> np.ndarray:
     """Map raw ids through ``lut``; raise naming ``source`` if an id is out of space."""
     if raw.max(initial=0) >= len(lut):

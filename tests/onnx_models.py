@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from edgeseg.export.metadata import ModelMetadata, TensorSpec, set_metadata
+from edgeseg.contract.metadata import ModelMetadata, TensorSpec, set_metadata
 from edgeseg.labels import CITYSCAPES19
 
 SIZE = (64, 96)  # (height, width)

@@ -18,13 +18,13 @@ import pytest
 from onnx import numpy_helper
 
 from edgeseg.bench import cli as bench_cli
-from edgeseg.bench.latency import END_TO_END, measure, measure_latency, summarize, time_stages
 from edgeseg.bench.parity import DEFAULT_MAX_DROP, check_parity, parse_max_drop
 from edgeseg.bench.targets import TargetSkipped, open_target
 from edgeseg.cli import main
+from edgeseg.contract.metadata import metadata_of, set_metadata
 from edgeseg.errors import EdgesegError
-from edgeseg.export.metadata import metadata_of, set_metadata
 from edgeseg.labels import CAMVID11, cityscapes_to, remap_labels
+from edgeseg.runtime.latency import END_TO_END, measure, measure_latency, summarize, time_stages
 from tests.onnx_models import SIZE, block_scene, export_tiny
 
 H, W = SIZE
@@ -222,7 +222,7 @@ def test_cli_writes_json_markdown_and_plots(fp32: Path, same_int8: Path, bad_int
     out = tmp_path / "report"
     status = bench_cli.run(_args([str(fp32), str(same_int8), str(bad_int8), "--data", blocks,
                                   "--report", str(out), "--iterations", "3", "--warmup", "1",
-                                  "--batch", "1,2", "--threads", "1", "--frames", "2"]))
+                                  "--batch", "1,2", "--threads", "1", "--latency-frames", "2"]))
     assert status == 1  # the degraded variant fails its budget
     printed = capsys.readouterr().out
     assert "PARITY FAILED" in printed and "p99" in printed and "bad.int8.onnx" in printed
@@ -254,7 +254,7 @@ def test_parity_only_report_and_same_named_engines(fp32: Path, same_int8: Path, 
     out = tmp_path / "report"
     assert bench_cli.run(_args([str(fp32), str(same_int8), str(twin), "--data", blocks,
                                 "--report", str(out), "--no-latency", "--threads", "1",
-                                "--max-images", "2"])) == 0
+                                "--max-frames", "2"])) == 0
     data = json.loads((out / "bench.json").read_text())
     assert data["latency"] == [] and data["parity_passed"] is True
     assert [v["name"] for v in data["parity"][0]["variants"]] == [same_int8.name, str(twin)]
@@ -276,7 +276,7 @@ def test_report_failure_keeps_the_previous_report(fp32: Path, tmp_path: Path,
     monkeypatch.setattr(report, "plot_fps", broken)
     with pytest.raises(OSError):
         bench_cli.run(_args([str(fp32), "--report", str(out), "--iterations", "2",
-                             "--warmup", "0", "--threads", "1", "--frames", "1"]))
+                             "--warmup", "0", "--threads", "1", "--latency-frames", "1"]))
     assert (out / "bench.json").read_text() == "previous"
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "latency-hist.png"]
 
@@ -301,9 +301,9 @@ def test_cli_rejects_bad_options(fp32: Path, capsys: pytest.CaptureFixture[str])
 
 def _trt_engine(tmp_path: Path, fp32: Path) -> Path:
     """A TensorRT plan with its manifest, as build-engine writes them on a GPU machine."""
-    from edgeseg.export.metadata import read_metadata
+    from edgeseg.contract.manifest import DeviceInfo, EngineManifest, write_manifest
+    from edgeseg.contract.metadata import read_metadata
     from edgeseg.fileio import sha256_file
-    from edgeseg.runtime.manifest import DeviceInfo, EngineManifest, write_manifest
 
     engine = tmp_path / "tiny.engine"
     engine.write_bytes(b"not a real plan: never deserialised on a machine without TensorRT")
@@ -320,7 +320,7 @@ def _trt_engine(tmp_path: Path, fp32: Path) -> Path:
 
 def test_tensorrt_engine_is_skipped_with_the_reason(fp32: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from edgeseg.runtime.manifest import MachineInfo
+    from edgeseg.runtime.compat import MachineInfo
 
     machine = MachineInfo.detect("tensorrt")
     if machine.backend_version and machine.device:
@@ -331,7 +331,7 @@ def test_tensorrt_engine_is_skipped_with_the_reason(fp32: Path, tmp_path: Path,
     out = tmp_path / "report"
     status = bench_cli.run(_args([str(fp32), str(engine), "--report", str(out),
                                   "--iterations", "2", "--warmup", "0", "--threads", "1",
-                                  "--frames", "1"]))
+                                  "--latency-frames", "1"]))
     assert status == 0
     data = json.loads((out / "bench.json").read_text())
     assert [r["target"] for r in data["latency"]] == ["tiny.fp32.onnx"]  # no number for it

@@ -16,16 +16,13 @@ import onnx
 import pytest
 
 from edgeseg.config import ConfigError, from_dict, load_config, to_dict
+from edgeseg.contract.manifest import manifest_path, read_manifest
+from edgeseg.contract.metadata import MetadataError, metadata_of, set_metadata
 from edgeseg.export import build_cli, inspect_cli
-from edgeseg.export.build_engine import (
-    BuildProfile,
-    EngineBuildError,
-    PrecisionMismatchError,
-    build_engine,
-    load_profile,
-)
-from edgeseg.export.metadata import MetadataError, metadata_of, set_metadata
-from edgeseg.runtime.manifest import MachineInfo, manifest_path, read_manifest
+from edgeseg.export.build_engine import PrecisionMismatchError, build_engine
+from edgeseg.export.profile import BuildProfile, EngineBuildError, load_profile
+from edgeseg.runtime.backends.onnxruntime import create_session
+from edgeseg.runtime.compat import MachineInfo
 from tests.conftest import REPO
 
 PROFILES = sorted((REPO / "export").glob("*.yaml"))
@@ -84,11 +81,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def ort_labels(model: Path, frames: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    sess = create_session(model)
     return np.stack([sess.run(None, {"frame": f})[0] for f in frames])
 
 
@@ -121,7 +114,7 @@ def test_shipped_profiles_load(path: Path) -> None:
 def test_profiles_folder_has_every_target() -> None:
     names = {p.stem for p in PROFILES}
     assert {"jetson-orin-int8", "jetson-orin-fp16", "jetson-orin-dla-int8", "desktop-fp16",
-            "desktop-int8", "cpu-fp32", "cpu-int8", "cpu-best"} <= names
+            "desktop-int8", "cpu-fp32", "cpu-int8", "cpu-auto"} <= names
     assert (REPO / "export" / "README.md").is_file()
 
 
@@ -216,7 +209,7 @@ def test_precision_mismatch_and_best(models: dict[str, Path], tmp_path: Path) ->
     assert (info.value.requested, info.value.found) == ("int8", "fp32")
     assert "--flavour onnxruntime" in str(info.value)  # the backend's Q/DQ flavour
     with pytest.raises(EngineBuildError, match="choose_precision"):
-        build_engine(models["fp32"], out, BuildProfile(backend="onnxruntime", precision="best"),
+        build_engine(models["fp32"], out, BuildProfile(backend="onnxruntime", precision="auto"),
                      "cmd")
     with pytest.raises(EngineBuildError, match="onnxruntime flavour .* --flavour tensorrt"):
         build_engine(models["int8"], tmp_path / "m.engine", BuildProfile(backend="tensorrt"),
@@ -257,7 +250,7 @@ def test_cli_build_records_rebuild_command_and_inspect(models: dict[str, Path], 
     assert run_cli(inspect_cli, [str(out)]) == 0
     text = capsys.readouterr().out
     assert "ONNX Runtime" in text and "loads here  yes" in text and "rebuild" in text
-    assert run_cli(inspect_cli, [str(manifest_path(out)), "--json"]) == 0
+    assert run_cli(inspect_cli, [str(manifest_path(out)), "--json", "-"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["kind"] == "engine" and info["manifest"]["precision"] == "fp32"
     assert run_cli(inspect_cli, [str(models["fp32"])]) == 0

@@ -103,7 +103,7 @@ def test_eval_scores_onnx_like_the_checkpoint(tiny_checkpoint: Path, tiny_synth:
 def test_eval_skips_a_split_without_labels(tiny_checkpoint: Path, capsys) -> None:  # noqa: ANN001
     """CamVid's dusk_test labels are withheld: the split is skipped with a message. (The
     Cityscapes-19 model is scored on CamVid-11 classes through the class mapping.)"""
-    status = main(["eval", str(tiny_checkpoint), "--max-images", "2",
+    status = main(["eval", str(tiny_checkpoint), "--max-frames", "2",
                    "--data", f"camvid:{CAMVID}:dusk_test", "--data", f"camvid:{CAMVID}:day_val"])
     captured = capsys.readouterr()
     assert status == 0
@@ -113,14 +113,14 @@ def test_eval_skips_a_split_without_labels(tiny_checkpoint: Path, capsys) -> Non
 
 def test_demo_end_to_end(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     """`make demo`'s code path: synth -> train -> eval day/night -> pictures -> export ->
-    engine (--precision best) -> night drive streamed into demo.mp4 (2 iterations, 12
+    engine (--precision auto) -> night drive streamed into demo.mp4 (2 iterations, 12
     frames), then a second run reuses the cached model and engine."""
     import json
 
     import cv2
 
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--iterations", "2", "--frames", "12"]
+    args = ["demo", "--out", str(out), "--iterations", "2", "--max-frames", "12"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "gap" in text and "night_val" in text

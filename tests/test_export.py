@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from edgeseg.contract.metadata import MetadataError, ModelMetadata, TensorSpec, read_metadata
 from edgeseg.errors import EdgesegError
 from edgeseg.export import export_cli
-from edgeseg.export.metadata import MetadataError, ModelMetadata, TensorSpec, read_metadata
 from edgeseg.export.onnx_export import (
     ExportError,
     ExportOptions,
@@ -29,10 +29,10 @@ from edgeseg.export.parity import (
     OnnxLogits,
     ParityThresholds,
     check_parity,
-    ort_session,
     sample_frames,
 )
 from edgeseg.fileio import sha256_file
+from edgeseg.runtime.backends.onnxruntime import create_session
 from edgeseg.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -152,7 +152,7 @@ def test_fixed_export_contract_and_metadata(fixed_onnx: Path, ckpt: Path,
     assert meta.model["num_classes"] == 19 and meta.method == ck["method"]
     assert len(onnx_sha256(fixed_onnx)) == 64
 
-    session = ort_session(fixed_onnx)
+    session = create_session(fixed_onnx)
     got = np.stack([session.run(None, {"frame": f[None]})[0][0] for f in frames])
     assert got.dtype == np.uint8
     want = _torch_labels(ckpt, frames)
@@ -169,7 +169,7 @@ def test_dynamic_export_runs_within_profile(dynamic_onnx: Path, ckpt: Path,
     assert meta.input.profile == {"min": [1, 32, 48, 3], "opt": [1, H, W, 3],
                                   "max": [2, 96, 128, 3]}
     assert meta.input.shape == [None, None, None, 3] and meta.output.dtype == "int32"
-    session = ort_session(dynamic_onnx)
+    session = create_session(dynamic_onnx)
     for size, batch in (((32, 48), 2), ((96, 128), 1)):
         batch_frames = sample_frames(spec, size, batch)
         got = session.run(None, {"frame": np.stack(batch_frames)})[0]
@@ -342,7 +342,7 @@ def test_translator_roundtrip(tmp_path: Path) -> None:
     assert meta.output.name == "image" and meta.output.shape == [None, None, None, 3]
 
     frame = np.random.default_rng(0).integers(0, 256, (1, 40, 56, 3), dtype=np.uint8)
-    got = ort_session(out).run(None, {"frame": frame})[0]
+    got = create_session(out).run(None, {"frame": frame})[0]
     assert got.dtype == np.uint8 and got.shape == frame.shape
     with torch.no_grad():
         want = TranslatorWrapper(gen)(torch.from_numpy(frame)).numpy()

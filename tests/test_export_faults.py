@@ -24,14 +24,14 @@ import onnx
 import pytest
 
 from edgeseg.cli import main
+from edgeseg.contract.manifest import manifest_path, read_manifest
+from edgeseg.contract.metadata import read_metadata
 from edgeseg.errors import EdgesegError
 from edgeseg.export import build_cli
-from edgeseg.export.build_engine import BuildProfile, CalibrationConfig, ParityConfig
-from edgeseg.export.metadata import read_metadata
 from edgeseg.export.outputs import stage_of
+from edgeseg.export.profile import BuildProfile, CalibrationConfig, ParityConfig
 from edgeseg.fileio import OutputError
 from edgeseg.labels import CAMVID11, cityscapes_to, remap_labels
-from edgeseg.runtime.manifest import manifest_path, read_manifest
 from tests.conftest import REPO, cli_env, unprivileged
 from tests.onnx_models import block_scene
 from tests.test_engine import tiny_models
@@ -180,7 +180,7 @@ def test_best_applies_the_budget_to_calibration_and_accuracy_sets(
     out = tmp_path / "best.ort.onnx"
     dusk, day = f"camvid:{blocks}:dusk", f"camvid:{blocks}:day"
     assert main(["build-engine", str(model), "-o", str(out), "--backend", "onnxruntime",
-                 "--precision", "best", "--calib", dusk, "--calib-frames", "6",
+                 "--precision", "auto", "--calib", dusk, "--calib-frames", "6",
                  "--accuracy-data", day, "--max-miou-drop", "1.5", "--min-agreement", "0",
                  "--threads", "1"]) == 0
     printed = capsys.readouterr().out
@@ -328,7 +328,7 @@ def test_full_temp_folder_during_calibration(model: Path, blocks: Path, small_di
 def test_quantize_cli_checks_the_cache_before_calibrating(model: Path, blocks: Path,
                                                           readonly_dir: Path) -> None:
     done = cli("quantize", str(model), "-o", str(model.with_name("q.onnx")), "--precision",
-               "int8", "--calib", f"camvid:{blocks}:dusk", "--cache",
+               "int8", "--calib", f"camvid:{blocks}:dusk", "--calib-cache",
                str(readonly_dir / "calib.json"))
     one_line(done, str(readonly_dir / "calib.json"), "read-only")
     assert not model.with_name("q.onnx").exists()
@@ -369,7 +369,7 @@ def test_gpu_fallback_and_shapes_flags_reach_the_profile(model: Path, tmp_path: 
     build_cli.add_arguments(parser)
     args = parser.parse_args([str(model), "--no-gpu-fallback", "--opt-shapes",
                               "frame:1x64x96x3", "--max-shapes", "4x64x96x3"])
-    from edgeseg.export.build_engine import load_profile
+    from edgeseg.export.profile import load_profile
 
     profile = build_cli._with_shapes(load_profile(None, {"gpu_fallback": args.gpu_fallback}),
                                      args)

@@ -338,9 +338,9 @@ def check_graph(path: Path) -> None:
 
 
 def run_ort(path: Path, x: torch.Tensor) -> np.ndarray:
-    import onnxruntime as ort
+    from edgeseg.runtime.backends.onnxruntime import create_session
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = create_session(path)
     return sess.run(None, {"input": x.numpy()})[0]
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
+from edgeseg.contract.metadata import metadata_of as read_metadata
 from edgeseg.errors import EdgesegError
 from edgeseg.export import precision_cli
 from edgeseg.export.calibration import CalibrationError, input_contract, load_frames
@@ -28,7 +28,7 @@ from edgeseg.export.int8 import (
     validate_trt_qdq,
 )
 from edgeseg.export.lint import lint
-from edgeseg.export.metadata import metadata_of as read_metadata
+from edgeseg.runtime.backends.onnxruntime import create_session
 from tests.conftest import CAMVID
 from tests.onnx_models import SIZE, block_scene, export_tiny, scene_frames
 
@@ -70,7 +70,7 @@ def initializers(path: Path) -> dict[str, np.ndarray]:
 
 
 def io_types(path: Path) -> list[str]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = create_session(path)
     return [t.type for t in (*session.get_inputs(), *session.get_outputs())]
 
 
@@ -281,12 +281,15 @@ def test_quantize_cli(fp32: Path, work: Path, capsys: pytest.CaptureFixture[str]
     video = _write_video(work / "calib.mp4", 8)
     assert _cli(str(fp32), "-o", str(work / "cli8.onnx"), "--precision", "int8", "--calib",
                 str(video), "--calib-frames", "4", "--calib-every", "2",
-                "--cache", str(work / "cli_cache.json")) == 0
+                "--calib-cache", str(work / "cli_cache.json")) == 0
     cal = read_metadata(onnx.load(str(work / "cli8.onnx"))).extra["calibration"]
     assert cal["frames"] == 4 and cal["source"] == str(video)
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(EdgesegError, match="calibration frames"):
         _cli(str(fp32), "-o", str(work / "x.onnx"), "--precision", "int8")
-    with pytest.raises(EdgesegError, match="--keep-fp32"):
-        _cli(str(fp32), "-o", str(work / "x.onnx"), "--precision", "int8", "--calib",
-             str(video), "--keep-fp32", "Resize")
+    # one --keep-fp32 for both precisions; the calibration flags stay int8-only
+    assert _cli(str(fp32), "-o", str(work / "keep8.onnx"), "--precision", "int8", "--calib",
+                str(video), "--calib-frames", "4", "--keep-fp32", "Resize") == 0
+    with pytest.raises(EdgesegError, match="--calib-cache apply to --precision int8"):
+        _cli(str(fp32), "-o", str(work / "x.onnx"), "--precision", "fp16", "--calib-cache",
+             str(work / "c.json"))

@@ -14,22 +14,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeseg.export.build_engine import BuildProfile, build_engine
-from edgeseg.export.metadata import TensorSpec
-from edgeseg.runtime.backends import InputShapeError, OrtBackend, open_backend
-from edgeseg.runtime.backends.base import check_frames
-from edgeseg.runtime.manifest import (
+from edgeseg.contract.manifest import (
     BuildOptions,
     DeviceInfo,
     EngineLoadError,
     EngineManifest,
     EngineMismatchError,
-    MachineInfo,
     ManifestError,
-    check_compatible,
-    ensure_compatible,
     manifest_path,
 )
+from edgeseg.contract.metadata import TensorSpec
+from edgeseg.export.build_engine import build_engine
+from edgeseg.export.profile import BuildProfile
+from edgeseg.runtime.backends import InputShapeError, OrtBackend, open_backend
+from edgeseg.runtime.backends.base import check_frames
+from edgeseg.runtime.compat import MachineInfo, check_compatible, ensure_compatible
 from tests.conftest import REPO
 from tests.onnx_models import scene_frames
 from tests.test_engine import ort_labels, tiny_models, trt_with_gpu
@@ -256,11 +255,13 @@ sys.meta_path.insert(0, Block())
 def test_runtime_works_where_torch_and_onnx_cannot_import(engine: Path) -> None:
     code = BLOCKER + textwrap.dedent(f"""
         import numpy as np
-        import edgeseg.runtime, edgeseg.runtime.manifest, edgeseg.runtime.backends
+        import edgeseg.runtime, edgeseg.contract.manifest, edgeseg.runtime.backends
+        import edgeseg.runtime.compat, edgeseg.contract.metadata
         import edgeseg.runtime.backends.onnxruntime, edgeseg.runtime.backends.tensorrt
         import edgeseg.runtime.backends.cuda_memory
         from edgeseg.runtime.backends import open_backend
-        from edgeseg.runtime.manifest import MachineInfo, read_manifest
+        from edgeseg.contract.manifest import read_manifest
+        from edgeseg.runtime.compat import MachineInfo
         try:
             import torch
         except ImportError:
@@ -324,7 +325,7 @@ def test_tensorrt_backend_refuses_out_of_profile_shapes(models: dict[str, Path],
                                                         tmp_path: Path) -> None:
     pytest.importorskip("tensorrt", reason="TensorRT not installed")
     _cuda_api()
-    from edgeseg.export.build_engine import ShapeRange
+    from edgeseg.export.profile import ShapeRange
     from edgeseg.runtime.backends.tensorrt import TrtBackend
 
     out = tmp_path / "dyn.engine"

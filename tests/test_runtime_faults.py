@@ -32,6 +32,7 @@ from edgeseg.runtime.sources import CaptureSource, ImageFolderSource, Reconnect,
 from edgeseg.runtime.stages import SegmentStage, StageChain
 from tests.conftest import cli_env, unprivileged
 from tests.onnx_models import block_scene, export_tiny
+from tests.test_runtime_stream import count_frames
 
 av = pytest.importorskip("av", reason="PyAV writes the fragmented H.264 recordings")
 
@@ -68,15 +69,6 @@ def decoded_frames(path: Path) -> int:
                     continue
     except av.error.FFmpegError:
         pass
-    return n
-
-
-def cv2_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
     return n
 
 
@@ -204,7 +196,7 @@ def test_kill_9_mid_recording_leaves_a_playable_file(seg_onnx: Path, tmp_path: P
         proc.communicate(timeout=30)
     assert not out.exists()
     filmed = decoded_frames(partial)
-    assert filmed >= 20 and cv2_frames(partial) == filmed
+    assert filmed >= 20 and count_frames(partial) == filmed
     kept = digest(partial)
     # the next run keeps the killed run's recording under a new name, and says so
     proc = cli([str(seg_onnx), "--source", "synthetic:night:96x64:5", "--sink", str(out),
@@ -225,7 +217,7 @@ def test_truncated_fragmented_recording_decodes_its_earlier_frames(tmp_path: Pat
     cut = tmp_path / "cut-short.mp4"
     cut.write_bytes(data[:int(len(data) * 0.6)])  # power lost while writing a fragment
     assert 10 <= decoded_frames(cut) < 50
-    assert cv2_frames(cut) >= 10
+    assert count_frames(cut) >= 10
 
 
 def test_sigterm_to_the_process_group_while_encoding(seg_onnx: Path, tmp_path: Path) -> None:
@@ -261,7 +253,7 @@ def test_recording_is_h264_with_the_users_umask_and_says_so(seg_onnx: Path,
     assert main(["run", str(seg_onnx), "--source", "synthetic:night:96x64:4", "--sink",
                  str(fallback), "--video-writer", "opencv", "--summary",
                  str(tmp_path / "s2.json"), "--no-progress"]) == 0
-    assert cv2_frames(fallback) == 4
+    assert count_frames(fallback) == 4
     video = json.loads((tmp_path / "s2.json").read_text())["video"][0]
     assert video["writer"] == "opencv" and "not fragmented" in video["container"]
 
@@ -379,8 +371,9 @@ def test_raw_void_ids_in_ground_truth_become_ignore(seg_onnx: Path, tmp_path: Pa
 # --- engines without their manifest ------------------------------------------------------
 def test_ort_engine_without_its_manifest_is_refused(seg_onnx: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
-    from edgeseg.export.build_engine import BuildProfile, build_engine
-    from edgeseg.runtime.manifest import manifest_path
+    from edgeseg.contract.manifest import manifest_path
+    from edgeseg.export.build_engine import build_engine
+    from edgeseg.export.profile import BuildProfile
     from edgeseg.runtime.predictor import EngineWithoutManifestWarning
 
     engine = tmp_path / "seg.ort.onnx"
@@ -419,3 +412,54 @@ def test_hud_and_legend_scale_with_the_frame() -> None:
     assert lines == HUD and step >= 20  # every line, ~13 px tall text: readable
     scale, _, _, lines = hud_layout(HUD, 256, 128)
     assert lines and scale >= 0.3
+
+
+def test_camera_whose_driver_hangs_ends_the_run_and_keeps_the_recording(
+        seg_onnx: Path, noise_video: Path, tmp_path: Path) -> None:
+    """A real FFmpeg capture on a FIFO that stops sending bytes blocks inside read() forever,
+    as a hung V4L2/GStreamer driver does; the stall watchdog ends the run."""
+    import threading
+
+    fifo = tmp_path / "camera"
+    os.mkfifo(fifo)
+    data = noise_video.read_bytes()
+    release = threading.Event()
+
+    def camera() -> None:
+        with open(fifo, "wb") as f:
+            f.write(data[: len(data) // 2])  # about 20 frames, then silence with the line open
+            f.flush()
+            release.wait(60)
+
+    threading.Thread(target=camera, daemon=True).start()
+    out = tmp_path / "out.mp4"
+    source = CaptureSource("camera", str(fifo), cv2.CAP_FFMPEG, live=True, what="camera")
+    backend = OrtBackend.from_onnx(seg_onnx, intra_op_threads=1)
+    pipeline = StreamPipeline(source, StageChain([SegmentStage(backend)]), [open_sink(str(out))],
+                              OverlayRenderer(backend.metadata.labels, backend.metadata.palette),
+                              stall_s=1.0)
+    start = time.monotonic()
+    try:
+        with pytest.raises(SourceLostError, match=r"camera: no frame for \d+ s .*--stall-timeout"):
+            pipeline.run()
+    finally:
+        release.set()
+    assert time.monotonic() - start < 30
+    assert pipeline.end_reason == "source stalled"
+    assert decoded_frames(out) == pipeline.counts.processed > 5
+    assert not partial_path(out).exists()
+
+
+def test_reconnect_waits_are_not_a_stall(seg_onnx: Path, noise_video: Path,
+                                          tmp_path: Path) -> None:
+    """Backoff sleeps longer than the stall timeout end with the reconnect error, not a stall."""
+    feed = tmp_path / "camera.avi"
+    feed.write_bytes(noise_video.read_bytes())
+    source = CaptureSource("camera", str(feed), cv2.CAP_FFMPEG, live=True, what="camera",
+                           reconnect=Reconnect(attempts=1, first_wait=1.5))
+    backend = OrtBackend.from_onnx(seg_onnx, intra_op_threads=1)
+    pipeline = StreamPipeline(source, StageChain([SegmentStage(backend)]),
+                              [AtFrame(3, feed.unlink)], stall_s=1.0)
+    with pytest.raises(SourceLostError, match="1 reconnect attempts"):
+        pipeline.run()
+    assert pipeline.end_reason != "source stalled"

@@ -18,10 +18,11 @@ import cv2
 import numpy as np
 import pytest
 
+from edgeseg.contract.manifest import EngineMismatchError
 from edgeseg.errors import EdgesegError
-from edgeseg.export.build_engine import BuildProfile, build_engine
+from edgeseg.export.build_engine import build_engine
+from edgeseg.export.profile import BuildProfile
 from edgeseg.runtime.backends.onnxruntime import OrtBackend
-from edgeseg.runtime.manifest import EngineMismatchError
 from edgeseg.runtime.overlay import OverlayRenderer, OverlayStyle, colorize, palette_lut
 from edgeseg.runtime.pipeline import StreamPipeline
 from edgeseg.runtime.run_cli import StreamConfig, run_stream
@@ -312,7 +313,7 @@ def test_labels_map_back_to_the_frame(aspect: str) -> None:
 
 
 def test_dynamic_engines_take_each_frame_within_the_profile() -> None:
-    from edgeseg.export.metadata import TensorSpec
+    from edgeseg.contract.metadata import TensorSpec
     from edgeseg.runtime.stages import profile_size
 
     spec = TensorSpec("frame", "uint8", [1, -1, -1, 3], "uint8-nhwc-bgr",

@@ -9,14 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 from edgeseg.config import Recipe, from_dict
 from edgeseg.train.checkpoint import CheckpointError, load_checkpoint, load_model
-from edgeseg.train.nets.ema import EMATeacher
 from edgeseg.train.schedule import lr_factor
 from edgeseg.train.trainer import EXIT_INTERRUPTED, Trainer
 from tests.conftest import cli_env, tiny_recipe
@@ -206,20 +204,6 @@ def test_poly_schedule_and_warmup() -> None:
     assert lr_factor(100, 100) == 0.0
     assert lr_factor(4, 100, warmup_iters=10) == pytest.approx(0.5)
     assert lr_factor(25, 100, "step", step_size=10, gamma=0.5) == pytest.approx(0.25)
-
-
-def test_ema_teacher_update_rule() -> None:
-    student = torch.nn.Linear(2, 1)
-    with torch.no_grad():
-        student.weight.fill_(1.0)
-    ema = EMATeacher(student, alpha=0.9)
-    with torch.no_grad():
-        student.weight.fill_(3.0)
-    ema.update(student)
-    np.testing.assert_allclose(ema.teacher.weight.numpy(), 0.9 * 1.0 + 0.1 * 3.0)
-    ema.update(student, iteration=0)  # ramp-up: alpha = min(0.9, 0) -> copy the student
-    np.testing.assert_allclose(ema.teacher.weight.numpy(), 3.0)
-    assert not any(p.requires_grad for p in ema.parameters())
 
 
 @pytest.mark.parametrize("freeze_bn", [False, True])

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from edgeseg.data.transforms import (
-    EvalTransform,
     TrainTransform,
     color_jitter,
     hflip,
@@ -142,15 +141,6 @@ def test_hflip_mirrors_all_arrays():
     out = hflip(sample)
     assert np.array_equal(out["label"], sample["label"][:, ::-1])
     assert np.array_equal(out["night"], sample["night"][:, ::-1])
-
-
-def test_eval_transform_resizes_images_only_by_default():
-    sample = block_sample()
-    out = EvalTransform(resize=(20, 32))(sample)
-    assert out["image"].shape == (20, 32, 3) and out["night"].shape == (20, 32, 3)
-    assert out["label"].shape == (H, W)
-    assert EvalTransform((20, 32), resize_label=True)(sample)["label"].shape == (20, 32)
-    assert EvalTransform()(sample)["image"] is sample["image"]
 
 
 def test_to_chw_float():

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from edgeseg.cli import main
-from edgeseg.export.metadata import read_metadata
+from edgeseg.contract.manifest import read_manifest
+from edgeseg.contract.metadata import read_metadata
 from edgeseg.export.onnx_export import ExportOptions, export_checkpoint
-from edgeseg.runtime.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +48,12 @@ def test_int8_without_calibration_data_is_a_clear_error(fp32_onnx: Path, tmp_pat
 def test_best_keeps_the_fastest_candidate_that_passes(fp32_onnx: Path, tiny_synth: Path,
                                                       tmp_path: Path, min_agreement: float,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from edgeseg.export.build_engine import BuildProfile, ParityConfig
-    from edgeseg.export.build_engine import CalibrationConfig as Cal
+    from edgeseg.export.profile import BuildProfile, ParityConfig
+    from edgeseg.export.profile import CalibrationConfig as Cal
     from edgeseg.export.variants import choose_precision
 
     profile = BuildProfile(
-        backend="onnxruntime", threads=1, precision="best",
+        backend="onnxruntime", threads=1, precision="auto",
         calibration=Cal(data=f"synthetic:{tiny_synth}:night_train", frames=8),
         parity=ParityConfig(data=f"synthetic:{tiny_synth}:night_val", frames=4,
                             min_agreement=min_agreement, max_miou_drop=100.0, iterations=5))
@@ -68,7 +68,7 @@ def test_best_keeps_the_fastest_candidate_that_passes(fp32_onnx: Path, tiny_synt
     passing = [r for r in rows.values() if r["passed"]]
     assert manifest.precision == min(passing, key=lambda r: r["latency_ms_p50"])["precision"]
     assert read_manifest(out).selection == manifest.selection
-    assert "best on this machine" in capsys.readouterr().out
+    assert "auto: fastest within budget on this machine" in capsys.readouterr().out
 
 
 def test_compare_checkpoint_onnx_and_int8(tiny_checkpoint: Path, fp32_onnx: Path,

@@ -3,8 +3,6 @@
 What a user runs on a Jetson, a desktop GPU or a CPU to decide which engine
 ships. Small modules, imported lazily by the CLI:
 
-- ``latency``: the timing loop (warm-up, N iterations, mean/p50/p90/p99/max,
-  throughput) and the per-stage statistics
 - ``targets``: any model file (ONNX, ONNX Runtime engine, TensorRT plan, PyTorch
   checkpoint) as one thing to time and score, through the runtime's own engine
   stage (whose timings split preprocess / H2D / GPU compute / D2H / postprocess,
@@ -16,6 +14,7 @@ ships. Small modules, imported lazily by the CLI:
 - ``report``: bench.json, bench.md and the PNG plots
 - ``cli``: the command
 
-Only ``latency`` is imported by other packages (``export.variants``); it needs
-numpy and the runtime's timing module alone.
+The timing loop and latency statistics live in `edgeseg.runtime.latency`, so
+``build-engine --precision auto`` (export) measures candidates the same way
+without importing bench, the top layer.
 """

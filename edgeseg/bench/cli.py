@@ -23,13 +23,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgeseg.argtypes import non_negative_int, parse_hw_16, positive_int
-from edgeseg.bench.latency import measure
+from edgeseg.argtypes import non_negative_int, parse_device, parse_hw_16, positive_int
 from edgeseg.bench.parity import DEFAULT_MAX_DROP, check_parity, parse_max_drop
 from edgeseg.bench.report import BenchResult, LatencyRow, format_console, write_report
 from edgeseg.bench.targets import Target, TargetSkipped, open_target
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.base import InputShapeError
+from edgeseg.runtime.latency import measure
 
 
 def _batches(text: str) -> list[int]:
@@ -76,9 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checkpoints run at it, fixed-size engines resize to their own")
     parser.add_argument("--threads", metavar="N", type=non_negative_int, default=0,
                         help="ONNX Runtime intra-op and PyTorch threads (0 = library default)")
-    parser.add_argument("--frames", metavar="N", type=positive_int, default=8,
+    parser.add_argument("--latency-frames", metavar="N", type=positive_int, default=8,
                         help="distinct frames cycled through the latency runs (default 8)")
-    parser.add_argument("--max-images", metavar="N", type=non_negative_int, default=0,
+    parser.add_argument("--max-frames", metavar="N", type=non_negative_int, default=0,
                         help="parity: frames spread over each data set (default 0 = all)")
     parser.add_argument("--max-drop", action="append", default=[], metavar="PRECISION=POINTS",
                         help="mIoU points a variant may lose against fp32 (defaults: "
@@ -86,8 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              + "), repeatable")
     parser.add_argument("--band", metavar="PX", type=positive_int, default=3,
                         help="boundary band width in pixels (default 3)")
-    parser.add_argument("--device", default="cpu", help="PyTorch device for checkpoints "
-                        "(cpu or cuda; engines run on their own backend's device)")
+    parser.add_argument("--device", type=parse_device, default=parse_device("auto"),
+                        metavar="cpu|cuda[:N]|auto",
+                        help="checkpoints run in PyTorch there; TensorRT plans on GPU N; plain "
+                             "ONNX files on ONNX Runtime's CUDA provider for cuda[:N], else the "
+                             "CPU; ONNX Runtime engines on the CPU they were built for "
+                             "(default auto)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="TensorRT: replay each input shape's enqueue as a CUDA graph "
                              "(trtexec --useCudaGraph)")
@@ -108,15 +112,15 @@ def canonical_command(args: argparse.Namespace) -> str:
             "--batch", ",".join(map(str, args.batch))]
     if args.size:
         cmd += ["--size", f"{args.size[1]}x{args.size[0]}"]
-    cmd += ["--threads", str(args.threads), "--frames", str(args.frames)]
-    if args.max_images:
-        cmd += ["--max-images", str(args.max_images)]
+    cmd += ["--threads", str(args.threads), "--latency-frames", str(args.latency_frames)]
+    if args.max_frames:
+        cmd += ["--max-frames", str(args.max_frames)]
     for item in args.max_drop:
         cmd += ["--max-drop", item]
     if args.band != 3:
         cmd += ["--band", str(args.band)]
-    if args.device != "cpu":
-        cmd += ["--device", args.device]
+    if str(args.device) != "auto":
+        cmd += ["--device", str(args.device)]
     cmd += [flag for flag, on in (("--cuda-graphs", args.cuda_graphs),
                                   ("--no-parity", args.no_parity),
                                   ("--no-latency", args.no_latency)) if on]
@@ -191,8 +195,8 @@ def run_bench(args: argparse.Namespace) -> BenchResult:
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         machine=detect_machine(),
         settings={"iterations": args.iterations, "warmup": args.warmup, "batch": args.batch,
-                  "threads": args.threads, "frames": args.frames,
-                  "max_images": args.max_images, "max_drop": max_drop, "band_px": args.band,
+                  "threads": args.threads, "latency_frames": args.latency_frames,
+                  "max_frames": args.max_frames, "max_drop": max_drop, "band_px": args.band,
                   "data": args.data},
         skipped=skipped)
     targets = _open_all(paths, args, skipped)
@@ -218,7 +222,8 @@ def run_bench(args: argparse.Namespace) -> BenchResult:
 
 def _latency(result: BenchResult, targets: list[Target], args: argparse.Namespace,
              size: tuple[int, int] | None) -> None:
-    frames, source = latency_frames(args.data[0] if args.data else None, args.frames, size)
+    frames, source = latency_frames(args.data[0] if args.data else None, args.latency_frames,
+                                    size)
     result.settings["frames_from"] = source
     h, w = frames[0].shape[:2]
     for t in targets:
@@ -256,7 +261,7 @@ def _parity(result: BenchResult, targets: dict[str, Target], args: argparse.Name
         result.notes.append(f"only the reference {reference.name}: no variant to compare")
         return
     for spec in args.data:
-        p = check_parity(reference, variants, spec, args.max_images, max_drop, args.band,
+        p = check_parity(reference, variants, spec, args.max_frames, max_drop, args.band,
                          progress=sys.stderr.isatty())
         result.parity.append(p)
         verdicts = ", ".join(f"{v.name} {v.verdict}" for v in p.variants)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg import __version__
-from edgeseg.runtime.manifest import MachineInfo
+from edgeseg.runtime.compat import MachineInfo
 
 _PACKAGES = ("numpy", "opencv-python", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt",
              "cuda-python", "cuda-bindings", "pycuda")

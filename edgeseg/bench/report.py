@@ -18,12 +18,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgeseg.bench.latency import END_TO_END, LatencyResult
 from edgeseg.bench.machine import describe_machine
 from edgeseg.bench.parity import ParityResult
 from edgeseg.fileio import write_image, write_json, write_text
 from edgeseg.labels import get_label_space
 from edgeseg.metrics import compare_summaries
+from edgeseg.runtime.latency import END_TO_END, LatencyResult
 from edgeseg.viz import (  # the shared Agg-canvas helpers, so every chart looks the same
     _new_figure,
     _save_figure,

@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.bench.latency import RunFn, StageClock
+from edgeseg.argtypes import Device, parse_device, torch_device
+from edgeseg.contract.manifest import BACKEND_TITLES, manifest_path, read_manifest
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.base import Backend, BackendUnavailableError
-from edgeseg.runtime.manifest import BACKEND_TITLES, MachineInfo, manifest_path, read_manifest
-from edgeseg.runtime.predictor import BackendPredictor, load_backend
+from edgeseg.runtime.compat import MachineInfo
+from edgeseg.runtime.latency import RunFn, StageClock
+from edgeseg.runtime.predictor import BackendPredictor, device_options, load_backend
 from edgeseg.runtime.sources import SourceFrame
 from edgeseg.runtime.stages import (
     Packet,
@@ -269,35 +271,40 @@ class TorchTarget(Target):
 
 
 def open_target(path: str | Path, *, threads: int = 0, size: tuple[int, int] | None = None,
-                device: str = "cpu", cuda_graphs: bool = False) -> Target:
+                device: Device | str = "auto", cuda_graphs: bool = False) -> Target:
     """Load ``path`` by what it is: checkpoint, engine with manifest, or plain ONNX file.
 
     ``threads`` sets ONNX Runtime's intra-op threads and PyTorch's threads (0 = the
     library's default, or the engine manifest's); ``size`` (H, W) is the frame size a
-    checkpoint runs at; ``cuda_graphs`` replays TensorRT enqueues as CUDA graphs. Raises
+    checkpoint runs at; ``device`` (``cpu``, ``cuda[:N]``, ``auto``) is PyTorch's device for a
+    checkpoint and the GPU index for engines and ONNX files (`device_options`); ``cuda_graphs`` replays TensorRT enqueues as CUDA graphs. Raises
     `TargetSkipped` for what this machine cannot run, `EdgesegError` for what is wrong
     with the file (an engine built for another machine included: rebuild it).
     """
     p = Path(path)
+    dev = device if isinstance(device, Device) else parse_device(device)
     if not p.exists():
         raise EdgesegError(f"{p}: no such engine, ONNX file or checkpoint")
     if p.is_dir():
         raise EdgesegError(f"{p}: is a folder; give an engine, an ONNX file or a checkpoint")
     if p.suffix in CHECKPOINT_SUFFIXES:
-        return TorchTarget(p, threads, size, device)
+        return TorchTarget(p, threads, size, torch_device(dev))
     try:
         if manifest_path(p).is_file():
             manifest = read_manifest(p)
             if manifest.backend == "tensorrt":
-                machine = MachineInfo.detect("tensorrt")
+                placed = device_options(p, dev)
+                machine = MachineInfo.detect("tensorrt", placed.get("device", 0))
                 if machine.backend_version is None or machine.device is None:
                     raise TargetSkipped(f"{p}: TensorRT engine not run here: {machine.note}")
                 return BackendTarget(p, load_backend(p, machine=machine,
-                                                     cuda_graphs=cuda_graphs))
+                                                     cuda_graphs=cuda_graphs, **placed))
             options = {"intra_op_threads": threads} if threads > 0 else {}
-            return BackendTarget(p, load_backend(p, **options), threads)
+            return BackendTarget(p, load_backend(p, **options, **device_options(p, dev)),
+                                 threads)
         if p.suffix != ".onnx":
             read_manifest(p)  # raises: an engine without its manifest, saying how to rebuild
-        return BackendTarget(p, load_backend(p, intra_op_threads=threads), threads)
+        return BackendTarget(p, load_backend(p, intra_op_threads=threads,
+                                             **device_options(p, dev)), threads)
     except BackendUnavailableError as exc:
         raise TargetSkipped(str(exc)) from None

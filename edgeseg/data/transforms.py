@@ -204,20 +204,3 @@ class TrainTransform:
     def __repr__(self) -> str:
         return (f"TrainTransform(crop={self.crop}, scale_range={self.scale_range}, "
                 f"flip={self.flip}, color_jitter={self.color_jitter}, resize={self.resize})")
-
-
-class EvalTransform:
-    """Evaluation: optionally resize the images; labels keep their native size
-    unless ``resize_label`` (metrics are computed at label resolution)."""
-
-    def __init__(self, resize: Size | None = None, resize_label: bool = False) -> None:
-        self.resize = tuple(resize) if resize else None
-        self.resize_label = resize_label
-
-    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
-        if not self.resize:
-            return dict(sample)
-        return resize(sample, self.resize, labels=self.resize_label)
-
-    def __repr__(self) -> str:
-        return f"EvalTransform(resize={self.resize}, resize_label={self.resize_label})"

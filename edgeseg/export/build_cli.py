@@ -14,16 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edgeseg.argtypes import Device, parse_device
 from edgeseg.config import ConfigError
-from edgeseg.export.build_engine import (
-    ShapeRange,
-    build_engine,
-    default_engine_path,
-    load_profile,
-    resolve_backend,
-)
-from edgeseg.export.metadata import read_metadata
+from edgeseg.contract.metadata import read_metadata
+from edgeseg.export.build_engine import build_engine, default_engine_path, resolve_backend
 from edgeseg.export.outputs import guard_output
+from edgeseg.export.profile import ShapeRange, load_profile
 from edgeseg.export.variants import (
     calib_cache_path,
     choose_precision,
@@ -36,17 +32,25 @@ from edgeseg.fileio import check_outputs
 FLAGS: dict[str, dict[str, Any]] = {
     "backend": {"choices": ["auto", "tensorrt", "onnxruntime"],
                 "help": "auto = TensorRT if installed with a CUDA GPU, else ONNX Runtime (CPU)"},
-    "precision": {"choices": ["fp32", "fp16", "int8", "best"],
-                  "help": "must match the ONNX file's precision (default: the file's own)"},
+    "precision": {"choices": ["fp32", "fp16", "int8", "auto"],
+                  "help": "fp32/fp16/int8: build that precision (an fp32 ONNX is converted "
+                          "first; default: the file's own). auto: build fp32, fp16 (TensorRT) "
+                          "and int8, measure each on this machine (latency) and against fp32 "
+                          "on the --calib and --accuracy-data frames (pixel agreement, mIoU "
+                          "drop), keep the fastest within --min-agreement/--max-miou-drop. "
+                          "Not trtexec --best, which picks per-layer precisions unmeasured"},
     "workspace_mb": {"type": int, "metavar": "MB", "help": "TensorRT workspace limit"},
     "opt_level": {"type": int, "metavar": "N", "help": "TensorRT builder optimisation level 0..5"},
     "dla_core": {"type": int, "metavar": "N", "help": "build for DLA core N (Jetson)"},
     "gpu_fallback": {"action": argparse.BooleanOptionalAction,
                      "help": "with --dla-core: run layers DLA cannot on the GPU (trtexec "
-                             "--allowGPUFallback; default on)"},
+                             "--allowGPUFallback; default on, --no-gpu-fallback fails the "
+                             "build instead, as trtexec does without the flag)"},
     "timing_cache": {"metavar": "FILE", "help": "TensorRT timing cache to read and update"},
-    "hardware_compatibility": {"choices": ["none", "ampere_plus", "same_compute_capability"],
-                               "help": "TensorRT plans that load on other GPUs (slower)"},
+    "hardware_compatibility": {"choices": ["none", "ampere+", "same-compute-capability"],
+                               "help": "TensorRT plans that load on other GPUs (slower), as "
+                                       "trtexec --hardwareCompatibilityLevel: ampere+ = "
+                                       "HardwareCompatibilityLevel.AMPERE_PLUS"},
     "version_compatible": {"action": "store_true", "default": None,
                            "help": "TensorRT plan that loads on later TensorRT versions"},
     "threads": {"type": int, "metavar": "N", "help": "ONNX Runtime intra-op threads (0 = all)"},
@@ -68,26 +72,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="build profile, e.g. export/jetson-orin-int8.yaml")
     for key, options in FLAGS.items():
         parser.add_argument(_flag(key), dest=key, **{"default": None, **options})
-    cal = parser.add_argument_group("precision conversion (an fp32 ONNX built as fp16/int8/best)")
+    cal = parser.add_argument_group("precision conversion (an fp32 ONNX built as fp16/int8/auto)")
     cal.add_argument("--calib", metavar="SPEC|VIDEO",
                      help="int8 calibration frames (target domain), e.g. camvid:DIR:dusk_train")
     cal.add_argument("--calib-frames", type=int, metavar="N", help="calibration frames")
-    cal.add_argument("--method", choices=["minmax", "entropy", "percentile"],
+    cal.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
                      help="int8 range calibration")
     cal.add_argument("--flavour", choices=["tensorrt", "onnxruntime"],
                      help="int8 Q/DQ form (default: the backend's)")
     cal.add_argument("--accuracy-data", metavar="SPEC|VIDEO",
-                     help="best: source/accuracy set scored besides the --calib frames "
+                     help="auto: source/accuracy set scored besides the --calib frames "
                           "(labelled -> mIoU drop); each set must pass the budget")
     cal.add_argument("--min-agreement", type=float, metavar="FRACTION",
-                     help="best: pixel agreement with fp32 a candidate needs on every set")
+                     help="auto: pixel agreement with fp32 a candidate needs on every set")
     cal.add_argument("--max-miou-drop", type=float, metavar="POINTS",
-                     help="best: mIoU points a candidate may lose on every labelled set")
+                     help="auto: mIoU points a candidate may lose on every labelled set")
     shapes = parser.add_argument_group("dynamic input shape profile (TensorRT; the `shapes` key)")
     for name in SHAPE_FLAGS:
         shapes.add_argument(f"--{name}-shapes", dest=f"{name}_shapes", metavar="[NAME:]NxHxWxC",
                             help=f"{name} input shape, as trtexec --{name}Shapes "
-                                 "(e.g. frame:1x720x1280x3)")
+                                 "(e.g. frame:1x720x1280x3); NAME, if given, must be the "
+                                 "ONNX input's")
+    parser.add_argument("--device", type=parse_device, metavar="cpu|cuda[:N]|auto",
+                        help="cuda:N builds the TensorRT plan on GPU N (trtexec --device=N); "
+                             "cpu builds an ONNX Runtime engine; default auto")
     parser.add_argument("-f", "--force", action="store_true",
                         help="overwrite -o (or a variant ONNX) even if another stage wrote it")
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -110,13 +118,25 @@ def rebuild_command(model: str | Path, out: str | Path, profile: str | None,
     return shlex.join(cmd)
 
 
+#: --hardware-compatibility spellings (trtexec's) -> the profile's values
+HARDWARE_COMPATIBILITY = {"none": "none", "ampere+": "ampere_plus",
+                          "same-compute-capability": "same_compute_capability"}
+
 #: conversion flags -> (profile section, key)
 CONVERSION_FLAGS = {"calib": ("calibration", "data"), "calib_frames": ("calibration", "frames"),
-                    "method": ("calibration", "method"), "flavour": ("calibration", "flavour"),
+                    "calib_method": ("calibration", "method"),
+                    "flavour": ("calibration", "flavour"),
                     "accuracy_data": ("parity", "data"),
                     "min_agreement": ("parity", "min_agreement"),
                     "max_miou_drop": ("parity", "max_miou_drop")}
 SHAPE_FLAGS = ("min", "opt", "max")
+
+
+def shape_name(text: str) -> str | None:
+    """The input name of ``frame:1x720x1280x3`` (trtexec's form; quotes allowed), or None."""
+    if ":" not in text:
+        return None
+    return text.rsplit(":", 1)[0].strip().strip("'\"") or None
 
 
 def parse_shape(text: str, flag: str) -> list[int]:
@@ -132,11 +152,18 @@ def parse_shape(text: str, flag: str) -> list[int]:
     return shape
 
 
-def _with_shapes(profile: Any, args: argparse.Namespace) -> Any:
-    """--min/opt/max-shapes -> the profile's ``shapes`` (min and max default to opt)."""
+def _with_shapes(profile: Any, args: argparse.Namespace, inputs: list[str] | None = None
+                 ) -> Any:
+    """--min/opt/max-shapes -> the profile's ``shapes`` (min and max default to opt); a
+    name given with a shape must be one of ``inputs`` (the ONNX input names) when known."""
     given = {n: getattr(args, f"{n}_shapes", None) for n in SHAPE_FLAGS}
     if not any(given.values()):
         return profile
+    for n, text in given.items():
+        name = shape_name(text) if text else None
+        if name is not None and inputs is not None and name not in inputs:
+            raise ConfigError(f"--{n}-shapes {text!r}: the ONNX has no input {name!r} "
+                              f"(inputs: {', '.join(inputs)})")
     if not given["opt"]:
         raise ConfigError("--min-shapes/--max-shapes need --opt-shapes too")
     dims = {n: parse_shape(v, f"--{n}-shapes") for n, v in given.items() if v}
@@ -160,38 +187,60 @@ def _with_conversion_flags(profile: Any, args: argparse.Namespace) -> Any:
 def _outputs(model: Path, out: Path, profile: Any, backend: str) -> list[Path]:
     """Every model file this build writes besides its manifest: engine, variants, caches."""
     paths = [out]
-    if profile.precision == "best":
+    if profile.precision == "auto":
         paths += [variant_path(out, p) for p in ("fp16", "int8")]
-    elif profile.precision not in (None, "best") and read_metadata(model).precision == "fp32" \
+    elif profile.precision not in (None, "auto") and read_metadata(model).precision == "fp32" \
             and profile.precision != "fp32":
         paths.append(variant_path(out, profile.precision))
     return paths
 
 
+def profile_values(flags: dict[str, Any]) -> dict[str, Any]:
+    """Flag values as the profile spells them (``ampere+`` -> ``ampere_plus``)."""
+    hw = flags.get("hardware_compatibility")
+    return {**flags, "hardware_compatibility": HARDWARE_COMPATIBILITY.get(hw, hw)}
+
+
+def device_backend(device: Device | None, backend: str | None) -> str | None:
+    """The backend ``--device`` implies: cpu -> onnxruntime; refuses cpu with tensorrt."""
+    if device is None or device.kind != "cpu":
+        return backend
+    if backend == "tensorrt":
+        raise ConfigError("--device cpu with --backend tensorrt: TensorRT builds on a GPU; "
+                          "give --device cuda[:N] or --backend onnxruntime")
+    return "onnxruntime"
+
+
 def run(args: argparse.Namespace) -> int:
     flags = {key: getattr(args, key, None) for key in FLAGS}
-    profile = _with_conversion_flags(load_profile(args.profile, flags), args)
-    profile = _with_shapes(profile, args)
+    device: Device | None = getattr(args, "device", None)
+    flags["backend"] = device_backend(device, flags["backend"])
+    gpu = device.index if device is not None else 0
+    profile = _with_conversion_flags(load_profile(args.profile, profile_values(flags)), args)
     model = Path(args.model)
+    profile = _with_shapes(profile, args, [t.name for t in read_metadata(model).inputs]
+                           if model.suffix == ".onnx" and model.is_file() else None)
     force = getattr(args, "force", False)
     if args.output:  # before anything is printed: a bad -o is the whole message
         guard_output(args.output, "build-engine", [model], force=force, input_force=False)
         check_outputs([args.output])
-    backend = resolve_backend(profile.backend)
+    backend = resolve_backend(profile.backend, gpu)
     profile = replace(profile, backend=backend)
     out = Path(args.output) if args.output else default_engine_path(model, backend)
     outputs = _outputs(model, out, profile, backend)
     for path in outputs:
         guard_output(path, "build-engine", [model], force=force, input_force=False)
     timing = profile.timing_cache if backend == "tensorrt" else None
-    cache = calib_cache_path(out) if profile.precision == "best" else None
+    cache = calib_cache_path(out) if profile.precision == "auto" else None
     check_outputs([*outputs, timing, cache])
     extra = {f: getattr(args, f, None) for f in CONVERSION_FLAGS}
     extra.update({f"{n}_shapes": getattr(args, f"{n}_shapes", None) for n in SHAPE_FLAGS})
+    if device is not None and device.is_cuda:
+        extra["device"] = device.torch
     command = rebuild_command(args.model, out, args.profile,
                               {**flags, **extra, "backend": backend})
-    if profile.precision == "best":
-        manifest = choose_precision(model, out, profile, command)
+    if profile.precision == "auto":
+        manifest = choose_precision(model, out, profile, command, device=gpu)
     else:
         found = read_metadata(model).precision
         if profile.precision not in (None, found) and found == "fp32":
@@ -204,6 +253,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"made {variant} ({profile.precision}) from {model}")
             model, profile = variant, replace(profile, precision=None)
         manifest = build_engine(model, out, profile, command,
-                                verbose=getattr(args, "verbose", False))
+                                verbose=getattr(args, "verbose", False), device=gpu)
     print(f"{out}: {manifest.precision} {manifest.describe()}")
     return 0

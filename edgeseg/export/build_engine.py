@@ -7,7 +7,7 @@ file has the precision asked for and refuses otherwise with the command that
 makes the right file (`PrecisionMismatchError`, the hook for an automatic
 conversion).
 
-Every build writes the engine and its manifest (`edgeseg.runtime.manifest`),
+Every build writes the engine and its manifest (`edgeseg.contract.manifest`),
 plus TensorRT's layer report, under temp names and renames them together at
 the end: a failed or interrupted build leaves nothing behind. Torch-free.
 """
@@ -17,41 +17,32 @@ from __future__ import annotations
 import contextlib
 import errno
 import shlex
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from edgeseg import __version__
-from edgeseg.config import from_dict, load_config, to_dict
-from edgeseg.errors import EdgesegError
-from edgeseg.export.metadata import (
+from edgeseg.contract.manifest import (
+    BACKEND_TITLES,
+    EngineManifest,
+    manifest_path,
+    utc_now,
+)
+from edgeseg.contract.metadata import (
     ModelMetadata,
     TensorSpec,
     edgeseg_props,
     load_onnx,
     metadata_of,
 )
+from edgeseg.errors import EdgesegError
+from edgeseg.export.profile import BuildProfile, EngineBuildError, say
 from edgeseg.fileio import atomic_path, is_disk_full, output_error, sha256_file, write_bytes
-from edgeseg.runtime.manifest import (
-    BACKEND_TITLES,
-    BuildOptions,
-    DeviceInfo,
-    EngineManifest,
-    MachineInfo,
-    manifest_path,
-    utc_now,
-)
+from edgeseg.runtime.compat import MachineInfo
 
-Precision = Literal["fp32", "fp16", "int8", "best"]
 #: keys that only mean something to TensorRT, with their defaults (notice when set for ORT)
 _TRT_ONLY = {"dla_core": None, "hardware_compatibility": "none", "version_compatible": False,
              "timing_cache": None}
-
-
-class EngineBuildError(EdgesegError):
-    """A build that failed: unreadable ONNX, parser errors, builder errors, bad options."""
 
 
 class PrecisionMismatchError(EdgesegError):
@@ -66,120 +57,13 @@ class PrecisionMismatchError(EdgesegError):
         self.requested, self.found, self.onnx_path = requested, found, onnx_path
 
 
-# ------------------------------------------------------------------ the profile
-
-
-@dataclass(frozen=True)
-class ShapeRange:
-    """Full input shapes (NHWC for frames) of a TensorRT optimisation profile."""
-
-    min: list[int]
-    opt: list[int]
-    max: list[int]
-
-    def validate(self) -> None:
-        if not len(self.min) == len(self.opt) == len(self.max):
-            raise ValueError("shapes: min, opt and max need the same number of dims")
-        if any(d < 1 for d in self.min):
-            raise ValueError("shapes: every dim must be >= 1")
-        if not all(a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)):
-            raise ValueError("shapes: need min <= opt <= max in every dim")
-
-    def as_profile(self) -> dict[str, list[int]]:
-        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-
-@dataclass(frozen=True)
-class CalibrationConfig:
-    """How the int8 ONNX is (or should be) made: used in hints and by the quantize step."""
-
-    data: str | None = None  # dataset spec NAME:ROOT[:SPLIT] or a video file (quantize --calib)
-    frames: int = 64
-    #: minmax: onnxruntime's entropy search measured slower and less accurate (export/README.md)
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    #: Q/DQ style: tensorrt (symmetric int8) or onnxruntime (u8 activations); None = the backend's
-    flavour: Literal["tensorrt", "onnxruntime"] | None = None
-
-
-@dataclass(frozen=True)
-class ParityConfig:
-    """Accuracy gate against the fp32 ONNX (names as in export.parity.ParityThresholds)."""
-
-    min_agreement: float = 0.99  # fraction of pixels whose class matches
-    max_abs_logit_diff: float | None = None
-    max_miou_drop: float = 1.0  # mIoU points, for precision selection
-    #: accuracy set for `best`: dataset spec (labelled -> mIoU drop) or video; None = calibration
-    data: str | None = None
-    frames: int = 32
-    iterations: int = 20  # latency samples per candidate
-
-
-@dataclass(frozen=True)
-class BuildProfile:
-    """A deployment target (export/*.yaml); every key is also a build-engine flag."""
-
-    description: str = ""
-    backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
-    precision: Precision | None = None  # None: whatever the ONNX file is
-    # TensorRT
-    workspace_mb: int = 1024
-    opt_level: int = 3
-    dla_core: int | None = None
-    gpu_fallback: bool = True
-    hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
-    version_compatible: bool = False
-    timing_cache: str | None = None
-    shapes: ShapeRange | None = None  # profile of the (one) dynamic input
-    # ONNX Runtime
-    graph_optimization: Literal["basic", "extended", "layout", "all"] = "all"
-    threads: int = 0  # intra-op threads, 0 = one per core
-    # precision conversion and acceptance
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    parity: ParityConfig = field(default_factory=ParityConfig)
-
-    def validate(self) -> None:
-        if not 0 <= self.opt_level <= 5:
-            raise ValueError("opt_level must be in 0..5 (TensorRT's default is 3)")
-        if self.workspace_mb < 1:
-            raise ValueError("workspace_mb must be >= 1")
-        if self.dla_core is not None and self.dla_core < 0:
-            raise ValueError("dla_core must be null or >= 0")
-        if self.threads < 0:
-            raise ValueError("threads must be >= 0 (0 = one per core)")
-        if self.dla_core is not None and self.shapes and self.shapes.min != self.shapes.max:
-            raise ValueError("DLA needs static shapes: set shapes min = opt = max")
-
-    def build_options(self, backend: str) -> BuildOptions:
-        """What the manifest records for ``backend``."""
-        if backend == "tensorrt":
-            return BuildOptions(workspace_mb=self.workspace_mb, opt_level=self.opt_level,
-                                dla_core=self.dla_core,
-                                gpu_fallback=self.gpu_fallback and self.dla_core is not None,
-                                hardware_compatibility=self.hardware_compatibility,
-                                version_compatible=self.version_compatible)
-        return BuildOptions(graph_optimization=self.graph_optimization, threads=self.threads)
-
-
-def load_profile(path: str | Path | None, overrides: dict[str, Any] | None = None
-                 ) -> BuildProfile:
-    """A profile file (or the defaults) with flag values on top, validated as one."""
-    base = load_config(BuildProfile, path) if path else BuildProfile()
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return from_dict(BuildProfile, {**to_dict(base), **given}) if given else base
-
-
 # ------------------------------------------------------------------ helpers
-
-
-def say(message: str) -> None:
-    """Progress and notices go to stderr, one line each, so stdout stays parseable."""
-    print(f"build-engine: {message}", file=sys.stderr, flush=True)
 
 
 def read_onnx_metadata(onnx_path: str | Path) -> tuple[ModelMetadata, dict[str, str]]:
     """The edgeseg metadata of an ONNX file, parsed and as raw ``edgeseg.*`` props (kept
     verbatim in the manifest, keys this version does not know included); weights not loaded."""
-    model = load_onnx(onnx_path)
+    model = load_onnx(onnx_path, external_data=False)
     return metadata_of(model, str(onnx_path)), edgeseg_props(model)
 
 
@@ -190,7 +74,7 @@ def quantize_hint(onnx_path: Path, precision: str, profile: BuildProfile, backen
     if precision == "int8":
         cal = profile.calibration
         cmd += ["--calib", cal.data or "SPEC|VIDEO", "--calib-frames", str(cal.frames),
-                "--method", cal.method, "--flavour", cal.flavour or backend]
+                "--calib-method", cal.method, "--flavour", cal.flavour or backend]
     return shlex.join(cmd)
 
 
@@ -198,9 +82,9 @@ def check_precision(meta: ModelMetadata, profile: BuildProfile, onnx_path: Path,
                     backend: str) -> str:
     """The precision to build: the ONNX's own; refuse a different request, explain ``best``."""
     requested = profile.precision
-    if requested == "best":
+    if requested == "auto":
         raise EngineBuildError(
-            "build_engine builds the one precision its ONNX has; --precision best is chosen by "
+            "build_engine builds the one precision its ONNX has; --precision auto is chosen by "
             "edgeseg.export.variants.choose_precision (what `edgeseg build-engine` runs)")
     if requested is None or requested == meta.precision:
         return meta.precision
@@ -212,12 +96,12 @@ def check_precision(meta: ModelMetadata, profile: BuildProfile, onnx_path: Path,
         requested, meta.precision, onnx_path)
 
 
-def resolve_backend(choice: str) -> str:
-    """``auto`` -> TensorRT when it imports and a CUDA GPU is visible, else ONNX Runtime
-    (with a one-line notice saying why)."""
+def resolve_backend(choice: str, device: int = 0) -> str:
+    """``auto`` -> TensorRT when it imports and CUDA GPU ``device`` is visible, else ONNX
+    Runtime (with a one-line notice saying why)."""
     if choice != "auto":
         return choice
-    machine = MachineInfo.detect("tensorrt")
+    machine = MachineInfo.detect("tensorrt", device)
     if machine.backend_version and machine.device:
         return "tensorrt"
     why = "TensorRT is not installed" if not machine.backend_version else "no CUDA GPU is visible"
@@ -256,27 +140,15 @@ def check_flavour(meta: ModelMetadata, backend: str, onnx_path: Path) -> None:
             "(`edgeseg quantize ... --precision int8 --flavour tensorrt`)")
 
 
-@dataclass
-class BuiltEngine:
-    """What a backend builder hands back; `build_engine` turns it into the manifest."""
-
-    backend_version: str
-    device: DeviceInfo
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    side_files: dict[str, str] = field(default_factory=dict)  # suffix -> text, e.g. layers
-    timing_cache: bytes | None = None  # updated cache to save after a successful build
-    timing_cache_sha256: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
 # ------------------------------------------------------------------ the build
 
 
 def build_engine(onnx_path: str | Path, out_path: str | Path | None, profile: BuildProfile,
                  command: str, *, verbose: bool = False,
-                 selection: list[dict] | None = None) -> EngineManifest:
+                 selection: list[dict] | None = None, device: int = 0) -> EngineManifest:
     """Build ``onnx_path`` for ``profile``'s target; writes the engine + manifest atomically.
+
+    ``device`` is the CUDA GPU index a TensorRT plan is built on (ignored for the CPU).
 
     ``command`` is the command line that rebuilds this engine; it goes into the
     manifest and every load-time mismatch message.
@@ -284,7 +156,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None, profile: Bu
     start = time.perf_counter()
     onnx_path = Path(onnx_path)
     meta, props = read_onnx_metadata(onnx_path)
-    backend = resolve_backend(profile.backend)
+    backend = resolve_backend(profile.backend, device)
     precision = check_precision(meta, profile, onnx_path, backend)
     check_flavour(meta, backend, onnx_path)
     calibration = calibration_info(meta)
@@ -307,7 +179,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None, profile: Bu
         tmp_engine = stack.enter_context(atomic_path(out))
         tmp_manifest = stack.enter_context(atomic_path(manifest_path(out)))
         try:
-            built = build(onnx_path, tmp_engine, meta, profile, verbose)
+            built = build(onnx_path, tmp_engine, meta, profile, verbose, device)
         except EngineBuildError:
             # ONNX Runtime and TensorRT report a failed write as a load/serialisation error
             if is_disk_full(out):

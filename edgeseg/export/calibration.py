@@ -20,11 +20,10 @@ import cv2
 import numpy as np
 import onnx
 
+from edgeseg.contract.metadata import load_onnx, metadata_or_none
 from edgeseg.data import DatasetError, spread_samples
 from edgeseg.data.transforms import to_chw_float
 from edgeseg.errors import EdgesegError
-from edgeseg.export.lint import load_onnx
-from edgeseg.export.metadata import metadata_or_none
 
 FORMATS = ("uint8-nhwc-bgr", "float-nchw")
 

@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edgeseg.argtypes import Device, parse_device, positive_int, torch_device
 from edgeseg.errors import EdgesegError
 from edgeseg.labels import get_label_space
 from edgeseg.metrics import ConfusionMatrix, boundary_agreement, compare_summaries
@@ -32,15 +33,15 @@ def _labels(output: np.ndarray) -> np.ndarray:
     return out.argmax(0).astype(np.uint8) if out.ndim == 3 else out.astype(np.uint8)
 
 
-def _model_io(path: Path) -> tuple[str, tuple[int, int] | None, str, str]:
+def _model_io(path: Path, device: Device) -> tuple[str, tuple[int, int] | None, str, str]:
     """(label space, fixed (H, W) or None, output name, kind) of any model file."""
     if path.suffix in (".pt", ".pth", ".ckpt"):
         from edgeseg.train.checkpoint import load_checkpoint
 
         return load_checkpoint(path)["label_space"], None, "labels", "checkpoint"
-    from edgeseg.runtime.predictor import BackendPredictor, load_backend
+    from edgeseg.runtime.predictor import BackendPredictor, device_options, load_backend
 
-    backend = load_backend(path)
+    backend = load_backend(path, **device_options(path, device))
     try:
         pred = BackendPredictor(backend)
         if backend.input_spec.format != "uint8-nhwc-bgr":
@@ -51,19 +52,32 @@ def _model_io(path: Path) -> tuple[str, tuple[int, int] | None, str, str]:
         backend.close()
 
 
-def _runner(path: Path, kind: str, output: str, device: str) -> Any:
+def runner_providers(path: Path, device: Device) -> list[Any]:
+    """polygraphy's ONNX Runtime providers for ``path`` on ``device`` (as `edgeseg run`)."""
+    from edgeseg.runtime.predictor import device_options
+
+    if "providers" in device_options(path, device):
+        return [("CUDAExecutionProvider", {"device_id": device.index}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _runner(path: Path, kind: str, output: str, device: Device) -> Any:
     from polygraphy.backend.base import BaseRunner
     from polygraphy.common import TensorMetadata
 
     if kind == "onnx":
         from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-        return OnnxrtRunner(SessionFromOnnx(str(path), providers=["CPUExecutionProvider"]),
+        return OnnxrtRunner(SessionFromOnnx(str(path), providers=runner_providers(path, device)),
                             name=path.name)
     if kind == "tensorrt":
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
+        from edgeseg.runtime.backends.cuda_memory import get_api
+
+        get_api().set_device(device.index)  # the plan deserialises on the current GPU
         return TrtRunner(EngineFromBytes(path.read_bytes()), name=path.name)
+    torch_dev = torch_device(device)
 
     class CheckpointRunner(BaseRunner):
         """The PyTorch segmenter on uint8 BGR frames, with the same output name."""
@@ -71,7 +85,7 @@ def _runner(path: Path, kind: str, output: str, device: str) -> Any:
         def activate_impl(self) -> None:
             from edgeseg.train.predict import TorchPredictor
 
-            self.predict, _ = TorchPredictor.from_checkpoint(str(path), device)
+            self.predict, _ = TorchPredictor.from_checkpoint(str(path), torch_dev)
 
         def get_input_metadata_impl(self) -> Any:
             return TensorMetadata().add(INPUT, np.uint8, (1, -1, -1, 3))
@@ -124,15 +138,20 @@ class SegmentationCompare:
 
 
 def compare_models(a: str | Path, b: str | Path, data: str | None = None, frames: int = 16,
-                   min_agreement: float = 0.99, device: str = "cpu") -> dict[str, Any]:
-    """Compare two models on the same frames; returns a JSON-friendly summary."""
+                   min_agreement: float = 0.99, device: Device | str = "cpu") -> dict[str, Any]:
+    """Compare two models on the same frames; returns a JSON-friendly summary.
+
+    ``device`` (``cpu``, ``cuda[:N]``, ``auto``) places both models as ``--device`` does.
+    """
     from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.WARNING
 
     a, b = Path(a), Path(b)
-    (space_a, size_a, out_a, kind_a), (space_b, size_b, out_b, kind_b) = map(_model_io, (a, b))
+    dev = device if isinstance(device, Device) else parse_device(device)
+    (space_a, size_a, out_a, kind_a), (space_b, size_b, out_b, kind_b) = (
+        _model_io(a, dev), _model_io(b, dev))
     if space_a != space_b:
         raise EdgesegError(f"{a} predicts {space_a}, {b} predicts {space_b}: not comparable")
     if size_a and size_b and size_a != size_b:
@@ -142,11 +161,11 @@ def compare_models(a: str | Path, b: str | Path, data: str | None = None, frames
     outputs = {o for o, k in ((out_a, kind_a), (out_b, kind_b)) if k != "checkpoint"}
     if len(outputs) > 1:
         raise EdgesegError(f"{a} outputs '{out_a}', {b} outputs '{out_b}': compare needs the same "
-                           "output (export both with the same --output)")
+                           "output (export both with the same --output-kind)")
     output = outputs.pop() if outputs else "labels"
     images, labels = _frames(data, frames, size)
     feeds = [OrderedDict({INPUT: np.ascontiguousarray(img[..., ::-1])[None]}) for img in images]
-    runners = [_runner(a, kind_a, output, device), _runner(b, kind_b, output, device)]
+    runners = [_runner(a, kind_a, output, dev), _runner(b, kind_b, output, dev)]
     results = Comparator.run(runners, data_loader=feeds)
     space = get_label_space(space_a)
     func = SegmentationCompare(labels, space.num_classes, min_agreement)
@@ -185,14 +204,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("b", help="checkpoint (.pt), ONNX file or engine")
     parser.add_argument("--data", metavar="SPEC|VIDEO", help="frames (a labelled spec: mIoU "
                         "deltas too); default synthetic day/night scenes")
-    parser.add_argument("--frames", type=int, default=16, help="frames to compare (default 16)")
+    parser.add_argument("--max-frames", type=positive_int, default=16, metavar="N",
+                        help="frames to compare, spread over --data (default 16)")
     parser.add_argument("--min-agreement", type=float, default=0.99,
                         help="pixel agreement that passes (default 0.99)")
-    parser.add_argument("--json", metavar="OUT", help="write the summary as JSON")
+    parser.add_argument("--device", type=parse_device, default=parse_device("auto"),
+                        metavar="cpu|cuda[:N]|auto",
+                        help="a checkpoint runs in PyTorch there; a plain ONNX on ONNX Runtime's "
+                             "CUDA provider for cuda[:N]; a TensorRT plan on GPU N (default auto)")
+    parser.add_argument("--json", metavar="OUT", help="write the summary as JSON (- = stdout)")
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = compare_models(args.a, args.b, args.data, args.frames, args.min_agreement)
+    summary = compare_models(args.a, args.b, args.data, args.max_frames, args.min_agreement,
+                             args.device)
     band = summary["boundary_agreement"]
     print(f"{summary['a']} vs {summary['b']} on {summary['frames']} frames of {summary['data']}")
     print(f"pixel agreement     {100 * summary['pixel_agreement']:.3f} %")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.argtypes import parse_hw
+from edgeseg.argtypes import parse_device, parse_hw, torch_device
 from edgeseg.export.onnx_export import (
     INPUT_FORMATS,
     LABELS_DTYPES,
@@ -39,7 +39,7 @@ from edgeseg.train.checkpoint import load_model
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="training checkpoint (.pt), e.g. runs/x/best.pt")
-    parser.add_argument("-o", "--onnx", required=True, metavar="ONNX",
+    parser.add_argument("-o", "--output", required=True, metavar="ONNX",
                         help="ONNX file to write, e.g. model.onnx")
     parser.add_argument("--size", type=parse_hw, default=(256, 512), metavar="WxH",
                         help="input size (the opt size if --dynamic); default 512x256")
@@ -51,20 +51,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=1, metavar="N",
                         help="--dynamic profile max batch; default 1")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset; default 17")
-    parser.add_argument("--input", choices=INPUT_FORMATS, default="uint8-nhwc-bgr",
+    parser.add_argument("--input-format", choices=INPUT_FORMATS, default="uint8-nhwc-bgr",
                         help="graph input: camera frame (preprocessing in the graph) or a "
                              "normalised RGB tensor; default uint8-nhwc-bgr")
-    parser.add_argument("--output", choices=OUTPUT_KINDS, default="labels",
+    parser.add_argument("--output-kind", choices=OUTPUT_KINDS, default="labels",
                         help="graph output: class map (argmax in the graph), logits or "
                              "softmax probabilities; default labels")
     parser.add_argument("--labels-dtype", choices=LABELS_DTYPES, default="uint8",
-                        help="class map dtype for --output labels; default uint8")
+                        help="class map dtype for --output-kind labels; default uint8")
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     parser.add_argument("--parity-data", metavar="SPEC",
                         help="dataset spec NAME:ROOT[:SPLIT] for parity frames; default "
                              "synthetic scenes")
     parser.add_argument("--parity-frames", type=int, default=8, metavar="N",
                         help="frames for the parity gate; default 8")
+    parser.add_argument("--device", type=parse_device, default=parse_device("cpu"),
+                        metavar="cpu|cuda[:N]|auto",
+                        help="where the parity gate runs the PyTorch reference (the graph is "
+                             "always traced on the CPU); default cpu")
     parser.add_argument("--skip-parity", action="store_true",
                         help="publish without the parity gate (not recommended)")
     parser.add_argument("-f", "--force", action="store_true",
@@ -76,7 +80,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
     return ExportOptions(
         height=h, width=w, dynamic=args.dynamic, min_size=args.min_size, opt_size=args.opt_size,
         max_size=args.max_size, max_batch=args.max_batch, opset=args.opset,
-        input_format=args.input, output=args.output, labels_dtype=args.labels_dtype,
+        input_format=args.input_format, output=args.output_kind, labels_dtype=args.labels_dtype,
         simplify=not args.no_simplify)
 
 
@@ -91,8 +95,11 @@ def parity_frames_for(options: ExportOptions, spec: str | None, count: int) -> l
 
 def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOptions,
                  parity_data: str | None = None, parity_frames: int = 8,
-                 thresholds: ParityThresholds = FP32) -> tuple[ExportResult, ParityReport | None]:
+                 thresholds: ParityThresholds = FP32, device: str = "cpu"
+                 ) -> tuple[ExportResult, ParityReport | None]:
     """Export, then publish ``out_path`` only if parity passes (``parity_frames=0`` skips).
+
+    ``device`` is where the PyTorch reference runs (a torch device string).
 
     Raises `ParityError` (carrying the report) and leaves no file when the gate fails.
     """
@@ -103,7 +110,7 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
     with atomic_path(out) as tmp:
         result = export_checkpoint(ckpt_path, tmp, options)
         if frames:
-            model, ckpt = load_model(ckpt_path)
+            model, ckpt = load_model(ckpt_path, device)
             reference = deploy_module(model, ckpt, options, output="logits")
             report = check_parity(tmp, reference, frames, thresholds)
             if not report.passed:
@@ -114,15 +121,15 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     options.validate()
-    guard_output(args.onnx, "export", [args.checkpoint], force=args.force)
-    check_outputs([args.onnx])
+    guard_output(args.output, "export", [args.checkpoint], force=args.force)
+    check_outputs([args.output])
     frames = 0 if args.skip_parity else args.parity_frames
     try:
-        result, report = export_gated(args.checkpoint, args.onnx, options, args.parity_data,
-                                      frames)
+        result, report = export_gated(args.checkpoint, args.output, options, args.parity_data,
+                                      frames, device=torch_device(args.device))
     except ParityError as err:
         print(err.report.format(), file=sys.stderr)
-        print(f"{args.onnx}: not written (the exported graph disagrees with {args.checkpoint})",
+        print(f"{args.output}: not written (the exported graph disagrees with {args.checkpoint})",
               file=sys.stderr)
         return 1
     print(result.summary())

@@ -27,10 +27,11 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
+from edgeseg.contract.metadata import load_onnx, metadata_or_none, set_metadata
 from edgeseg.errors import EdgesegError
-from edgeseg.export.lint import iter_nodes, load_onnx
-from edgeseg.export.metadata import metadata_or_none, set_metadata
+from edgeseg.export.lint import iter_nodes
 from edgeseg.fileio import atomic_path
+from edgeseg.runtime.backends.onnxruntime import create_session
 
 logger = logging.getLogger("edgeseg.export")
 
@@ -116,11 +117,9 @@ def _retarget_casts(proto: onnx.ModelProto) -> None:
 
 def check_loads(proto: onnx.ModelProto, source: str | Path, hint: str) -> None:
     """onnx.checker plus an ONNX Runtime CPU session: a converted model must at least load."""
-    import onnxruntime as ort
-
     try:
         onnx.checker.check_model(proto)
-        ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        create_session(proto.SerializeToString(), source=source)
     except Exception as exc:  # noqa: BLE001 - checker and ORT raise many types
         raise EdgesegError(f"{source}: the converted model does not load "
                            f"({type(exc).__name__}: {str(exc)[:300]}); {hint}") from None

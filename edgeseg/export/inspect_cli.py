@@ -15,22 +15,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from edgeseg.contract.manifest import MANIFEST_SUFFIX, EngineManifest, manifest_path, read_manifest
+from edgeseg.contract.metadata import MetadataError, ModelMetadata, TensorSpec, load_onnx
 from edgeseg.errors import EdgesegError
-from edgeseg.export.metadata import MetadataError, ModelMetadata, TensorSpec
-from edgeseg.runtime.manifest import (
-    MANIFEST_SUFFIX,
-    EngineManifest,
-    MachineInfo,
-    compare,
-    manifest_path,
-    read_manifest,
-)
+from edgeseg.runtime.compat import MachineInfo, compare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="model.onnx, an engine (model.engine, model.ort.onnx) "
                                      "or its manifest (.json)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument("--json", metavar="OUT",
+                        help="write the description as one JSON object to OUT (`-` for stdout, "
+                             "instead of the text); --json is a path in every command")
 
 
 def _spec(t: TensorSpec) -> str:
@@ -67,12 +63,7 @@ def _iter_nodes(graph: Any) -> Any:
 
 
 def describe_onnx(path: Path) -> dict[str, Any]:
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise EdgesegError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    model = load_onnx(path, external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     try:
         meta: ModelMetadata | None = ModelMetadata.from_props(props, str(path))
@@ -157,8 +148,12 @@ def run(args: argparse.Namespace) -> int:
         raise EdgesegError(f"{path}: neither an ONNX file nor an engine with a manifest "
                            f"({manifest_path(path)}) beside it")
     if args.json:
-        print(json.dumps({k: v for k, v in info.items() if not k.startswith("_")}, indent=2))
-    elif info["kind"] == "engine":
+        from edgeseg.fileio import STDOUT, write_json
+
+        write_json(args.json, {k: v for k, v in info.items() if not k.startswith("_")})
+        if args.json == STDOUT:
+            return 0
+    if info["kind"] == "engine":
         _print_engine(info)
     else:
         _print_onnx(info)

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgeseg.contract.metadata import load_onnx
 from edgeseg.errors import EdgesegError
 from edgeseg.export.calibration import CalibrationError, FrameReader, input_contract
 from edgeseg.export.fp16 import (
@@ -53,7 +54,7 @@ from edgeseg.export.fp16 import (
     save_model,
     update_metadata,
 )
-from edgeseg.export.lint import SHAPE_OPS, GraphIndex, load_onnx, validate_trt_qdq
+from edgeseg.export.lint import SHAPE_OPS, GraphIndex, validate_trt_qdq
 from edgeseg.fileio import (
     OUTPUT_ERRNOS,
     OutputError,
@@ -63,6 +64,7 @@ from edgeseg.fileio import (
     sha256_file,
     write_json,
 )
+from edgeseg.runtime.backends.onnxruntime import create_session
 
 __all__ = [
     "BudgetResult",
@@ -170,10 +172,8 @@ def _labels(output: np.ndarray) -> np.ndarray:
 def predict_labels(model: str | Path | onnx.ModelProto, frames: Sequence[np.ndarray],
                    input_name: str) -> list[np.ndarray]:
     """Class maps of ``model`` (ONNX Runtime CPU) for each input in ``frames``."""
-    import onnxruntime as ort
-
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model)
+    session = create_session(data)
     return [_labels(session.run(None, {input_name: f})[0]) for f in frames]
 
 
@@ -209,7 +209,7 @@ class Int8Quantizer:
         try:
             with self._temp_files():
                 self.model = self._prepare()
-            self.graph = onnx.load(str(self.model)).graph
+            self.graph = load_onnx(self.model).graph
             self.auto_excluded = prepost_nodes(self.model)
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -267,7 +267,7 @@ class Int8Quantizer:
             header = dict(json.loads(self.cache.read_text())["edgeseg"])
         except (ValueError, KeyError, TypeError):
             raise CalibrationError(f"{self.cache}: not an edgeseg calibration cache; delete it "
-                                   "or pass another --cache") from None
+                                   "or pass another --calib-cache") from None
         mismatch = {k: (header.get(k), want) for k, want in self._key().items()
                     if header.get(k) != want}
         if "onnx_sha256" in mismatch:
@@ -279,7 +279,7 @@ class Int8Quantizer:
                              for k, (have, want) in mismatch.items())
         if mismatch:
             raise CalibrationError(f"{self.cache}: calibration cache is for {what}; delete it "
-                                   "or pass another --cache to recalibrate")
+                                   "or pass another --calib-cache to recalibrate")
         self.header = header
         self.ranges = self.cache
         return True
@@ -320,7 +320,7 @@ class Int8Quantizer:
             frames.rewind()
             return frames
         if frames is None or len(frames) == 0:
-            where = f"cache {self.cache} does not exist yet" if self.cache else "no --cache"
+            where = f"cache {self.cache} does not exist yet" if self.cache else "no --calib-cache"
             raise CalibrationError(f"{source}: no calibration frames ({where}); pass --calib "
                                    "VIDEO|DATASET_SPEC")
         shape = tuple(np.shape(frames[0]))
@@ -335,7 +335,7 @@ class Int8Quantizer:
 
     def exclusions(self, exclude: Sequence[str] = ()) -> list[str]:
         """Pre/post-processing nodes plus ``exclude`` (node names or op types) as node names."""
-        ops, names = resolve_nodes(self.graph, exclude, "--exclude")
+        ops, names = resolve_nodes(self.graph, exclude, "--keep-fp32")
         names += [n.name for n in self.graph.node if n.op_type in ops]
         return list(dict.fromkeys([*self.auto_excluded, *names]))
 
@@ -353,7 +353,7 @@ class Int8Quantizer:
             quantize_static(str(self.model), str(out), None, quant_format=QuantFormat.QDQ,
                             calibrate_method=_method(self.method), nodes_to_exclude=excluded,
                             calibration_cache_path=str(self.ranges), **options)
-        proto = onnx.load(str(out))
+        proto = load_onnx(out)
         if flavour == "tensorrt":
             problems = validate_trt_qdq(proto)
             if problems:  # the settings above guarantee none: a changed onnxruntime
@@ -390,7 +390,7 @@ def quantize_int8(src: str | Path, dst: str | Path,
     with Int8Quantizer(src, method=method, preprocess=preprocess, cache=cache) as q:
         q.calibrate(frames, source)
         proto = q.quantize(flavour, exclude, made_by)
-    check_loads(proto, src, "exclude the failing node with --exclude NAME")
+    check_loads(proto, src, "keep the failing node in fp32 with --keep-fp32 NAME")
     return save_model(proto, dst)
 
 

@@ -27,8 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeseg.contract.metadata import PREFIX, load_onnx
 from edgeseg.errors import EdgesegError
-from edgeseg.export.metadata import PREFIX
 
 Severity = Literal["error", "warning"]
 
@@ -98,20 +98,6 @@ def format_findings(findings: Iterable[Finding]) -> str:
 def exit_code(findings: Iterable[Finding]) -> int:
     """1 if any finding is an error (the build would fail), else 0."""
     return int(any(f.severity == "error" for f in findings))
-
-
-def load_onnx(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
-    """Load an ONNX file with an error naming it (a path, or pass a ModelProto through)."""
-    if isinstance(model, onnx.ModelProto):
-        return model
-    path = Path(model)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX file")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # protobuf raises DecodeError and friends
-        raise EdgesegError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") \
-            from None
 
 
 def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

@@ -29,14 +29,15 @@ import torch
 from torch import nn
 
 from edgeseg import __version__
-from edgeseg.errors import EdgesegError
-from edgeseg.export.metadata import (
+from edgeseg.contract.metadata import (
     InputFormat,
     ModelMetadata,
     OutputKind,
     TensorSpec,
+    load_onnx,
     set_metadata,
 )
+from edgeseg.errors import EdgesegError
 from edgeseg.fileio import atomic_path, sha256_file
 from edgeseg.labels import get_label_space
 from edgeseg.train.checkpoint import load_model
@@ -326,7 +327,7 @@ def export_module(module: nn.Module, example_input: torch.Tensor | tuple[torch.T
                               input_names=list(input_names), output_names=list(output_names),
                               dynamic_axes={k: dict(v) for k, v in (dynamic_axes or {}).items()},
                               do_constant_folding=True)
-            model = _check(onnx.load(str(tmp)), str(out))
+            model = _check(load_onnx(tmp), str(out))
             slim = _slim(model) if simplify else None
             model = slim or model
             if _pin_dims(model.graph.input, metadata.inputs) | _pin_dims(model.graph.output,

@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.export.build_engine import BuildProfile, BuiltEngine, EngineBuildError, say
-from edgeseg.export.metadata import ModelMetadata, TensorSpec
+from edgeseg.contract.manifest import CPU_SPECIFIC_LEVELS, EngineLoadError
+from edgeseg.contract.metadata import ModelMetadata, TensorSpec
+from edgeseg.export.profile import BuildProfile, BuiltEngine, EngineBuildError, say
 from edgeseg.runtime.backends.onnxruntime import (
     create_session,
     import_onnxruntime,
     session_options,
 )
-from edgeseg.runtime.manifest import CPU_SPECIFIC_LEVELS, EngineLoadError, MachineInfo
+from edgeseg.runtime.compat import MachineInfo
 
 CPU = ["CPUExecutionProvider"]
 _ORT_TYPES = {"float": "float32", "double": "float64"}
@@ -46,7 +47,8 @@ def _smoke_shape(spec: TensorSpec, declared: TensorSpec, profile: BuildProfile
 
 
 def build_onnxruntime(onnx_path: Path, engine_path: Path, meta: ModelMetadata,
-                      profile: BuildProfile, verbose: bool = False) -> BuiltEngine:
+                      profile: BuildProfile, verbose: bool = False, device: int = 0
+                      ) -> BuiltEngine:
     """Save ``onnx_path`` optimised at ``profile.graph_optimization`` to ``engine_path``;
     reload the saved file and run one frame through it."""
     ort = import_onnxruntime()

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from edgeseg.contract.manifest import manifest_path
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import OutputError
-from edgeseg.runtime.manifest import manifest_path
 
 #: the stages that write model files, by their command name
 STAGES = ("export", "quantize", "build-engine")
@@ -38,10 +38,10 @@ def stage_of(path: str | Path) -> str | None:
         return "build-engine"
     if path.suffix != ".onnx":
         return None
-    from edgeseg.export.metadata import load_onnx, metadata_or_none
+    from edgeseg.contract.metadata import load_onnx, metadata_or_none
 
     try:
-        meta = metadata_or_none(load_onnx(path))
+        meta = metadata_or_none(load_onnx(path, external_data=False))
     except EdgesegError:
         return None
     if meta is None:

@@ -34,9 +34,10 @@ import cv2
 import numpy as np
 import onnx
 
+from edgeseg.contract.metadata import load_onnx, read_metadata
 from edgeseg.data import spread_samples
 from edgeseg.errors import EdgesegError
-from edgeseg.export.metadata import read_metadata
+from edgeseg.runtime.backends.onnxruntime import create_session
 from edgeseg.runtime.stages import frame_to_input
 
 if TYPE_CHECKING:
@@ -147,16 +148,6 @@ def random_frames(size: tuple[int, int], count: int, seed: int = 0) -> list[np.n
 # ---------------------------------------------------------------------------- ONNX
 
 
-def ort_session(model: str | Path | bytes) -> Any:
-    """An ONNX Runtime CPU session that logs errors only."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-
-
 def logits_tensor(model: onnx.ModelProto, output: str) -> str:
     """The tensor holding the logits behind graph output ``output``: the input of the
     ArgMax/TopK/Softmax it comes from (through casts/squeezes), else ``output`` itself."""
@@ -178,7 +169,7 @@ class OnnxLogits:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.meta = read_metadata(path)
-        model = onnx.load(str(path))
+        model = load_onnx(path)
         out = self.meta.output
         self.logits_name = logits_tensor(model, out.name)
         self.labels_name = out.name if out.format == "labels" else None
@@ -188,7 +179,7 @@ class OnnxLogits:
             info = known.get(self.logits_name) or onnx.helper.make_tensor_value_info(
                 self.logits_name, onnx.TensorProto.FLOAT, None)
             model.graph.output.append(info)
-        self.session = ort_session(model.SerializeToString())
+        self.session = create_session(model.SerializeToString(), source=self.path)
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         x = frame_to_input(frame, self.meta)
@@ -216,7 +207,10 @@ def _reference_fn(reference: Reference, candidate: OnnxLogits
 
         @torch.no_grad()
         def run(frame: np.ndarray) -> np.ndarray:
+            param = next(module.parameters(), None)
             x = torch.from_numpy(frame_to_input(frame, candidate.meta))
+            if param is not None:
+                x = x.to(param.device)
             return module(x).float().cpu().numpy()
 
         return run, f"torch {type(reference).__name__}"

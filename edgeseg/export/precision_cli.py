@@ -1,7 +1,7 @@
 """``edgeseg quantize MODEL.onnx -o OUT --precision fp16|int8 ...``: the fp16 or int8 variant.
 
 fp16 needs no data. int8 needs calibration frames (``--calib`` video or
-dataset spec) unless ``--cache`` already holds ranges for this exact ONNX.
+dataset spec) unless ``--calib-cache`` already holds ranges for this exact ONNX.
 """
 
 from __future__ import annotations
@@ -25,16 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="calibration frames to use (default 64)")
     parser.add_argument("--calib-every", type=int, default=10, metavar="K",
                         help="video: take every K-th frame (default 10)")
-    parser.add_argument("--method", choices=list(METHODS), default="minmax",
+    parser.add_argument("--calib-method", choices=list(METHODS), default="minmax",
                         help="int8 range calibration (default minmax)")
     parser.add_argument("--flavour", choices=FLAVOURS, default="tensorrt",
                         help="int8 Q/DQ form: tensorrt (symmetric, the only one TensorRT parses) "
                              "or onnxruntime (fastest on ONNX Runtime CPU)")
-    parser.add_argument("--exclude", nargs="+", default=[], metavar="NODE",
-                        help="int8: node names or op types to keep in float")
-    parser.add_argument("--keep-fp32", nargs="+", default=[], metavar="NAME",
-                        help="fp16: node names or op types to keep in fp32")
-    parser.add_argument("--cache", metavar="FILE",
+    parser.add_argument("--keep-fp32", nargs="+", default=[], metavar="NODE",
+                        help="node names or op types left in fp32 (not converted to fp16, not "
+                             "quantised to int8), e.g. --keep-fp32 Resize")
+    parser.add_argument("--calib-cache", metavar="FILE",
                         help="int8 calibration cache (JSON): reused if it matches the model, "
                              "else written")
     parser.add_argument("-f", "--force", action="store_true",
@@ -46,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     check_outputs([args.output])
     out = make_variant(args.model, args.output, args.precision, calib=args.calib,
                        calib_frames=args.calib_frames, calib_every=args.calib_every,
-                       method=args.method, flavour=args.flavour, exclude=args.exclude,
-                       keep_fp32=args.keep_fp32, cache=args.cache)
+                       method=args.calib_method, flavour=args.flavour,
+                       keep_fp32=args.keep_fp32, cache=args.calib_cache)
     size = Path(out).stat().st_size / 1e6
     print(f"wrote {out} ({args.precision}, {size:.1f} MB)")
     return 0

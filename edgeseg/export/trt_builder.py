@@ -18,17 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.export.build_engine import (
-    BuildProfile,
-    BuiltEngine,
-    EngineBuildError,
-    ShapeRange,
-    say,
-)
-from edgeseg.export.metadata import ModelMetadata, TensorSpec
-from edgeseg.runtime.backends.cuda_memory import find_gpu
+from edgeseg.contract.manifest import DeviceInfo
+from edgeseg.contract.metadata import ModelMetadata, TensorSpec
+from edgeseg.export.profile import BuildProfile, BuiltEngine, EngineBuildError, ShapeRange, say
+from edgeseg.runtime.backends.cuda_memory import find_gpu, get_api
 from edgeseg.runtime.backends.tensorrt import import_tensorrt, last_errors, make_logger
-from edgeseg.runtime.manifest import DeviceInfo
 
 LAYERS_SUFFIX = ".layers.json"
 _HW_LEVELS = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
@@ -160,16 +154,21 @@ def _engine_specs(trt: Any, engine: Any) -> tuple[list[TensorSpec], list[TensorS
 
 
 def build_tensorrt(onnx_path: Path, engine_path: Path, meta: ModelMetadata,
-                   profile: BuildProfile, verbose: bool = False) -> BuiltEngine:
-    """Parse, configure, build, check and describe one plan; writes it to ``engine_path``."""
+                   profile: BuildProfile, verbose: bool = False, device: int = 0) -> BuiltEngine:
+    """Parse, configure, build, check and describe one plan; writes it to ``engine_path``.
+
+    ``device`` is the CUDA GPU index the plan is built (and tuned) on, as trtexec --device.
+    """
     trt = import_tensorrt()
-    gpu = find_gpu(0)
+    gpu = find_gpu(device)
+    get_api().set_device(device)  # the builder and runtime use the current device
     flags = network_flags(trt)
     logger = make_logger(trt, verbose)
     builder = trt.Builder(logger)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    say(f"parsing with TensorRT {trt.__version__} on {gpu.compute_capability} ({gpu.name})")
+    say(f"parsing with TensorRT {trt.__version__} on GPU {device}: {gpu.compute_capability} "
+        f"({gpu.name})")
     parsed = parser.parse_from_file(str(onnx_path))
     ranges = input_ranges(network, meta, profile.shapes) if parsed else None
     lint_text = _preflight(onnx_path, profile, trt_major(trt), ranges)

@@ -1,8 +1,8 @@
-"""Precision variants of an fp32 ONNX, and choosing the one to ship (``--precision best``).
+"""Precision variants of an fp32 ONNX, and choosing the one to ship (``--precision auto``).
 
 TensorRT 10/11 and ONNX Runtime build whatever precision the graph has, so
 ``build-engine --precision int8`` on an fp32 file first makes the int8 Q/DQ
-file (the backend's flavour) and then builds it. ``best`` builds every
+file (the backend's flavour) and then builds it. ``auto`` builds every
 candidate, scores its accuracy against fp32 (mIoU on a labelled set, pixel
 agreement with the fp32 predictions always) and its latency on this machine,
 and keeps the fastest that passes: int8 is not automatically faster on a CPU
@@ -22,17 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.bench.latency import measure_latency
+from edgeseg.contract.metadata import read_metadata
 from edgeseg.errors import EdgesegError
-from edgeseg.export.metadata import read_metadata
+from edgeseg.runtime.latency import measure_latency
 
 
 def make_variant(src: str | Path, dst: str | Path, precision: str, *, calib: str | None = None,
                  calib_frames: int = 64, calib_every: int = 10, method: str = "minmax",
-                 flavour: str = "tensorrt", exclude: Sequence[str] = (),
-                 keep_fp32: Sequence[str] = (), cache: str | Path | None = None,
-                 made_by: str = "quantize") -> Path:
+                 flavour: str = "tensorrt", keep_fp32: Sequence[str] = (),
+                 cache: str | Path | None = None, made_by: str = "quantize") -> Path:
     """Write the fp16 or int8 variant of fp32 ``src`` to ``dst`` (``edgeseg quantize``).
+
+    ``keep_fp32`` names nodes or op types left in fp32 in either precision (one list,
+    as sensitive layers are the same whichever precision the rest of the graph gets).
 
     ``dst`` (and a cache still to be written) are checked writable before the
     conversion; ``made_by`` is recorded so other stages never overwrite the file unasked.
@@ -40,27 +42,25 @@ def make_variant(src: str | Path, dst: str | Path, precision: str, *, calib: str
     from edgeseg.fileio import check_outputs
 
     if precision == "fp16":
-        if calib or exclude or cache:
-            raise EdgesegError("--calib/--exclude/--cache apply to --precision int8 only")
+        if calib or cache:
+            raise EdgesegError("--calib/--calib-cache apply to --precision int8 only")
         from edgeseg.export.fp16 import convert_fp16
 
         check_outputs([dst])
         return convert_fp16(src, dst, keep_fp32=keep_fp32, made_by=made_by)
     if precision != "int8":
         raise EdgesegError(f"precision {precision!r}: variants are fp16 or int8")
-    if keep_fp32:
-        raise EdgesegError("--keep-fp32 applies to --precision fp16; use --exclude for int8")
     cached = cache is not None and Path(cache).is_file()
     if not calib and not cached:
         raise EdgesegError("int8 needs calibration frames: --calib VIDEO|NAME:ROOT[:SPLIT] "
-                           "(frames of the target domain), or --cache FILE with ranges for "
+                           "(frames of the target domain), or --calib-cache FILE with ranges for "
                            "this model")
     check_outputs([dst, None if cached else cache])
     from edgeseg.export.calibration import input_contract, load_frames
     from edgeseg.export.int8 import quantize_int8
 
     frames = None if cached else load_frames(calib, input_contract(src), calib_frames, calib_every)
-    return quantize_int8(src, dst, frames, method=method, flavour=flavour, exclude=exclude,
+    return quantize_int8(src, dst, frames, method=method, flavour=flavour, exclude=keep_fp32,
                          cache=cache, source=calib or "", made_by=made_by)
 
 
@@ -77,7 +77,7 @@ def variant_path(engine: str | Path, precision: str) -> Path:
 
 
 def calib_cache_path(engine: str | Path) -> Path:
-    """The calibration cache ``--precision best`` keeps beside ``engine`` (engine name +
+    """The calibration cache ``--precision auto`` keeps beside ``engine`` (engine name +
     ``.calib.json``, like the manifest), so a rebuild skips calibration."""
     return Path(str(engine) + ".calib.json")
 
@@ -182,7 +182,7 @@ def scoring_set(role: str, spec: str | None, count: int,
 
 def scoring_sets(calibration: str | None, accuracy: str | None, count: int,
                  fallback_size: tuple[int, int]) -> list[ScoringSet]:
-    """The sets ``best`` scores every candidate on: the target-domain frames it calibrates
+    """The sets ``auto`` scores every candidate on: the target-domain frames it calibrates
     with (``--calib``) and the source/accuracy set (``--accuracy-data``), each once;
     synthetic scenes when neither is given. Ranking on one domain alone picked int8 models
     that were within budget on day frames and lost 2 mIoU on the dusk frames they ship for."""
@@ -229,10 +229,10 @@ def judge(score: SetScore, fp32: SetScore | None, gate: Any) -> SetScore:
 
 
 def _score(engine: Path, sets: list[ScoringSet], references: list[list[np.ndarray]] | None,
-           iterations: int) -> tuple[Candidate, list[list[np.ndarray]]]:
+           iterations: int, device: int = 0) -> tuple[Candidate, list[list[np.ndarray]]]:
     from edgeseg.runtime.predictor import BackendPredictor, load_backend
 
-    with contextlib.closing(load_backend(engine)) as backend:
+    with contextlib.closing(load_backend(engine, device=device)) as backend:
         predict = BackendPredictor(backend)
         preds = [[predict(img) for img in s.images] for s in sets]
         p50, mean = measure_latency(predict, sets[0].images[0], iterations=iterations)
@@ -262,7 +262,7 @@ def _summarise(cand: Candidate, fp32: Candidate | None, gate: Any) -> None:
 
 
 def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, command: str,
-                     candidates: Sequence[str] | None = None) -> Any:
+                     candidates: Sequence[str] | None = None, device: int = 0) -> Any:
     """Build every candidate precision, keep the fastest that passes the accuracy gate on
     every scoring set (target-domain calibration frames and the source/accuracy set).
 
@@ -275,9 +275,9 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
     fp32_onnx, out = Path(fp32_onnx), Path(out)
     meta = read_metadata(fp32_onnx)
     if meta.precision != "fp32":
-        raise EdgesegError(f"{fp32_onnx}: --precision best starts from the fp32 ONNX "
+        raise EdgesegError(f"{fp32_onnx}: --precision auto starts from the fp32 ONNX "
                            f"(this file is {meta.precision})")
-    backend = resolve_backend(profile.backend)
+    backend = resolve_backend(profile.backend, device)
     if candidates is None:
         # ONNX Runtime's CPU kernels run fp16 through casts (slower than fp32): skip it there.
         candidates = ["fp32", "int8"] if backend == "onnxruntime" else ["fp32", "fp16", "int8"]
@@ -293,7 +293,7 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
     print(f"choosing the precision on this machine ({backend}), accuracy on {where}; budget "
           f"per set: agreement >= {100 * gate.min_agreement:g}%, mIoU drop <= "
           f"{gate.max_miou_drop:g}:\n  {TABLE_HEADER}")
-    with tempfile.TemporaryDirectory(prefix="edgeseg-best-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeseg-auto-") as tmp:
         for precision in candidates:
             onnx_path = fp32_onnx if precision == "fp32" else variant_path(out, precision)
             note = ""
@@ -305,8 +305,9 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
                                  made_by="build-engine")
                 suffix = ".ort.onnx" if backend == "onnxruntime" else ".engine"
                 engine = Path(tmp) / f"{precision}{suffix}"
-                build_engine(onnx_path, engine, replace(profile, precision=None), command)
-                cand, preds = _score(engine, sets, references, gate.iterations)
+                build_engine(onnx_path, engine, replace(profile, precision=None), command,
+                             device=device)
+                cand, preds = _score(engine, sets, references, gate.iterations, device)
             except EdgesegError as exc:
                 cand, preds, note = Candidate(precision, str(onnx_path)), None, f"({exc})"
             cand.precision, cand.onnx, cand.note = precision, str(onnx_path), note[:300]
@@ -322,10 +323,10 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
     winner = min((c for c in results if c.passed), key=lambda c: c.latency_ms_p50)
     rejected = [f"{c.precision} (over budget on {', '.join(s.set for s in c.scores if not s.passed)})"
                 for c in results if not c.passed and c.scores]
-    print(f"best on this machine: {winner.precision} ({winner.latency_ms_p50:.2f} ms p50)"
+    print(f"auto: fastest within budget on this machine: {winner.precision} ({winner.latency_ms_p50:.2f} ms p50)"
           + (f"; rejected {', '.join(rejected)}" if rejected else ""))
     manifest = build_engine(winner.onnx, out, replace(profile, precision=None), command,
-                            selection=[_json_safe(asdict(c)) for c in results])
+                            selection=[_json_safe(asdict(c)) for c in results], device=device)
     return manifest
 
 

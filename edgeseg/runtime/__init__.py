@@ -5,13 +5,13 @@ TensorRT (or on a CPU box with ONNX Runtime) and nothing else: it never imports
 torch or onnx, and TensorRT/CUDA only inside the functions that need them, so
 ``import edgeseg.runtime`` works everywhere.
 
-- ``manifest``: `EngineManifest` (the JSON beside every engine), `MachineInfo`,
-  `check_compatible` / `ensure_compatible`
+- ``compat``: `MachineInfo`, `check_compatible` / `ensure_compatible` (does an engine's
+  manifest, `edgeseg.contract.manifest`, fit this machine)
 - ``backends``: `Backend`, `open_backend`, `OrtBackend`, `TrtBackend` (double-buffered,
   CUDA graphs), ``cuda_memory`` (cuda-python or pycuda)
 - ``sources`` / ``sinks``: `open_source`, `open_sink` (files, folders, cameras, RTSP,
   GStreamer, synthetic drives; window, video, frames, labels, null)
 - ``stages``: frame <-> engine geometry, `SegmentStage`, `TranslateStage`, `StageChain`
 - ``pipeline``: `StreamPipeline` (capture -> engines -> render/encode threads), `RunSummary`
-- ``overlay``, ``timing``; ``run_cli``: `edgeseg run` and `run_stream`
+- ``overlay``, ``timing``, ``latency`` (every latency statistic); ``run_cli``: `edgeseg run` and `run_stream`
 """

@@ -95,11 +95,6 @@ class OverlayRenderer:
             draw_hud(out, hud_lines)
         return out
 
-    def output_size(self, width: int, height: int) -> tuple[int, int]:
-        """(W, H) of a rendered frame for a ``width`` x ``height`` camera frame."""
-        return (width * 2 if self.style.side_by_side else width), height
-
-
 def paste_legend(image: np.ndarray, legend: np.ndarray | None) -> None:
     """Paste the legend into the top-right corner, darkening behind it (in place)."""
     if legend is None or legend.shape[1] > image.shape[1] // 3:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.overlay import OverlayRenderer
 from edgeseg.runtime.sinks import Sink
-from edgeseg.runtime.sources import Source
+from edgeseg.runtime.sources import Source, SourceLostError
 from edgeseg.runtime.stages import Packet, StageChain
 from edgeseg.runtime.timing import RateMeter, StageTimes
 
@@ -107,7 +107,8 @@ class StreamPipeline:
     def __init__(self, source: Source, chain: StageChain, sinks: list[Sink],
                  renderer: OverlayRenderer | None = None, *, policy: Policy = "auto",
                  queue_size: int = 4, max_frames: int = 0, scorer: Any = None,
-                 info: dict[str, Any] | None = None, progress: bool = False) -> None:
+                 info: dict[str, Any] | None = None, progress: bool = False,
+                 stall_s: float = 10.0) -> None:
         if not sinks:
             raise EdgesegError("a stream needs at least one sink (use null to discard)")
         self.source, self.chain, self.sinks, self.renderer = source, chain, sinks, renderer
@@ -132,6 +133,9 @@ class StreamPipeline:
         self.progress = progress
         self.bar: tqdm | None = None
         self.last_frame: np.ndarray | None = None  # for the raw-throughput baseline
+        # a live source whose driver blocks in read() for this long ends the run (0: never)
+        self.stall_s = stall_s if source.live else 0.0
+        self.last_read = time.monotonic()
 
     # --- capture thread ------------------------------------------------------------------
     def _capture(self) -> None:
@@ -142,6 +146,7 @@ class StreamPipeline:
                     break
                 t0 = time.perf_counter()
                 frame = self.source.read()
+                self.last_read = time.monotonic()
                 if frame is None:
                     break
                 self.counts.captured += 1
@@ -269,6 +274,8 @@ class StreamPipeline:
                 try:
                     item = self.q_in.get(timeout=0.1)
                 except queue.Empty:
+                    if self._stalled():
+                        break
                     continue
                 if item is _END:
                     break
@@ -291,7 +298,7 @@ class StreamPipeline:
             capture.join(timeout=5.0)
             self.bar.close()
             close_errors = self._close_sinks()
-            self.source.close()
+            self._close_source(capture)
         if self.errors or close_errors:
             raise (self.errors or close_errors)[0]
         start = first_capture if first_capture is not None else self.t_start
@@ -304,6 +311,39 @@ class StreamPipeline:
             metrics = self.scorer.metrics()
             summary.miou, summary.per_class_iou = metrics.miou, dict(metrics.per_class)
         return summary
+
+    def _stalled(self) -> bool:
+        """True (and the run ends with SourceLostError) when a live source has neither
+        delivered a frame nor made reconnect progress for ``stall_s``: a camera whose
+        driver hangs in read() would otherwise freeze the stream and its recording forever."""
+        if not self.stall_s:
+            return False
+        quiet = time.monotonic() - max(self.last_read, self.source.progress_at)
+        if quiet < self.stall_s:
+            return False
+        self.end_reason = "source stalled"
+        self.errors.append(SourceLostError(
+            f"{self.source.spec}: no frame for {quiet:.0f} s (the camera or its driver stopped "
+            "responding); the recording so far was kept; check the camera, its cable and "
+            "driver, or raise --stall-timeout"))
+        return True
+
+    def _close_source(self, capture: threading.Thread) -> None:
+        """Release the source once its capture thread is out of the driver.
+
+        A capture still blocked in a hung driver's read() is left behind (daemon):
+        releasing the device under it would crash the process, and waiting would
+        hang the exit; it is released if the driver ever returns.
+        """
+        if not capture.is_alive():
+            self.source.close()
+            return
+
+        def close_when_free() -> None:
+            capture.join()
+            self.source.close()
+
+        threading.Thread(target=close_when_free, name="edgeseg-close", daemon=True).start()
 
     def _close_sinks(self) -> list[BaseException]:
         errors = []

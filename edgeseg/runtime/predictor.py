@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.export.metadata import ModelMetadata
+from edgeseg.argtypes import Device
+from edgeseg.contract.metadata import ModelMetadata
+from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.base import Backend, open_backend
 from edgeseg.runtime.sources import SourceFrame
 from edgeseg.runtime.stages import AspectPolicy, Packet, SegmentStage
@@ -38,7 +40,7 @@ def load_backend(path: str | Path, backend: str = "auto", *, manifest_check: boo
     which CPU its fused kernels were built for. ``manifest_check=False`` runs it anyway as a
     plain ONNX file, with a warning.
     """
-    from edgeseg.runtime.manifest import manifest_path, read_manifest
+    from edgeseg.contract.manifest import manifest_path, read_manifest
 
     p = Path(path)
     if not manifest_path(p).exists():
@@ -82,3 +84,29 @@ class BackendPredictor:
         bgr = np.ascontiguousarray(image[..., ::-1])
         packet = Packet(SourceFrame(0, bgr, 0.0), bgr)
         return self.stage.process(packet).labels
+
+
+def device_options(path: str | Path, device: Device | str | None) -> dict[str, object]:
+    """The `load_backend` options that put ``path`` on ``device`` (``--device``).
+
+    A TensorRT plan gets the GPU index (its CUDA context); a plain ONNX file on
+    ``cuda[:N]`` gets ONNX Runtime's CUDA provider with ``device_id`` N; an ONNX
+    Runtime engine (``.ort.onnx``, built for this CPU) and ``cpu``/``auto`` ONNX files
+    run on the CPU provider. A TensorRT plan cannot run on ``cpu``.
+    """
+    from edgeseg.argtypes import parse_device
+    from edgeseg.contract.manifest import manifest_path, read_manifest
+
+    if device is None:
+        return {}
+    dev = device if isinstance(device, Device) else parse_device(str(device))
+    p = Path(path)
+    kind = read_manifest(p).backend if manifest_path(p).is_file() else "onnxruntime"
+    if kind == "tensorrt":
+        if dev.kind == "cpu":
+            raise EdgesegError(f"{p}: a TensorRT engine runs on a GPU, not --device cpu "
+                               "(build an ONNX Runtime engine for the CPU)")
+        return {"device": dev.index}
+    if dev.is_cuda and not manifest_path(p).is_file():
+        return {"device": dev.index, "providers": ["cuda"]}
+    return {}

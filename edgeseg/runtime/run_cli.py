@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeseg.argtypes import parse_alpha, parse_device
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import write_json
 from edgeseg.runtime.backends.base import Backend
@@ -64,18 +65,22 @@ class StreamConfig:
     baseline: int = 0  # raw engine iterations after the stream (fps_over_raw in the summary)
     reconnect: Reconnect = Reconnect()
     progress: bool = True
+    stall_s: float = 10.0  # a live source silent this long ends the run (0: never)
     video_writer: VideoWriterChoice = "auto"
     manifest_check: bool = True  # False: run an engine whose manifest is missing (warns)
+    device: str = "auto"  # cpu, cuda[:N] or auto: the GPU index goes to TensorRT / ORT's CUDA EP
 
 
 def backend_options(path: str | Path, cfg: StreamConfig) -> dict[str, Any]:
-    """The loader options that apply to the engine's backend."""
-    from edgeseg.runtime.manifest import manifest_path, read_manifest
+    """The loader options that apply to the engine's backend (``cfg.device`` included)."""
+    from edgeseg.contract.manifest import manifest_path, read_manifest
+    from edgeseg.runtime.predictor import device_options
 
+    placed = device_options(path, cfg.device)
     kind = read_manifest(path).backend if manifest_path(path).exists() else "onnxruntime"
     if kind == "tensorrt":
-        return {"cuda_graphs": cfg.cuda_graphs}
-    options: dict[str, Any] = {"spin": cfg.spin}
+        return {**placed, "cuda_graphs": cfg.cuda_graphs}
+    options: dict[str, Any] = {**placed, "spin": cfg.spin}
     if cfg.threads is not None:
         options["intra_op_threads"] = cfg.threads
     if cfg.providers:
@@ -161,7 +166,7 @@ def run_stream(engine: str | Path, cfg: StreamConfig) -> RunSummary:
             pipeline = StreamPipeline(source, StageChain(stages), sinks, renderer,
                                       policy=cfg.policy, queue_size=cfg.queue_size,
                                       max_frames=cfg.max_frames, scorer=scorer, info=info,
-                                      progress=cfg.progress)
+                                      progress=cfg.progress, stall_s=cfg.stall_s)
         except BaseException:
             source.close()
             raise
@@ -181,20 +186,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True,
                         help="video file, image folder, camera index or /dev/videoN, rtsp://URL, "
                              "GStreamer pipeline, preset:NAME (runtime/cameras/NAME.yaml), "
+                             "csi://N (Jetson CSI sensor N), v4l2:///dev/videoN, file://PATH, "
                              "data:NAME:ROOT:SPLIT, synthetic[:DOMAIN[:WxH[:FRAMES[:SEED]]]]")
     parser.add_argument("--sink", action="append", default=None,
-                        help="window, null, OUT.mp4, frames:DIR, labels:DIR (repeatable; "
-                             "default: window if there is a display)")
+                        help="window (or display://0, as segnet.py), null, OUT.mp4, frames:DIR, "
+                             "labels:DIR (repeatable; default: window if there is a display)")
     parser.add_argument("--translator", metavar="ENGINE",
                         help="image-translation engine run before the segmenter (night->day)")
     parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"])
+    parser.add_argument("--device", type=parse_device, default=parse_device("auto"),
+                        metavar="cpu|cuda[:N]|auto",
+                        help="GPU N for a TensorRT engine (its CUDA context) or a plain ONNX "
+                             "(ONNX Runtime's CUDA provider, device_id N); cpu for ONNX Runtime "
+                             "on the CPU; default auto (TensorRT: GPU 0, ONNX: CPU)")
     parser.add_argument("--policy", default="auto", choices=["auto", "all", "latest"],
                         help="all: every frame in order (files); latest: drop stale frames "
                              "(live cameras); auto: by source")
     parser.add_argument("--queue-size", type=int, default=4)
     parser.add_argument("--aspect", default="stretch", choices=["stretch", "letterbox"],
                         help="how frames of another shape are fitted to the engine input")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    parser.add_argument("--alpha", type=parse_alpha, default=0.5,
+                        help="overlay opacity: a fraction 0-1 (0.5), or segnet.py's 0-255 scale "
+                             "for values above 1 (150 = 150/255); default 0.5")
     parser.add_argument("--side-by-side", action="store_true", help="camera | overlay")
     parser.add_argument("--no-hud", action="store_true")
     parser.add_argument("--no-legend", action="store_true")
@@ -212,6 +225,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after the stream, time N raw engine calls and report the stream's "
                              "fps as a fraction of the engine's throughput")
     parser.add_argument("--reconnect-attempts", type=int, default=5)
+    parser.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
+                        help="end the run when a live camera delivers nothing for S seconds "
+                             "(a hung driver), keeping the recording; 0 waits forever")
     parser.add_argument("--video-writer", default="auto", choices=["auto", "pyav", "opencv"],
                         help="auto: H.264 in fragmented MP4 through PyAV (plays after a crash, "
                              "in browsers) when installed, else OpenCV's mp4v")
@@ -229,8 +245,6 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         else:
             raise EdgesegError("no display here: give --sink OUT.mp4 (or frames:DIR, labels:DIR, "
                                "null)")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise EdgesegError(f"--alpha {args.alpha}: must be between 0 and 1")
     return StreamConfig(
         source=args.source, sinks=sinks, translator=args.translator, backend=args.backend,
         policy=args.policy, queue_size=args.queue_size, aspect=args.aspect,
@@ -239,7 +253,9 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         providers=args.providers.split(",") if args.providers else None,
         cuda_graphs=args.cuda_graphs, spin=args.spin, baseline=args.baseline,
         reconnect=Reconnect(attempts=args.reconnect_attempts), progress=not args.no_progress,
-        video_writer=args.video_writer, manifest_check=not args.no_manifest_check)
+        stall_s=args.stall_timeout,
+        video_writer=args.video_writer, manifest_check=not args.no_manifest_check,
+        device=str(args.device))
 
 
 def run(args: argparse.Namespace) -> int:

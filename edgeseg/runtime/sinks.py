@@ -1,6 +1,6 @@
 """Where `edgeseg run` puts its results: a window, a video file, image/label folders, nothing.
 
-Sink specs: ``window``, ``null``, ``PATH.mp4`` (or ``video:PATH``), ``frames:DIR``
+Sink specs: ``window`` (or ``display://N``, as jetson-inference writes it), ``null``, ``PATH.mp4`` (or ``video:PATH``), ``frames:DIR``
 (rendered overlays as JPEG), ``labels:DIR`` (class-id PNGs, what a downstream
 planner or an mIoU script reads). Every sink is checked before the stream
 starts (a path that cannot be written, or a full disk, fails at once, not after
@@ -24,6 +24,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -451,6 +452,8 @@ def open_sink(spec: str, fps: float = 10.0, video_writer: VideoWriterChoice = "a
         return NullSink(spec)
     if spec == "window" or spec.startswith("window:"):
         return WindowSink(spec, spec.partition(":")[2] or "edgeseg")
+    if is_display_uri(spec):  # jetson-inference's sink form: a window on that display
+        return WindowSink(spec, "edgeseg")
     kind, sep, rest = spec.partition(":")
     if sep and kind in ("frames", "labels"):
         if not rest:
@@ -461,4 +464,10 @@ def open_sink(spec: str, fps: float = 10.0, video_writer: VideoWriterChoice = "a
     path = Path(spec)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoSink(spec, path, fps, video_writer)
-    raise SinkError(f"{spec}: unknown sink; use window, null, OUT.mp4, frames:DIR or labels:DIR")
+    raise SinkError(f"{spec}: unknown sink; use window (or display://0), null, OUT.mp4, "
+                    "frames:DIR or labels:DIR")
+
+
+def is_display_uri(spec: str) -> bool:
+    """``display://0`` (jetson-inference's ``--output`` for a window) means the window sink."""
+    return re.fullmatch(r"display://\d+", spec) is not None

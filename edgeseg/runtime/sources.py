@@ -9,6 +9,8 @@ One spec string picks the source, so a vehicle service file needs no code:
   with its labels;
 - ``0`` / ``/dev/video0``: a V4L2 camera; ``rtsp://...``: an RTSP stream;
 - a GStreamer pipeline (contains ``!``) or ``preset:NAME`` (``runtime/cameras/NAME.yaml``);
+- jetson-inference's URIs: ``csi://N`` (the ``jetson-csi`` preset with ``sensor-id=N``),
+  ``v4l2:///dev/videoN`` (that V4L2 camera), ``file://PATH`` (the file or folder);
 - ``synthetic[:DOMAIN[:WxH[:FRAMES[:SEED]]]]``: the generator's moving-camera drive
   (default night), with ground truth.
 
@@ -87,6 +89,7 @@ class Source(ABC):
         self.spec = spec
         self.corrupt = 0
         self.reconnects = 0
+        self.progress_at = 0.0  # time.monotonic() of the last reconnect step (stall watchdog)
 
     @abstractmethod
     def read(self) -> SourceFrame | None: ...
@@ -167,7 +170,9 @@ class CaptureSource(Source):
         for attempt, wait in enumerate(self.reconnect.waits(), 1):
             print(f"[edgeseg run] {self.spec}: no frame, reconnecting in {wait:.1f} s "
                   f"(attempt {attempt}/{self.reconnect.attempts})", flush=True)
+            self.progress_at = time.monotonic() + wait  # waiting on purpose is not a stall
             self.sleep(wait)
+            self.progress_at = time.monotonic()
             cap = cv2.VideoCapture(self.target, self.api)
             if cap.isOpened():
                 ok, image = cap.read()
@@ -372,10 +377,48 @@ def load_preset(name: str) -> tuple[str, Path]:
     return " ".join(data["source"].split()), path
 
 
+#: the camera preset ``csi://N`` uses, and its sensor-id setting
+CSI_PRESET = "jetson-csi"
+_SENSOR_ID = re.compile(r"\bsensor-id=\d+")
+
+
+def resolve_uri(spec: str) -> str:
+    """jetson-inference's source URIs -> the spec they mean here (others unchanged).
+
+    ``csi://N`` -> the ``jetson-csi`` preset's pipeline with ``sensor-id=N``;
+    ``v4l2:///dev/videoN`` -> ``/dev/videoN``; ``file://PATH`` -> ``PATH``.
+    """
+    spec = spec.strip()
+    if spec.startswith("csi://"):
+        sensor = spec.removeprefix("csi://")
+        if not re.fullmatch(r"\d+", sensor):
+            raise SourceError(f"{spec}: expected csi://N, N the CSI sensor id (e.g. csi://0)")
+        pipeline, path = load_preset(CSI_PRESET)
+        if not _SENSOR_ID.search(pipeline):
+            raise SourceError(f"{spec}: the {path} pipeline has no sensor-id=N to set")
+        return _SENSOR_ID.sub(f"sensor-id={int(sensor)}", pipeline, count=1)
+    if spec.startswith("v4l2://"):
+        device = spec.removeprefix("v4l2://")
+        if not re.fullmatch(r"/dev/video\d+", device):
+            raise SourceError(f"{spec}: expected v4l2:///dev/videoN (e.g. v4l2:///dev/video0)")
+        return device
+    if spec.startswith("file://"):
+        path = spec.removeprefix("file://")
+        if not path:
+            raise SourceError(f"{spec}: expected file://PATH (file:///abs/path or file://rel)")
+        return path
+    return spec
+
+
 def open_source(spec: str, *, model_space: str | None = None,
                 reconnect: Reconnect | None = None) -> Source:
     """The source for ``spec`` (see the module docstring); errors name the spec and the fix."""
     spec = spec.strip()
+    resolved = resolve_uri(spec)
+    if resolved != spec:
+        source = open_source(resolved, model_space=model_space, reconnect=reconnect)
+        source.spec = f"{spec} ({source.spec})" if "!" not in resolved else spec
+        return source
     if spec.startswith("preset:") or spec.endswith((".yaml", ".yml")):
         pipeline, path = load_preset(spec.removeprefix("preset:"))
         source = open_source(pipeline, model_space=model_space, reconnect=reconnect)
@@ -409,7 +452,8 @@ def open_source(spec: str, *, model_space: str | None = None,
     if not path.exists():
         raise SourceError(f"{spec}: no such file or folder (sources: a video file, an image "
                           "folder, a camera index or /dev/videoN, rtsp://..., a GStreamer "
-                          "pipeline, preset:NAME, data:NAME:ROOT:SPLIT, synthetic[:night])")
+                          "pipeline, preset:NAME, csi://N, v4l2:///dev/videoN, file://PATH, "
+                          "data:NAME:ROOT:SPLIT, synthetic[:night])")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise SourceError(f"{spec}: a single image; pass its folder to stream a sequence")
     return CaptureSource(spec, str(path), cv2.CAP_FFMPEG, live=False, what="video file")

@@ -23,8 +23,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from edgeseg.contract.metadata import ModelMetadata, TensorSpec
 from edgeseg.errors import EdgesegError
-from edgeseg.export.metadata import ModelMetadata, TensorSpec
 from edgeseg.runtime.backends.base import Backend
 from edgeseg.runtime.sources import SourceFrame
 
@@ -208,8 +208,9 @@ class TranslateStage(EngineStage):
         super().__init__(backend, aspect)
         if self.meta.network != "translator" or backend.output_spec.format != "uint8-nhwc-bgr":
             raise EdgesegError(f"{backend.engine_path or 'model'}: not an image translator "
-                               "engine (uint8 BGR frame in and out); export one with "
-                               "edgeseg export --translator")
+                               "engine (uint8 BGR frame in and out); `edgeseg export` cannot "
+                               "export translators yet (from Python: "
+                               "edgeseg.export.onnx_export.export_translator)")
 
     def timing_key(self, stage: str) -> str:
         return "translate" if stage == "infer" else stage

@@ -38,10 +38,6 @@ class Camera:
         out[..., 2] = s * dx + c * dz
         return out
 
-    def intrinsics(self) -> np.ndarray:
-        """K with image v growing downwards: (u Z, v Z, Z) = K (X, Y, Z)."""
-        return np.array([[self.focal, 0, self.cx], [0, -self.focal, self.cy], [0, 0, 1.0]])
-
     def perturbed(self, rng: np.random.Generator, pixels: float) -> Camera:
         """The same camera nudged by about ``pixels`` of image motion (yaw, height, position)."""
         angle = pixels / self.focal

@@ -372,13 +372,6 @@ class Surface:
         lit = h < self.raster.lit[ids] * 65536
         return at[lit], glass[at[lit]]
 
-    def lit_windows(self) -> np.ndarray:
-        """(H, W) glass coverage of the windows lit at night."""
-        at, coverage = self._lit_windows
-        out = np.zeros(self.glass.size, np.float32)
-        out[at] = coverage
-        return out.reshape(self.glass.shape)
-
     def add_lit_windows(self, image: np.ndarray, colour: np.ndarray) -> np.ndarray:
         """``image`` (H, W, 3) plus ``colour`` times the coverage of lit windows (in place)."""
         at, coverage = self._lit_windows

@@ -19,18 +19,17 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from edgeseg.errors import EdgesegError
-from edgeseg.export.metadata import ModelMetadata, TensorSpec
-from edgeseg.runtime.manifest import (
+from edgeseg.contract.manifest import (
     BACKEND_TITLES,
     BackendName,
     EngineManifest,
-    MachineInfo,
-    ensure_compatible,
     manifest_path,
     read_manifest,
     verify_engine_file,
 )
+from edgeseg.contract.metadata import ModelMetadata, TensorSpec
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime.compat import MachineInfo, ensure_compatible
 
 BackendChoice = Literal["auto", "tensorrt", "onnxruntime"]
 #: backend name -> (module, class), imported only when asked for

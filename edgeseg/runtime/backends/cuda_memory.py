@@ -379,11 +379,3 @@ def find_gpu(index: int = 0) -> GpuInfo:
             f"no CUDA GPU {index} visible ({count} found through {api.name}; "
             "check the driver and CUDA_VISIBLE_DEVICES)")
     return api.device_info(index)
-
-
-def gpu_info(index: int = 0) -> GpuInfo | None:
-    """Like `find_gpu` but None instead of an error (for machine detection)."""
-    try:
-        return find_gpu(index)
-    except (CudaUnavailableError, CudaError):
-        return None

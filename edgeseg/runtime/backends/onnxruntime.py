@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgeseg.contract.manifest import EngineLoadError, EngineManifest, manifest_path
+from edgeseg.contract.metadata import ModelMetadata
 from edgeseg.errors import EdgesegError
-from edgeseg.export.metadata import ModelMetadata
 from edgeseg.runtime.backends.base import Backend, BackendUnavailableError
-from edgeseg.runtime.manifest import EngineLoadError, EngineManifest, manifest_path
 
 GraphOptimization = Literal["disable", "basic", "extended", "layout", "all"]
 #: short provider names accepted from users -> ONNX Runtime execution provider names
@@ -79,14 +79,24 @@ def resolve_providers(names: Sequence[str] | None, device: int = 0) -> list[Any]
     return result
 
 
-def create_session(model_path: str | Path, options: Any, providers: list[Any]) -> Any:
-    """An InferenceSession, with ORT's loader errors turned into one line naming the file."""
+def create_session(model: str | Path | bytes, options: Any | None = None,
+                   providers: list[Any] | None = None, *, source: str | Path | None = None
+                   ) -> Any:
+    """The one place an ONNX Runtime InferenceSession is made, so every caller gets the same
+    options (errors-only log, `session_options` defaults), CPU as the fallback provider and
+    loader errors as one line naming the file.
+
+    ``model`` is a path or a serialised ModelProto (``source`` then names it in errors).
+    """
     ort = import_onnxruntime()
+    name = source or ("in-memory model" if isinstance(model, bytes) else model)
+    data = model if isinstance(model, bytes) else str(model)
     try:
-        return ort.InferenceSession(str(model_path), options, providers=providers)
+        return ort.InferenceSession(data, options if options is not None else session_options(),
+                                    providers=providers or [PROVIDERS["cpu"]])
     except Exception as exc:  # ORT raises Fail/InvalidProtobuf/NotImplemented/... from pybind
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EngineLoadError(f"{model_path}: ONNX Runtime {ort.__version__} cannot load it: "
+        raise EngineLoadError(f"{name}: ONNX Runtime {ort.__version__} cannot load it: "
                               f"{first}") from None
 
 

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.export.metadata import ModelMetadata
+from edgeseg.contract.manifest import (
+    EngineLoadError,
+    EngineManifest,
+    EngineMismatchError,
+    manifest_path,
+)
+from edgeseg.contract.metadata import ModelMetadata
 from edgeseg.runtime.backends.base import (
     Backend,
     BackendUnavailableError,
@@ -35,12 +41,6 @@ from edgeseg.runtime.backends.cuda_memory import (
     DeviceBuffer,
     HostBuffer,
     get_api,
-)
-from edgeseg.runtime.manifest import (
-    EngineLoadError,
-    EngineManifest,
-    EngineMismatchError,
-    manifest_path,
 )
 
 

@@ -11,8 +11,7 @@ schedules, and ``train_step``. What the five UDA methods need maps onto it:
   ``add_optimizer(name, opt, schedule)``;
 - alternating update phases and frozen phases: ``train_step`` decides what to
   step; ``set_requires_grad`` freezes; ``find_unused_parameters`` tells DDP;
-- EMA teachers: ``add_network(..., trainable=False)`` with
-  `edgeseg.train.nets.ema.EMATeacher`;
+- teachers that are not trained by gradients: ``add_network(..., trainable=False)``;
 - offline rounds (regenerate pseudo-labels or translated data):
   ``round_boundaries`` + ``on_round``;
 - extra exportable networks (a translator, a relighting net): ``exportable``.
@@ -21,7 +20,7 @@ schedules, and ``train_step``. What the five UDA methods need maps onto it:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -186,7 +185,3 @@ class Method:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         del state
-
-    def trainable_networks(self) -> Iterator[tuple[str, nn.Module]]:
-        return ((n, m) for n, m in self.networks.items() if self.trainable[n])
-

@@ -1,1 +1,1 @@
-"""Building blocks shared by the UDA methods (translators, discriminators, EMA teacher...)."""
+"""Building blocks shared by the UDA methods (translators, discriminators, GAN losses...)."""

@@ -2,7 +2,8 @@
 
 Every stage after export (build-engine, the torch-free runtime, bench, eval)
 reads what it needs from here, so an ONNX file or engine is usable without the
-checkpoint or recipe that produced it. Keys are prefixed ``edgeseg.`` and values
+checkpoint or recipe that produced it. It sits in the lowest layer so the
+torch-free runtime reads it without importing the export package. Keys are prefixed ``edgeseg.`` and values
 are strings (JSON for structured ones) so Netron and ``polygraphy inspect`` show
 them too. Torch-free.
 """
@@ -24,6 +25,10 @@ Precision = Literal["fp32", "fp16", "int8"]
 
 class MetadataError(EdgesegError):
     """An ONNX file or engine without (valid) edgeseg metadata."""
+
+
+class OnnxFileError(MetadataError):
+    """An ONNX file that is missing or unreadable (so it has no metadata either)."""
 
 
 @dataclass
@@ -91,22 +96,31 @@ class ModelMetadata:
         return self.outputs[0]
 
 
-def load_onnx(path: str | Path) -> Any:
-    """Load an ONNX graph without external weights; errors name the file (onnx imported lazily,
-    so the runtime can use this module without the onnx package)."""
+def load_onnx(model: str | Path | Any, *, external_data: bool = True) -> Any:
+    """Load an ONNX file (or pass a ModelProto through) with errors that name the file.
+
+    Every stage opens ONNX files here so a missing, truncated or foreign file reads the same
+    everywhere. ``external_data=False`` skips external weights: enough for the metadata and
+    the graph, and fast. onnx is imported lazily, so the torch-free runtime can import this
+    module without the onnx package.
+    """
     import onnx
 
-    p = Path(path)
+    if isinstance(model, onnx.ModelProto):
+        return model
+    p = Path(model)
     if not p.is_file():
-        raise MetadataError(f"{p}: no such ONNX file")
+        raise OnnxFileError(f"{p}: no such ONNX file")
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        proto = onnx.load(str(p), load_external_data=external_data)
     except Exception as exc:  # protobuf raises DecodeError and friends for foreign bytes
-        raise MetadataError(f"{p}: not a readable ONNX file ({type(exc).__name__}); "
-                            "the file is truncated or not ONNX; export it again") from None
-    if not model.graph.node:
-        raise MetadataError(f"{p}: not a readable ONNX file (no graph); truncated or not ONNX")
-    return model
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise OnnxFileError(f"{p}: not a readable ONNX file ({type(exc).__name__}"
+                            f"{': ' + detail if detail else ''}); the file is truncated or "
+                            "not ONNX; export it again") from None
+    if not proto.graph.node:
+        raise OnnxFileError(f"{p}: not a readable ONNX file (no graph); truncated or not ONNX")
+    return proto
 
 
 def edgeseg_props(model: Any) -> dict[str, str]:
@@ -135,7 +149,7 @@ def metadata_or_none(model: Any) -> ModelMetadata | None:
 
 def read_metadata(path: str | Path) -> ModelMetadata:
     """The edgeseg metadata of an ONNX file (weights are not loaded)."""
-    return metadata_of(load_onnx(path), str(path))
+    return metadata_of(load_onnx(path, external_data=False), str(path))
 
 
 def set_metadata(model: Any, meta: ModelMetadata) -> None:

@@ -1,9 +1,10 @@
 """Timing loops and latency statistics: every latency number in edgeseg is computed here.
 
-`edgeseg bench`, ``build-engine --precision best`` (`measure_latency`) and the
+`edgeseg bench`, ``build-engine --precision auto`` (`measure_latency`) and the
 benchmark suites share one definition of warm-up, percentiles and throughput,
-so numbers from different commands can be put side by side. numpy only: the
-engine-choosing code in ``export.variants`` imports this module.
+so numbers from different commands can be put side by side. numpy only, and in
+the runtime (below export and bench) because the engine-choosing code in
+``export.variants`` needs it too.
 
 Per-stage times are whatever the target can tell apart, under the runtime's
 stage names (``preprocess``, ``h2d``, ``infer``, ``d2h``, ``postprocess``): the

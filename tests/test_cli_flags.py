@@ -1,0 +1,308 @@
+"""The command line's flag names: each one parses and reaches the code, old spellings fail.
+
+Flags follow trtexec, polygraphy, ultralytics and jetson-inference users' habits:
+``-o/--output`` for every output path, ``--device cpu|cuda[:N]|auto`` everywhere a model
+runs, ``--max-frames`` / ``--calib-frames`` / ``--parity-frames`` for frame counts,
+``--json OUT`` (``-`` = stdout) as a path in every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeseg.argtypes import Device, parse_alpha, parse_device
+from edgeseg.cli import build_parser
+from tests.conftest import cli_env
+from tests.onnx_models import SIZE, block_scene, export_tiny
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(list(argv))
+
+
+def rejected(*argv: str) -> str:
+    """The usage error argparse prints for ``argv`` (exit status 2)."""
+    with pytest.raises(SystemExit) as exc, mock.patch("sys.stderr") as err:
+        parse(*argv)
+    assert exc.value.code == 2
+    return "".join(str(c.args[0]) for c in err.write.call_args_list)
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeseg.cli", *argv], env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def seg_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tiny(tmp_path_factory.mktemp("flags") / "seg.onnx")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("video") / "drive.mp4"
+    h, w = SIZE
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 10, (w, h))
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        rgb, _ = block_scene(rng, SIZE)
+        writer.write(np.ascontiguousarray(rgb[..., ::-1]))
+    writer.release()
+    return path
+
+
+# ------------------------------------------------------------------ value types
+
+
+@pytest.mark.parametrize("text, kind, index, torch", [
+    ("cpu", "cpu", 0, "cpu"), ("cuda", "cuda", 0, "cuda:0"), ("cuda:1", "cuda", 1, "cuda:1"),
+    ("CUDA:3", "cuda", 3, "cuda:3"), ("auto", "auto", 0, "auto")])
+def test_device_parses(text: str, kind: str, index: int, torch: str) -> None:
+    device = parse_device(text)
+    assert (device.kind, device.index, device.torch) == (kind, index, torch)
+
+
+@pytest.mark.parametrize("text", ["gpu", "cuda:", "cuda:x", "cpu:1", "1", ""])
+def test_device_refuses_other_spellings(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="cpu, cuda, cuda:N"):
+        parse_device(text)
+
+
+def test_alpha_takes_both_scales() -> None:
+    assert parse_alpha("150") == pytest.approx(150 / 255)
+    assert parse_alpha("255") == 1.0 and parse_alpha("1") == 1.0
+    assert parse_alpha("0.6") == pytest.approx(0.6) and parse_alpha("0") == 0.0
+    for bad in ("256", "-0.1", "half"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_alpha(bad)
+    assert parse("run", "e.onnx", "--source", "0", "--alpha", "150").alpha == \
+        pytest.approx(150 / 255)
+
+
+# ------------------------------------------------------------------ every renamed flag parses
+
+
+def test_new_flags_parse_in_every_command() -> None:
+    a = parse("export", "c.pt", "-o", "m.onnx", "--output-kind", "logits", "--input-format",
+              "float-nchw", "--parity-frames", "3", "--device", "cuda:1")
+    assert (a.output, a.output_kind, a.input_format, a.parity_frames) == \
+        ("m.onnx", "logits", "float-nchw", 3)
+    assert a.device == Device("cuda", 1)
+    a = parse("export", "c.pt", "--output", "m.onnx")
+    assert a.output == "m.onnx"
+    a = parse("quantize", "m.onnx", "--output", "q.onnx", "--precision", "int8", "--calib-method",
+              "entropy", "--calib-cache", "c.json", "--keep-fp32", "Resize", "conv1",
+              "--calib-frames", "4")
+    assert (a.calib_method, a.calib_cache, a.keep_fp32, a.calib_frames) == \
+        ("entropy", "c.json", ["Resize", "conv1"], 4)
+    a = parse("build-engine", "m.onnx", "-o", "m.engine", "--precision", "auto",
+              "--calib-method", "percentile", "--calib-frames", "8", "--device", "cuda:2",
+              "--hardware-compatibility", "ampere+", "--no-gpu-fallback",
+              "--min-shapes", "frame:1x360x480x3", "--opt-shapes", "frame:1x360x480x3",
+              "--max-shapes", "frame:4x360x480x3")
+    assert (a.precision, a.calib_method, a.hardware_compatibility, a.gpu_fallback) == \
+        ("auto", "percentile", "ampere+", False)
+    assert a.device.index == 2 and a.max_shapes == "frame:4x360x480x3"
+    assert parse("inspect", "m.onnx", "--json", "-").json == "-"
+    assert parse("inspect", "m.onnx", "--json", "i.json").json == "i.json"
+    a = parse("eval", "m.onnx", "--data", "x:y", "--max-frames", "5", "--device", "cuda:1",
+              "--json", "e.json")
+    assert (a.max_frames, a.device.torch, a.json) == (5, "cuda:1", "e.json")
+    a = parse("compare", "a.onnx", "b.onnx", "--max-frames", "4", "--device", "cpu",
+              "--json", "-")
+    assert (a.max_frames, a.device.kind, a.json) == (4, "cpu", "-")
+    a = parse("bench", "a.onnx", "--latency-frames", "2", "--max-frames", "3", "--device",
+              "cuda:1")
+    assert (a.latency_frames, a.max_frames, a.device.index) == (2, 3, 1)
+    a = parse("run", "e.onnx", "--source", "csi://0", "--sink", "display://0", "--max-frames",
+              "9", "--device", "cuda:1")
+    assert (a.max_frames, a.sink, a.device.index) == (9, ["display://0"], 1)
+    assert parse("demo", "--max-frames", "12").max_frames == 12
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (("export", "c.pt", "-o", "m.onnx", "--onnx", "m.onnx"), "--onnx"),
+    (("export", "c.pt", "-o", "m.onnx", "--input", "uint8-nhwc-bgr"), "--input"),
+    (("export", "c.pt", "-o", "m.onnx", "--output", "logits", "--output-k", "labels"),
+     "--output-k"),
+    (("quantize", "m.onnx", "-o", "q.onnx", "--precision", "int8", "--method", "minmax"),
+     "--method"),
+    (("quantize", "m.onnx", "-o", "q.onnx", "--precision", "int8", "--cache", "c"), "--cache"),
+    (("quantize", "m.onnx", "-o", "q.onnx", "--precision", "int8", "--exclude", "Conv"),
+     "--exclude"),
+    (("build-engine", "m.onnx", "--precision", "best"), "best"),
+    (("build-engine", "m.onnx", "--method", "minmax"), "--method"),
+    (("build-engine", "m.onnx", "--hardware-compatibility", "ampere_plus"), "ampere_plus"),
+    (("eval", "m.onnx", "--data", "x", "--max-images", "2"), "--max-images"),
+    (("compare", "a.onnx", "b.onnx", "--frames", "2"), "--frames"),
+    (("bench", "a.onnx", "--frames", "2"), "--frames"),
+    (("bench", "a.onnx", "--max-images", "2"), "--max-images"),
+    (("demo", "--frames", "2"), "--frames"),
+    (("eval", "m.onnx", "--data", "x", "--device", "gpu"), "gpu"),
+])
+def test_old_spellings_are_rejected(argv: tuple[str, ...], flag: str) -> None:
+    assert flag in rejected(*argv)
+
+
+def test_inspect_json_needs_a_path() -> None:
+    assert "expected one argument" in rejected("inspect", "m.onnx", "--json")
+
+
+# ------------------------------------------------------------------ --device reaches the backend
+
+
+def test_device_options_route_the_gpu_index(seg_onnx: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeseg.contract import manifest as manifest_module
+    from edgeseg.runtime.predictor import device_options
+    from edgeseg.runtime.run_cli import StreamConfig, backend_options
+
+    assert device_options(seg_onnx, parse_device("cuda:1")) == {"device": 1,
+                                                                "providers": ["cuda"]}
+    assert device_options(seg_onnx, "cpu") == {} and device_options(seg_onnx, "auto") == {}
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    (tmp_path / "m.engine.json").write_text("{}")
+    monkeypatch.setattr(manifest_module, "read_manifest",
+                        lambda path: SimpleNamespace(backend="tensorrt"))
+    assert device_options(engine, "cuda:1") == {"device": 1}
+    assert device_options(engine, "auto") == {"device": 0}
+    with pytest.raises(Exception, match="TensorRT engine runs on a GPU"):
+        device_options(engine, "cpu")
+    options = backend_options(engine, StreamConfig(source="0", device="cuda:1"))
+    assert options == {"device": 1, "cuda_graphs": False}
+
+
+def test_eval_and_compare_pass_the_device(seg_onnx: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeseg import eval_cli
+    from edgeseg.export.compare import runner_providers
+    from edgeseg.runtime import predictor
+
+    seen: dict = {}
+
+    def fake_load(path: object, **options: object) -> object:
+        seen.update(options)
+        return object()
+
+    monkeypatch.setattr(predictor, "load_backend", fake_load)
+    monkeypatch.setattr(predictor, "BackendPredictor",
+                        lambda backend: SimpleNamespace(meta=SimpleNamespace(
+                            label_space="cityscapes19", precision="fp32", method="")))
+    eval_cli.load_predictor(str(seg_onnx), parse_device("cuda:1"))
+    assert seen == {"device": 1, "providers": ["cuda"]}
+    assert runner_providers(seg_onnx, parse_device("cuda:1"))[0] == \
+        ("CUDAExecutionProvider", {"device_id": 1})
+    assert runner_providers(seg_onnx, parse_device("cpu")) == ["CPUExecutionProvider"]
+
+
+def test_build_engine_routes_device_and_hardware_level(seg_onnx: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeseg.export import build_cli
+
+    seen: dict = {}
+
+    def fake_build(model: object, out: object, profile: object, command: str, **kw: object
+                   ) -> object:
+        seen.update(kw, profile=profile, command=command)
+        return SimpleNamespace(precision="fp32", describe=lambda: "fake")
+
+    def fake_resolve(choice: str, device: int = 0) -> str:
+        seen["resolve_device"] = device
+        return "tensorrt"
+
+    monkeypatch.setattr(build_cli, "build_engine", fake_build)
+    monkeypatch.setattr(build_cli, "resolve_backend", fake_resolve)
+    args = parse("build-engine", str(seg_onnx), "-o", str(tmp_path / "m.engine"), "--device",
+                 "cuda:1", "--hardware-compatibility", "ampere+", "--no-gpu-fallback",
+                 "--dla-core", "0", "--opt-shapes", "frame:1x32x64x3")
+    assert build_cli.run(args) == 0
+    assert seen["device"] == 1 and seen["resolve_device"] == 1
+    profile = seen["profile"]
+    assert profile.hardware_compatibility == "ampere_plus" and profile.gpu_fallback is False
+    assert profile.shapes.opt == [1, 32, 64, 3]
+    assert "--device cuda:1" in seen["command"] and "--hardware-compatibility ampere+" in \
+        seen["command"] and "--no-gpu-fallback" in seen["command"]
+    wrong = parse("build-engine", str(seg_onnx), "--opt-shapes", "input:1x32x64x3")
+    with pytest.raises(Exception, match="no input 'input'"):
+        build_cli.run(wrong)
+    cpu = parse("build-engine", str(seg_onnx), "--device", "cpu", "--backend", "tensorrt")
+    with pytest.raises(Exception, match="--device cpu with --backend tensorrt"):
+        build_cli.run(cpu)
+
+
+def test_hardware_compatibility_sets_the_documented_tensorrt_level() -> None:
+    from edgeseg.export.build_engine import BuildProfile
+    from edgeseg.export.trt_builder import _configure
+
+    trt = SimpleNamespace(MemoryPoolType=SimpleNamespace(WORKSPACE="ws"),
+                          ProfilingVerbosity=SimpleNamespace(DETAILED="detailed"),
+                          HardwareCompatibilityLevel=SimpleNamespace(AMPERE_PLUS="AMPERE+"),
+                          BuilderFlag=SimpleNamespace(GPU_FALLBACK="fallback"))
+    config = mock.MagicMock()
+    _configure(trt, mock.MagicMock(), config, BuildProfile(hardware_compatibility="ampere_plus"))
+    assert config.hardware_compatibility_level == "AMPERE+"
+
+
+# ------------------------------------------------------------------ sources and sinks
+
+
+def test_jetson_inference_uris_map_to_sources(tmp_path: Path) -> None:
+    from edgeseg.runtime.sinks import WindowSink, open_sink
+    from edgeseg.runtime.sources import SourceError, resolve_uri
+
+    csi = resolve_uri("csi://1")
+    assert "nvarguscamerasrc sensor-id=1 " in csi and csi.rstrip().endswith("sync=false")
+    assert "sensor-id=0" in resolve_uri("csi://0")
+    assert resolve_uri("v4l2:///dev/video2") == "/dev/video2"
+    assert resolve_uri("file:///data/drive.mp4") == "/data/drive.mp4"
+    assert resolve_uri("file://rel/drive.mp4") == "rel/drive.mp4"
+    assert resolve_uri("rtsp://cam/stream") == "rtsp://cam/stream"
+    for bad in ("csi://x", "v4l2://video0", "file://"):
+        with pytest.raises(SourceError):
+            resolve_uri(bad)
+    assert isinstance(open_sink("display://0"), WindowSink)
+
+
+# ------------------------------------------------------------------ real command lines
+
+
+def test_cli_inspect_json_is_a_path(seg_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "info.json"
+    done = cli("inspect", str(seg_onnx), "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())["kind"] == "onnx" and "cityscapes19" in done.stdout
+    done = cli("inspect", str(seg_onnx), "--json", "-")
+    assert done.returncode == 0 and json.loads(done.stdout)["kind"] == "onnx"
+
+
+def test_cli_quantize_keep_fp32_and_old_flags(seg_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "seg.fp16.onnx"
+    done = cli("quantize", str(seg_onnx), "--output", str(out), "--precision", "fp16",
+               "--keep-fp32", "Resize")
+    assert done.returncode == 0, done.stderr
+    assert out.is_file()
+    done = cli("quantize", str(seg_onnx), "-o", str(tmp_path / "q.onnx"), "--precision", "int8",
+               "--exclude", "Resize")
+    assert done.returncode == 2 and "unrecognized arguments: --exclude" in done.stderr
+
+
+def test_cli_run_takes_uris_alpha_and_device(seg_onnx: Path, video: Path,
+                                             tmp_path: Path) -> None:
+    summary = tmp_path / "run.json"
+    done = cli("run", str(seg_onnx), "--source", f"file://{video}", "--sink", "null",
+               "--alpha", "150", "--max-frames", "3", "--device", "cpu", "--no-progress",
+               "--summary", str(summary))
+    assert done.returncode == 0, done.stderr
+    info = json.loads(summary.read_text())
+    assert f"file://{video}" in json.dumps(info) and "3 frames" in done.stdout
