@@ -22,8 +22,9 @@ import pytest
 
 from edgeseg.labels import get_label_space
 from edgeseg.runtime.overlay import OverlayRenderer
-from edgeseg.runtime.sinks import VideoSink, pyav_h264
+from edgeseg.runtime.sinks import VideoSink
 from edgeseg.runtime.sources import open_source
+from edgeseg.videoio import pyav_h264
 
 FRAMES = 60
 SIZE = "480x360"

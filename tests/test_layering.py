@@ -30,7 +30,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     # the version, errors, files, label spaces, argument types, recipes/profiles, scoring
     # maths and the stage contracts: no edgeseg imports above this layer
     ("base", ["edgeseg", "edgeseg.errors", "edgeseg.fileio", "edgeseg.labels",
-              "edgeseg.argtypes", "edgeseg.config", "edgeseg.metrics", "edgeseg.contract"]),
+              "edgeseg.argtypes", "edgeseg.config", "edgeseg.metrics", "edgeseg.contract",
+              "edgeseg.videoio"]),
     ("data", ["edgeseg.data"]),
     # scoring a dataset and drawing the results: numpy/OpenCV only, used by the runtime's
     # online mIoU as well as by eval and bench, so below the runtime

@@ -279,6 +279,14 @@ def test_video_on_disk(written: Path) -> None:
         count += 1
     capture.release()
     assert count == 8
+    # written by the runtime's encoder: H.264 (plays in browsers) where PyAV is installed
+    from edgeseg.videoio import pyav_h264
+
+    if pyav_h264()[0] is not None:
+        import av
+
+        with av.open(str(written / "videos" / "night_000.mp4")) as container:
+            assert container.streams.video[0].codec_context.name == "h264"
     labels = sorted((written / "videos" / "night_000_labels").glob("*.png"))
     assert [p.name for p in labels] == [f"{i:06d}.png" for i in range(8)]
     assert cv2.imread(str(labels[0]), cv2.IMREAD_UNCHANGED).shape == (32, 64)

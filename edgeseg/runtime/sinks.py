@@ -20,18 +20,14 @@ left by a killed run is kept as ``NAME.recovered-TIME.mp4`` at the next start.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import fcntl
 import os
 import re
 import sys
 import time
 from abc import ABC, abstractmethod
-from fractions import Fraction
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
@@ -42,18 +38,10 @@ from edgeseg.fileio import (
     check_writable_dir,
     commit_temp,
     describe_os_error,
-    is_disk_full,
     write_image,
 )
 from edgeseg.runtime.sources import VIDEO_SUFFIXES
-
-FOURCCS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
-#: containers PyAV writes H.264 into (fragmented where the format has fragments)
-PYAV_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
-#: H.264 encoder names to try in PyAV's bundled FFmpeg, best first
-H264_ENCODERS = ("libx264", "h264", "libopenh264")
-FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
-VideoWriterChoice = Literal["auto", "pyav", "opencv"]
+from edgeseg.videoio import VideoEncoder, VideoWriterChoice, VideoWriterUnavailable
 
 
 class SinkError(OutputError):
@@ -88,10 +76,6 @@ class Sink(ABC):
         return {}
 
 
-def disk_full_error(path: Path) -> OSError:
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-
 def preflight(spec: str, target: Path, folder: bool = False) -> None:
     """Prove ``target`` (a file, or a folder of files) can be written and its disk is not full.
 
@@ -113,50 +97,6 @@ class NullSink(Sink):
         pass
 
 
-@lru_cache(maxsize=1)
-def pyav_h264() -> tuple[Any, str, str]:
-    """(the av module, H.264 encoder name, "") or (None, "", why not)."""
-    try:
-        import av
-    except ImportError as exc:
-        return None, "", f"PyAV is not installed ({exc}); pip install av"
-    for name in H264_ENCODERS:
-        try:
-            codec = av.codec.Codec(name, "w")
-        except Exception:  # noqa: BLE001 - UnknownCodecError and friends differ by version
-            continue
-        if codec.type == "video":
-            return av, codec.name, ""
-    return None, "", f"PyAV {av.__version__} has no H.264 encoder ({', '.join(H264_ENCODERS)})"
-
-
-class _FdWriter:
-    """The file object PyAV muxes into: every write reaches the OS or raises (ENOSPC, EIO).
-
-    FFmpeg's own file protocol reports a failed write late or not at all; through
-    this object the first failed write raises OSError in the thread that encodes.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        done = 0
-        while done < len(view):
-            done += os.write(self.fd, view[done:])
-        return done
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return os.lseek(self.fd, offset, whence)
-
-    def tell(self) -> int:
-        return os.lseek(self.fd, 0, os.SEEK_CUR)
-
-    def seekable(self) -> bool:
-        return True
-
-
 def partial_path(path: Path) -> Path:
     """``drive.mp4`` -> ``drive.partial.mp4``: where a recording lives until it is closed."""
     return path.with_name(f"{path.stem}.partial{path.suffix}")
@@ -174,11 +114,11 @@ def recovered_path(path: Path, mtime: float) -> Path:
 
 
 class VideoSink(Sink):
-    """A recording: H.264 fragmented MP4 through PyAV, or OpenCV's VideoWriter as the fallback.
+    """A recording through `VideoEncoder` (H.264 fragmented MP4, or OpenCV's fallback).
 
     Opened at the first frame (its size); later frames of another size are
     resized to it. Written as ``NAME.partial.EXT`` (locked against a second
-    writer) and renamed to ``NAME.EXT`` at close.
+    writer), fsynced every ``sync_s`` and renamed to ``NAME.EXT`` at close.
     """
 
     def __init__(self, spec: str, path: Path, fps: float = 10.0,
@@ -187,22 +127,12 @@ class VideoSink(Sink):
         super().__init__(spec)
         self.path, self.fps = path, fps
         self.partial = partial_path(path)
-        self.fourcc = FOURCCS.get(path.suffix.lower(), "mp4v")
-        self.keyframe_s, self.sync_s = keyframe_s, sync_s
-        self.av, self.encoder, why = pyav_h264()
-        fmt = PYAV_FORMATS.get(path.suffix.lower())
-        if writer == "pyav" and (self.av is None or fmt is None):
-            raise SinkError(f"{spec}: cannot write H.264 with PyAV: "
-                            f"{why or f'{path.suffix} is not one of {sorted(PYAV_FORMATS)}'}")
-        self.kind = "pyav" if writer != "opencv" and self.av is not None and fmt else "opencv"
-        self.format = fmt or ""
-        self.fallback_reason = "" if self.kind == "pyav" else (
-            "asked for" if writer == "opencv" else why or f"PyAV does not write {path.suffix}")
+        self.sync_s = sync_s
+        try:
+            self.encoder = VideoEncoder(self.partial, fps, writer, keyframe_s)
+        except VideoWriterUnavailable as exc:
+            raise SinkError(f"{spec}: {exc}") from None
         self.fd: int | None = None
-        self.fd_writer: _FdWriter | None = None
-        self.writer: cv2.VideoWriter | None = None
-        self.container: Any = None
-        self.stream: Any = None
         self.size: tuple[int, int] | None = None  # the frames' (W, H)
         self.frames = 0
         self.done = False
@@ -211,14 +141,7 @@ class VideoSink(Sink):
         self.last_sync = time.monotonic()
 
     def describe(self) -> dict[str, Any]:
-        if self.kind == "pyav":
-            container = "fragmented MP4" if self.format in ("mp4", "mov") else self.format
-            out = {"writer": "pyav", "codec": f"h264 ({self.encoder})", "container": container}
-        else:
-            out = {"writer": "opencv", "codec": self.fourcc,
-                   "container": f"{self.path.suffix.lstrip('.')} (not fragmented: a killed run "
-                                "leaves no playable file)", "why": self.fallback_reason}
-        return {"path": str(self.path), **out}
+        return {"path": str(self.path), **self.encoder.describe()}
 
     # --- before the stream -------------------------------------------------------------
     def check(self) -> None:
@@ -259,49 +182,6 @@ class VideoSink(Sink):
               f"power loss); kept it as {self.recovered}", file=sys.stderr, flush=True)
 
     # --- the stream ----------------------------------------------------------------------
-    def _open(self, width: int, height: int) -> None:
-        if self.fd is None:
-            self.check()
-        if self.kind == "pyav":
-            self._open_pyav(width, height)
-        else:
-            writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter.fourcc(*self.fourcc),
-                                     self.fps, (width, height))
-            if not writer.isOpened():
-                self.failed = True
-                raise SinkError(f"{self.spec}: OpenCV cannot write {self.path.suffix} video with "
-                                f"codec {self.fourcc} here; try a .avi (MJPG) or .mp4 (mp4v) "
-                                "name, or pip install av for H.264")
-            self.writer = writer
-        self.size = (width, height)
-
-    def _open_pyav(self, width: int, height: int) -> None:
-        options = dict(FRAGMENTED) if self.format in ("mp4", "mov") else {"flush_packets": "1"}
-        self.fd_writer = _FdWriter(self.fd)
-        self.container = self.av.open(self.fd_writer, "w", format=self.format,
-                                      options=options)
-        rate = Fraction(self.fps).limit_denominator(1001)
-        stream = self.container.add_stream(self.encoder, rate=rate)
-        stream.width, stream.height = width + width % 2, height + height % 2  # 4:2:0 needs even
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.gop_size = max(1, round(self.fps * self.keyframe_s))
-        if self.encoder == "libx264":
-            # no lookahead or B-frames: a frame is in the file within one fragment of being shown
-            stream.options = {"preset": "veryfast", "tune": "zerolatency", "crf": "23"}
-        self.stream = stream
-
-    def _encode(self, image: np.ndarray | None) -> None:
-        if image is not None:
-            h, w = image.shape[:2]
-            if (w % 2) or (h % 2):
-                image = cv2.copyMakeBorder(image, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
-            frame = self.av.VideoFrame.from_ndarray(image, format="bgr24")
-            packets = self.stream.encode(frame)
-        else:
-            packets = self.stream.encode()  # flush the encoder
-        for packet in packets:
-            self.container.mux(packet)
-
     def write(self, index: int, rendered: np.ndarray | None, labels: np.ndarray) -> None:
         assert rendered is not None
         if self.failed:
@@ -309,15 +189,17 @@ class VideoSink(Sink):
         h, w = rendered.shape[:2]
         try:
             if self.size is None:
-                self._open(w, h)
+                if self.fd is None:
+                    self.check()
+                try:
+                    self.encoder.open(self.fd, w, h)
+                except VideoWriterUnavailable as exc:
+                    self.failed = True
+                    raise SinkError(f"{self.spec}: {exc}") from None
+                self.size = (w, h)
             elif (w, h) != self.size:  # the source changed resolution mid-stream
                 rendered = cv2.resize(rendered, self.size, interpolation=cv2.INTER_AREA)
-            if self.kind == "pyav":
-                self._encode(np.ascontiguousarray(rendered))
-            else:
-                self.writer.write(rendered)
-                if is_disk_full(self.partial):  # VideoWriter drops what it cannot write silently
-                    raise disk_full_error(self.partial)
+            self.encoder.write(rendered)
             self.frames += 1
             now = time.monotonic()
             if now - self.last_sync >= self.sync_s:  # bound what a power cut loses
@@ -339,54 +221,22 @@ class VideoSink(Sink):
             return
         self.done = True
         try:
-            self._finish()
+            self.encoder.close()
+            if not self.failed and self.fd is not None:
+                if self.frames:
+                    commit_temp(self.partial, self.path)
+                else:
+                    self.partial.unlink(missing_ok=True)
         except OSError as exc:
             self.failed = True
             raise self._error(exc) from None
         finally:
             if self.fd is not None:
-                if self.fd_writer is not None:
-                    self.fd_writer.fd = -1  # a late write from FFmpeg fails instead of landing elsewhere
                 os.close(self.fd)  # releases the lock
                 self.fd = None
 
-    def _finish(self) -> None:
-        if self.container is not None:
-            try:
-                if not self.failed:
-                    self._encode(None)
-                    self.container.close()
-            except OSError:
-                self.failed = True
-                raise
-            finally:
-                if self.failed:  # the error is already reported: closing is best effort
-                    with contextlib.suppress(Exception):
-                        self.container.close()
-                self.container = None
-        if self.writer is not None:
-            self.writer.release()
-            if not self.failed and (is_disk_full(self.partial) or not playable(self.partial)):
-                raise disk_full_error(self.partial) if is_disk_full(self.partial) else OSError(
-                    errno.EIO, "OpenCV wrote a video that does not play", str(self.partial))
-        if self.failed or self.fd is None:
-            return
-        if self.frames:
-            commit_temp(self.partial, self.path)
-        else:
-            self.partial.unlink(missing_ok=True)
-
     def outputs(self) -> list[str]:
         return [str(self.path)] if self.done and self.frames and not self.failed else []
-
-
-def playable(path: Path) -> bool:
-    """True when OpenCV opens ``path`` and decodes its first frame."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        return cap.isOpened() and cap.read()[0]
-    finally:
-        cap.release()
 
 
 class FolderSink(Sink):

@@ -8,6 +8,7 @@ sequence as an mp4 plus per-frame label pngs and a json description.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from edgeseg.data.synth.domains import apply_domain, sample_look
 from edgeseg.data.synth.generate import DEFAULT_SIZE, domain_rng, surface_of
 from edgeseg.data.synth.world import World
 from edgeseg.fileio import atomic_path, write_image, write_json
+from edgeseg.videoio import VideoEncoder
 
 DEFAULT_FPS = 10.0
 
@@ -45,25 +47,26 @@ def write_video(root: str | Path, name: str, domain: str, num_frames: int,
                 size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0, style: str = "textured",
                 fps: float = DEFAULT_FPS, index: int = 0,
                 progress: Callable[[int], object] | None = None) -> Path:
-    """Write ``videos/<name>.mp4`` (mp4v), ``videos/<name>_labels/NNNNNN.png`` and
+    """Write ``videos/<name>.mp4`` (H.264 through `VideoEncoder`), ``videos/<name>_labels/NNNNNN.png`` and
     ``videos/<name>.json`` under ``root``; returns the mp4 path. ``progress`` is
     called with 1 per frame."""
     videos = Path(root) / "videos"
     path = videos / f"{name}.mp4"
     labels_dir = videos / f"{name}_labels"
     with atomic_path(path) as tmp:
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
-        if not writer.isOpened():
-            raise OSError(f"{path}: OpenCV cannot write mp4v video here")
+        encoder = VideoEncoder(tmp, fps)  # the temp keeps the suffix that picks the container
+        fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
         try:
+            encoder.open(fd, *size)
             for i, (rgb, labels) in enumerate(iter_video_frames(domain, size, seed, num_frames,
                                                                 style, fps, index)):
-                writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+                encoder.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
                 write_image(labels_dir / f"{i:06d}.png", labels, rgb=False)
                 if progress:
                     progress(1)
+            encoder.close()
         finally:
-            writer.release()
+            os.close(fd)
     write_json(videos / f"{name}.json", {
         "fps": fps, "domain": domain, "size": list(size), "frames": num_frames, "seed": seed,
         "index": index, "style": style, "labels": f"{name}_labels",
