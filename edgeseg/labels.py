@@ -7,8 +7,10 @@ Ignored pixels are ``IGNORE_INDEX`` (255) everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 IGNORE_INDEX = 255
@@ -175,6 +177,15 @@ def remap_labels(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     return lut[labels]
 
 
-def colorize(labels: np.ndarray, space: LabelSpace) -> np.ndarray:
-    """(H, W) class ids -> (H, W, 3) RGB image."""
-    return space.palette_array()[labels]
+def palette_lut(palette: Sequence[Sequence[int]], bgr: bool = False) -> np.ndarray:
+    """RGB palette -> a 256x1x3 lookup table for cv2.LUT (ids outside it, e.g. 255, are black);
+    ``bgr`` for OpenCV frames."""
+    lut = np.zeros((256, 1, 3), np.uint8)
+    for i, rgb in enumerate(palette[:256]):
+        lut[i, 0] = rgb[::-1] if bgr else rgb
+    return lut
+
+
+def colorize(labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 class ids -> (H, W, 3) colours through a `palette_lut` table."""
+    return cv2.LUT(cv2.cvtColor(np.ascontiguousarray(labels, np.uint8), cv2.COLOR_GRAY2BGR), lut)

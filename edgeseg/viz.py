@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from edgeseg.fileio import atomic_path, write_image
-from edgeseg.labels import LabelSpace
+from edgeseg.labels import LabelSpace, colorize, palette_lut
 
 if TYPE_CHECKING:
     from edgeseg.metrics import SegMetrics
@@ -39,24 +39,33 @@ def _to_rgb_u8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {img.shape}")
 
 
+def blend_labels(image: np.ndarray, labels: np.ndarray, lut: np.ndarray, num_classes: int,
+                 alpha: float = 0.5) -> np.ndarray:
+    """Class colours over ``image`` (channel order of ``lut``); ignore/unknown ids keep the image.
+
+    The one blend behind eval/bench overlay grids and the vehicle's video, so a
+    report shows what the driver saw. Leaving ignored pixels untouched makes
+    unlabelled regions visible as such instead of painting them black.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    blend = cv2.addWeighted(image, 1.0 - alpha, colorize(labels, lut), alpha, 0.0)
+    outside = labels >= num_classes
+    if outside.any():
+        blend[outside] = image[outside]
+    return blend
+
+
 def overlay(
     image_rgb: np.ndarray, labels: np.ndarray, space: LabelSpace, alpha: float = 0.5
 ) -> np.ndarray:
-    """Blend palette colours over an RGB image; ignore/unknown ids keep the image.
-
-    Leaving ignored pixels untouched makes unlabelled regions visible as such
-    instead of painting them black.
-    """
+    """`blend_labels` for an RGB image (or grey) and a label space."""
     img = _to_rgb_u8(image_rgb)
     labels = np.asarray(labels)
     if labels.shape != img.shape[:2]:
         raise ValueError(f"labels shape {labels.shape} != image size {img.shape[:2]}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    valid = (labels >= 0) & (labels < space.num_classes)
-    colour = space.palette_array()[np.where(valid, labels, 0).astype(np.intp)]
-    blend = cv2.addWeighted(img, 1.0 - alpha, colour, alpha, 0.0)
-    return np.where(valid[:, :, None], blend, img)
+    ids = np.where((labels >= 0) & (labels < 256), labels, 255).astype(np.uint8)
+    return blend_labels(img, ids, palette_lut(space.palette), space.num_classes, alpha)
 
 
 def side_by_side(*images: np.ndarray, gap: int = 0, fill: int = 255) -> np.ndarray:

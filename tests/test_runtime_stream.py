@@ -22,8 +22,9 @@ from edgeseg.contract.manifest import EngineMismatchError
 from edgeseg.errors import EdgesegError
 from edgeseg.export.build_engine import build_engine
 from edgeseg.export.profile import BuildProfile
+from edgeseg.labels import colorize, palette_lut
 from edgeseg.runtime.backends.onnxruntime import OrtBackend
-from edgeseg.runtime.overlay import OverlayRenderer, OverlayStyle, colorize, palette_lut
+from edgeseg.runtime.overlay import OverlayRenderer, OverlayStyle
 from edgeseg.runtime.pipeline import StreamPipeline
 from edgeseg.runtime.run_cli import StreamConfig, run_stream
 from edgeseg.runtime.sinks import NullSink, SinkError, open_sink
@@ -332,7 +333,7 @@ def test_dynamic_engines_take_each_frame_within_the_profile() -> None:
 def test_overlay_colours_legend_hud() -> None:
     palette = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
     labels = np.array([[0, 1], [2, 255]], np.uint8)
-    colours = colorize(labels, palette_lut(palette))
+    colours = colorize(labels, palette_lut(palette, bgr=True))
     np.testing.assert_array_equal(colours[0, 0], [0, 0, 255])  # red in BGR
     np.testing.assert_array_equal(colours[1, 0], [255, 0, 0])
     np.testing.assert_array_equal(colours[1, 1], [0, 0, 0])  # ignore -> black

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edgeseg.labels import palette_lut
+from edgeseg.viz import blend_labels
+
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -22,19 +25,6 @@ class OverlayStyle:
     side_by_side: bool = False  # camera frame | overlay
     hud: bool = True
     legend: bool = True
-
-
-def palette_lut(palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """RGB palette -> a 256x1x3 BGR lookup table (unknown ids, e.g. 255 ignore, are black)."""
-    lut = np.zeros((256, 1, 3), np.uint8)
-    for i, rgb in enumerate(palette[:256]):
-        lut[i, 0] = rgb[::-1]
-    return lut
-
-
-def colorize(labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """H x W class ids -> H x W x 3 BGR colours through the lookup table."""
-    return cv2.LUT(cv2.cvtColor(labels, cv2.COLOR_GRAY2BGR), lut)
 
 
 #: legend rows below this many pixels are unreadable: no legend rather than a smudge
@@ -74,7 +64,7 @@ class OverlayRenderer:
     def __init__(self, names: Sequence[str], palette: Sequence[Sequence[int]],
                  style: OverlayStyle = OverlayStyle()) -> None:
         self.names, self.palette, self.style = list(names), list(palette), style
-        self.lut = palette_lut(palette)
+        self.lut = palette_lut(palette, bgr=True)
         self._legends: dict[tuple[int, int], np.ndarray | None] = {}
 
     def legend(self, height: int, width: int | None = None) -> np.ndarray | None:
@@ -85,9 +75,7 @@ class OverlayRenderer:
 
     def render(self, frame: np.ndarray, labels: np.ndarray,
                hud_lines: Sequence[str] = ()) -> np.ndarray:
-        colours = colorize(labels, self.lut)
-        a = self.style.alpha
-        blended = cv2.addWeighted(frame, 1.0 - a, colours, a, 0.0)
+        blended = blend_labels(frame, labels, self.lut, len(self.palette), self.style.alpha)
         if self.style.legend:
             paste_legend(blended, self.legend(*blended.shape[:2]))
         out = np.hstack([frame, blended]) if self.style.side_by_side else blended
