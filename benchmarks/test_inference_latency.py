@@ -136,9 +136,9 @@ def models(tmp_path_factory: pytest.TempPathFactory, calib_spec: str) -> Models:
 @pytest.fixture(scope="module")
 def frames() -> dict[str, list[Any]]:
     """Four synthetic street scenes per resolution (RGB), cycled through the runs."""
-    from edgeseg.export.variants import scoring_frames
+    from edgeseg.runtime.frames import open_frames
 
-    return {res: scoring_frames(None, 4, hw)[0] for res, hw in RESOLUTIONS.items()}
+    return {res: open_frames(None, 4, size=hw).load()[0] for res, hw in RESOLUTIONS.items()}
 
 
 @pytest.mark.parametrize("batch", BATCHES, ids=[f"batch{b}" for b in BATCHES])

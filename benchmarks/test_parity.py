@@ -13,7 +13,7 @@ Variants of each fp32 ONNX: fp16 and int8 in both flavours (TensorRT Q/DQ, the
 file a GPU builds, and ONNX Runtime's Q/DQ), made with the project's converters
 and calibrated on the model's target domain (synthetic night train; CamVid
 dusk_train, as the committed int8 was). Each data set is scored once by
-`edgeseg.bench.parity.check_parity`, the code behind `edgeseg bench --data`:
+`edgeseg.bench.parity.check_bench_parity`, the code behind `edgeseg bench --data`:
 mIoU, per-class IoU deltas, pixel and boundary-band agreement with fp32. A
 variant fails when it loses more mIoU than its precision's budget (fp16 0.1,
 int8 1.0 points; ``--max-drop int8=0.5`` or ``EDGESEG_MAX_DROP="fp16=0.2,int8=1.0"``).
@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from edgeseg.bench.parity import ParityResult, check_parity
+from edgeseg.bench.parity import ParityResult, check_bench_parity
 from edgeseg.bench.targets import open_target
 
 COMMITTED = Path(__file__).resolve().parent / "results" / "camvid"
@@ -133,7 +133,7 @@ def parity(model_files: Callable[[str], dict[str, Path]], synth_root: Path, camv
             with contextlib.ExitStack() as stack:
                 ref, *others = (stack.enter_context(open_target(files[v], threads=THREADS))
                                 for v in ("fp32", *VARIANTS))
-                result = check_parity(ref, others, f"{family}:{root}:{split}", FRAMES,
+                result = check_bench_parity(ref, others, f"{family}:{root}:{split}", FRAMES,
                                       max_drop, keep=0)
             cache[data] = (result, files)
         return cache[data]

@@ -28,7 +28,7 @@ MODULE_COMMANDS: list[tuple[str, str, str]] = [
      "build a TensorRT engine or an ONNX Runtime model for CPU targets"),
     ("inspect", "edgeseg.export.inspect_cli", "print the metadata of an ONNX file or engine"),
     ("compare", "edgeseg.export.compare",
-     "compare two of checkpoint / ONNX / engine (polygraphy, segmentation-aware)"),
+     "compare two of checkpoint / ONNX / engine (segmentation-aware, scored as bench scores)"),
     ("run", "edgeseg.runtime.run_cli",
      "stream a camera, video or image folder through an engine (overlay, video, labels)"),
     ("bench", "edgeseg.bench.cli",

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgeseg.argtypes import Device, parse_device, torch_device
+from edgeseg.argtypes import Device
 from edgeseg.evaluate import Predictor, evaluate, open_eval_dataset
 from edgeseg.fileio import write_json
 from edgeseg.labels import get_label_space
@@ -18,25 +18,16 @@ from edgeseg.metrics import compare_summaries, format_table
 
 
 def load_predictor(model: str, device: Device | str = "auto") -> tuple[Predictor, str, dict]:
-    """(predictor, label-space name, info) for a checkpoint, an ONNX file or an engine.
+    """(predictor, label-space name, info) for a checkpoint, an ONNX file or an engine,
+    opened by `open_predictor` as compare and bench open it.
 
     ``device`` (``cpu``, ``cuda[:N]``, ``auto``) goes to PyTorch for a checkpoint and, as
     the GPU index, to the backend for an ONNX file or engine.
     """
-    dev = device if isinstance(device, Device) else parse_device(device)
-    suffix = Path(model).suffix.lower()
-    if suffix in (".pt", ".pth", ".ckpt"):
-        from edgeseg.train.predict import TorchPredictor
+    from edgeseg.export.predictors import open_predictor
 
-        predictor, ckpt = TorchPredictor.from_checkpoint(model, torch_device(dev))
-        return predictor, ckpt["label_space"], {"kind": "checkpoint", "method": ckpt.get("method"),
-                                                "iteration": ckpt.get("iteration")}
-    from edgeseg.runtime.predictor import BackendPredictor, device_options, load_backend
-
-    predictor = BackendPredictor(load_backend(model, **device_options(model, dev)))
-    meta = predictor.meta
-    return predictor, meta.label_space, {"kind": "onnx/engine", "precision": meta.precision,
-                                         "method": meta.method}
+    predictor = open_predictor(model, device)
+    return predictor, str(predictor.label_space), dict(predictor.info)
 
 
 def run_eval(args: argparse.Namespace) -> int:

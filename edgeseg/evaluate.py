@@ -7,16 +7,16 @@ fp16/int8 ONNX file or a TensorRT engine, and the numbers are comparable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
 
-from edgeseg.data import open_dataset
+from edgeseg.data import open_dataset, spread_indices
 from edgeseg.data.base import SegDataset
 from edgeseg.labels import IGNORE_INDEX, LabelSpace, cityscapes_to, get_label_space, remap_labels
-from edgeseg.metrics import ConfusionMatrix, SegMetrics
+from edgeseg.metrics import ConfusionMatrix, SegMetrics, boundary_mask
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -75,6 +75,76 @@ class FrameScorer:
         return metrics_of(self.confusion, self.space)
 
 
+class PairScorer:
+    """A candidate's class maps against a reference's on the same frames: pixel agreement,
+    agreement in a ``band``-px band around the reference's boundaries (where quantisation
+    errors show first), pooled over all frames, and on labelled frames each model's
+    confusion matrix through `FrameScorer`. The one scorer behind `edgeseg compare`, `edgeseg
+    bench` and ``build-engine --precision auto``, so they report the same numbers."""
+
+    def __init__(self, model_space: LabelSpace | str | None = None,
+                 data_space: LabelSpace | str | None = None, band: int = 3) -> None:
+        self.band = band
+        self.same = self.pixels = self.band_same = self.band_pixels = 0
+        self.frames = self.labelled_frames = 0
+        scored = model_space is not None and data_space is not None
+        self.reference = FrameScorer(model_space, data_space) if scored else None  # type: ignore[arg-type]
+        self.candidate = FrameScorer(model_space, data_space) if scored else None  # type: ignore[arg-type]
+
+    def update(self, reference: np.ndarray, candidate: np.ndarray,
+               label: np.ndarray | None = None, name: str = "frame") -> None:
+        """Score one frame (class maps in the model's space, at the label's size)."""
+        if candidate.shape != reference.shape:
+            raise ValueError(f"{name}: prediction {candidate.shape} vs reference "
+                             f"{reference.shape}")
+        eq = candidate == reference
+        self.same += int(eq.sum())
+        self.pixels += eq.size
+        if self.band:
+            edges = boundary_mask(reference, self.band)
+            self.band_same += int(eq[edges].sum())
+            self.band_pixels += int(edges.sum())
+        if label is not None and self.reference is not None and self.candidate is not None:
+            self.reference.update(reference, label, name)
+            self.candidate.update(candidate, label, name)
+            self.labelled_frames += 1
+        self.frames += 1
+
+    @property
+    def agreement(self) -> float:
+        return self.same / max(self.pixels, 1)
+
+    @property
+    def boundary_agreement(self) -> float | None:
+        """None where the reference predicted no boundary at all."""
+        return self.band_same / self.band_pixels if self.band_pixels else None
+
+    @property
+    def labelled(self) -> bool:
+        return self.labelled_frames > 0
+
+    def metrics(self) -> tuple[SegMetrics, SegMetrics] | None:
+        """(reference, candidate) metrics on the labelled frames, or None."""
+        if not self.labelled or self.reference is None or self.candidate is None:
+            return None
+        return self.reference.metrics(), self.candidate.metrics()
+
+    def miou_drop(self) -> float | None:
+        """mIoU points the candidate loses against the reference (None: unlabelled)."""
+        both = self.metrics()
+        if both is None or any(np.isnan(m.miou) for m in both):
+            return None
+        return 100 * (both[0].miou - both[1].miou)
+
+
+def agreement(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> float:
+    """Fraction of pixels whose class matches over two lists of class maps (`PairScorer`)."""
+    scorer = PairScorer(band=0)
+    for ref, pred in zip(reference, other, strict=True):
+        scorer.update(np.asarray(ref), np.asarray(pred))
+    return scorer.agreement
+
+
 def open_eval_dataset(spec: str, model_space: LabelSpace | str) -> SegDataset:
     """Open ``spec`` for scoring a model of ``model_space``.
 
@@ -105,8 +175,8 @@ def evaluate(predict: Predictor, dataset: SegDataset, model_space: LabelSpace | 
     scorer = FrameScorer(model_space, dataset.label_space)
     if indices is None:
         indices = list(range(len(dataset)))
-    if max_images:
-        indices = indices[:max_images]
+    if max_images:  # spread over the set, as bench, compare and the gates sample
+        indices = [indices[i] for i in spread_indices(len(indices), max_images)]
     samples = []
     for i in tqdm(indices, desc=desc, disable=not progress, leave=False):
         sample = dataset[i]

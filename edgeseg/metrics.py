@@ -257,49 +257,6 @@ def boundary_mask(
     return (wmax != wmin) & (wmax != 0) & (wmin != 255) & ~ignore
 
 
-def _agreement(a: np.ndarray, b: np.ndarray, include: np.ndarray | None) -> float:
-    a = np.asarray(a)
-    b = np.asarray(b)
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    eq = a == b
-    if include is not None:
-        if include.shape != a.shape:
-            raise ValueError(f"mask shape {include.shape} != label shape {a.shape}")
-        eq = eq[include]
-    return float(eq.mean()) if eq.size else float("nan")
-
-
-def pixel_agreement(a: np.ndarray, b: np.ndarray, ignore: np.ndarray | None = None) -> float:
-    """Fraction of pixels where two label maps agree (nan if no pixel counts).
-
-    ``ignore`` is an optional boolean mask (True = leave the pixel out), e.g. the
-    ground truth's ignore pixels. Used to compare fp32 and int8 engine outputs
-    without needing ground truth.
-    """
-    include = None if ignore is None else ~np.asarray(ignore, bool)
-    return _agreement(a, b, include)
-
-
-def boundary_agreement(
-    a: np.ndarray,
-    b: np.ndarray,
-    reference: np.ndarray,
-    width: int = 3,
-    ignore_index: int = IGNORE_INDEX,
-) -> float:
-    """Agreement of ``a`` and ``b`` inside the boundary band of ``reference``.
-
-    ``reference`` is ground truth or the fp32 prediction. Quantisation errors sit
-    mostly on object edges, where a global agreement of 99.9% can hide them; nan if
-    the reference has no boundary.
-    """
-    band = boundary_mask(reference, width, ignore_index)
-    if band.shape != np.shape(a):
-        raise ValueError(f"reference shape {band.shape} != label shape {np.shape(a)}")
-    return _agreement(a, b, band)
-
-
 # --- text tables ----------------------------------------------------------------
 
 
@@ -362,3 +319,32 @@ def compare_summaries(
         f"mIoU gap ({b_name} - {a_name}): {_delta(a.miou, b.miou).strip()} points",
     ]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The named pass criteria of every accuracy gate (export parity, ``--precision auto``,
+    compare, bench), printed by each command that gates; None leaves a criterion out."""
+
+    min_agreement: float | None = None  # fraction of pixels whose class matches the reference
+    max_miou_drop: float | None = None  # mIoU points lost against the reference
+    max_abs_logit_diff: float | None = None  # largest |logit difference| anywhere
+
+    def passes(self, agreement: float | None = None, miou_drop: float | None = None,
+               max_abs_logit_diff: float | None = None) -> bool:
+        """Every criterion that is set and measured holds (an unmeasured one, e.g. mIoU on
+        unlabelled frames, does not fail); a NaN measurement fails."""
+        checks = ((self.min_agreement, agreement, lambda t, v: v >= t),
+                  (self.max_miou_drop, miou_drop, lambda t, v: v <= t + 1e-9),
+                  (self.max_abs_logit_diff, max_abs_logit_diff, lambda t, v: v <= t))
+        return all(check(t, v) for t, v, check in checks if t is not None and v is not None)
+
+    def describe(self) -> str:
+        parts = []
+        if self.min_agreement is not None:
+            parts.append(f"agreement >= {100 * self.min_agreement:g}%")
+        if self.max_miou_drop is not None:
+            parts.append(f"mIoU drop <= {self.max_miou_drop:g}")
+        if self.max_abs_logit_diff is not None:
+            parts.append(f"max |dlogit| <= {self.max_abs_logit_diff:.0e}")
+        return ", ".join(parts) or "no thresholds"

@@ -18,7 +18,7 @@ import pytest
 from onnx import numpy_helper
 
 from edgeseg.bench import cli as bench_cli
-from edgeseg.bench.parity import DEFAULT_MAX_DROP, check_parity, parse_max_drop
+from edgeseg.bench.parity import DEFAULT_MAX_DROP, check_bench_parity, parse_max_drop
 from edgeseg.bench.targets import TargetSkipped, open_target
 from edgeseg.cli import main
 from edgeseg.contract.metadata import metadata_of, set_metadata
@@ -194,7 +194,7 @@ def test_parity_passes_an_identical_variant_and_fails_a_degraded_one(
         fp32: Path, same_int8: Path, bad_int8: Path, blocks: str) -> None:
     with open_target(fp32, threads=1) as ref, open_target(same_int8, threads=1) as same, \
             open_target(bad_int8, threads=1) as bad:
-        result = check_parity(ref, [same, bad], blocks, keep=2)
+        result = check_bench_parity(ref, [same, bad], blocks, keep=2)
     assert result.labelled and result.frames == 6 and len(result.samples) == 2
     assert result.reference_metrics is not None and result.reference_metrics.miou > 0.3
     ok, broken = result.variants
@@ -208,7 +208,7 @@ def test_parity_passes_an_identical_variant_and_fails_a_degraded_one(
 
 def test_parity_threshold_is_configurable(fp32: Path, bad_int8: Path, blocks: str) -> None:
     with open_target(fp32, threads=1) as ref, open_target(bad_int8, threads=1) as bad:
-        result = check_parity(ref, [bad], blocks, max_images=3,
+        result = check_bench_parity(ref, [bad], blocks, max_images=3,
                               max_drop=parse_max_drop(["int8=100"]))
     assert result.frames == 3 and result.passed
 

@@ -186,24 +186,28 @@ def test_device_options_route_the_gpu_index(seg_onnx: Path, tmp_path: Path,
 def test_eval_and_compare_pass_the_device(seg_onnx: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from edgeseg import eval_cli
-    from edgeseg.export.compare import runner_providers
-    from edgeseg.runtime import predictor
+    from edgeseg.errors import EdgesegError
+    from edgeseg.export import compare, predictors
+    from edgeseg.runtime import frames, predictor
 
-    seen: dict = {}
+    seen: list[dict] = []
 
     def fake_load(path: object, **options: object) -> object:
-        seen.update(options)
+        seen.append(options)
         return object()
 
+    fake = SimpleNamespace(label_space="cityscapes19", size=None, kind="onnxruntime",
+                           info={}, close=lambda: None)
     monkeypatch.setattr(predictor, "load_backend", fake_load)
-    monkeypatch.setattr(predictor, "BackendPredictor",
-                        lambda backend: SimpleNamespace(meta=SimpleNamespace(
-                            label_space="cityscapes19", precision="fp32", method="")))
+    monkeypatch.setattr(predictors, "BackendPredictor", lambda backend: fake)
     eval_cli.load_predictor(str(seg_onnx), parse_device("cuda:1"))
-    assert seen == {"device": 1, "providers": ["cuda"]}
-    assert runner_providers(seg_onnx, parse_device("cuda:1"))[0] == \
-        ("CUDAExecutionProvider", {"device_id": 1})
-    assert runner_providers(seg_onnx, parse_device("cpu")) == ["CPUExecutionProvider"]
+    assert seen == [{"device": 1, "providers": ["cuda"], "intra_op_threads": 0}]
+    seen.clear()
+    monkeypatch.setattr(frames, "open_frames", lambda *a, **k: frames.FrameSample(
+        "none", 0, None, []))
+    with pytest.raises(EdgesegError, match="no frames"):
+        compare.compare_models(seg_onnx, seg_onnx, "x:y:z", device="cuda:1")
+    assert seen == [{"device": 1, "providers": ["cuda"], "intra_op_threads": 0}] * 2
 
 
 def test_build_engine_routes_device_and_hardware_level(seg_onnx: Path, tmp_path: Path,

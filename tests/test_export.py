@@ -27,11 +27,11 @@ from edgeseg.export.onnx_export import (
 )
 from edgeseg.export.parity import (
     OnnxLogits,
-    ParityThresholds,
-    check_parity,
+    check_onnx_parity,
     sample_frames,
 )
 from edgeseg.fileio import sha256_file
+from edgeseg.metrics import Thresholds
 from edgeseg.runtime.backends.onnxruntime import create_session
 from edgeseg.train.checkpoint import (
     CheckpointError,
@@ -232,14 +232,14 @@ def test_float_nchw_logits_export(ckpt: Path, tmp_path: Path,
     assert _io(out) == {"image": (onnx.TensorProto.FLOAT, [1, 3, H, W]),
                         "logits": (onnx.TensorProto.FLOAT, [1, 19, H, W])}
     model, ck = load_model(ckpt)
-    report = check_parity(out, deploy_module(model, ck, options), frames)
+    report = check_onnx_parity(out, deploy_module(model, ck, options), frames)
     assert report.passed and report.max_abs_logit_diff < 1e-4
 
 
 def test_parity_against_another_onnx(fixed_onnx: Path, dynamic_onnx: Path,
                                      frames: list[np.ndarray]) -> None:
     """fp32-vs-variant mode: labels and int32 graphs compared through their logits."""
-    report = check_parity(dynamic_onnx, fixed_onnx, frames)
+    report = check_onnx_parity(dynamic_onnx, fixed_onnx, frames)
     assert report.passed and report.frames == 4 and report.max_abs_logit_diff < 1e-4
     assert "PASS" in report.format()
 
@@ -257,11 +257,11 @@ def other_checkpoint(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_parity_gate_fails_on_a_wrong_graph(fixed_onnx: Path, other_checkpoint: Path,
                                             frames: list[np.ndarray]) -> None:
     model, ck = load_model(other_checkpoint)
-    report = check_parity(fixed_onnx, deploy_module(model, ck, ExportOptions(), "logits"), frames)
+    report = check_onnx_parity(fixed_onnx, deploy_module(model, ck, ExportOptions(), "logits"), frames)
     assert not report.passed and report.max_abs_logit_diff > 1e-2
     assert "FAIL" in report.format()
-    loose = check_parity(fixed_onnx, deploy_module(model, ck, ExportOptions(), "logits"), frames,
-                         ParityThresholds(min_agreement=0.0, max_abs_logit_diff=None))
+    loose = check_onnx_parity(fixed_onnx, deploy_module(model, ck, ExportOptions(), "logits"), frames,
+                         Thresholds(min_agreement=0.0, max_abs_logit_diff=None))
     assert loose.passed
 
 

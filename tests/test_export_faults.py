@@ -400,10 +400,10 @@ def test_bad_inputs_are_one_line_each(model: Path, blocks: Path, tmp_path: Path)
     for argv in (["build-engine", str(bare), "--backend", "onnxruntime"],
                  ["eval", str(bare), "--data", f"camvid:{blocks}:day"]):
         one_line(cli(*argv), str(bare), "no edgeseg metadata", "edgeseg export")
-    empty = tmp_path / "frames"  # --calib pointing at a folder (no dataset name/split)
+    empty = tmp_path / "frames"  # --calib pointing at a folder without images
     empty.mkdir()
     one_line(cli("quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--precision", "int8",
-                 "--calib", str(empty)), f"{empty}: a folder", f"camvid:{empty}:")
+                 "--calib", str(empty)), f"{empty}: no images", f"camvid:{empty}:")
     (empty / "images" / "val").mkdir(parents=True)  # a dataset with no images
     one_line(cli("build-engine", str(model), "--backend", "onnxruntime", "--precision", "int8",
                  "--calib", f"camvid:{empty}:val"), "nothing to calibrate with")

@@ -14,11 +14,9 @@ from edgeseg.labels import CITYSCAPES19, CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX
 from edgeseg.metrics import (
     ConfusionMatrix,
     SegMetrics,
-    boundary_agreement,
     boundary_mask,
     compare_summaries,
     format_table,
-    pixel_agreement,
 )
 
 # 4 classes; class 3 appears only in the prediction at an ignored pixel, so it
@@ -237,24 +235,25 @@ def test_boundary_mask_ignore_handling() -> None:
         boundary_mask(lab, 0)
 
 
-def test_agreement_functions() -> None:
+def test_pair_scorer_agreement() -> None:
+    from edgeseg.evaluate import PairScorer, agreement
+
     ref = two_regions()
-    a = ref.copy()
     b = ref.copy()
     b[0:3, 12] = 1  # 3 disagreements inside the band (width 3 -> cols 9..14)
     b[:, 25:] = 0  # 100 disagreements far from the edge
     band = boundary_mask(ref, 3).sum()
     assert band == 20 * 6
-    assert boundary_agreement(a, b, ref, width=3) == pytest.approx(1 - 3 / band)
-    assert pixel_agreement(a, b) == pytest.approx(1 - 103 / ref.size)
-    ignore = np.zeros(ref.shape, bool)
-    ignore[:, 25:] = True
-    ignore[0:3, 12] = True
-    assert pixel_agreement(a, b, ignore=ignore) == 1.0
-    assert pixel_agreement(a, a) == 1.0
-    assert math.isnan(boundary_agreement(a, b, np.zeros_like(ref)))  # no boundary
+    scorer = PairScorer(band=3)
+    scorer.update(ref, b)
+    assert scorer.boundary_agreement == pytest.approx(1 - 3 / band)
+    assert scorer.agreement == pytest.approx(1 - 103 / ref.size)
+    assert agreement([ref], [b]) == scorer.agreement and agreement([ref], [ref]) == 1.0
+    flat = PairScorer(band=3)
+    flat.update(np.zeros_like(ref), b)
+    assert flat.boundary_agreement is None  # no boundary in the reference
     with pytest.raises(ValueError):
-        pixel_agreement(a, b[:, :5])
+        scorer.update(ref, b[:, :5])
 
 
 def test_ground_truth_without_ignore_or_top_classes() -> None:

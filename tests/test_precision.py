@@ -15,11 +15,11 @@ from onnx import TensorProto, numpy_helper
 
 from edgeseg.contract.metadata import metadata_of as read_metadata
 from edgeseg.errors import EdgesegError
+from edgeseg.evaluate import agreement
 from edgeseg.export import precision_cli
 from edgeseg.export.calibration import CalibrationError, input_contract, load_frames
 from edgeseg.export.fp16 import convert_fp16
 from edgeseg.export.int8 import (
-    agreement,
     predict_labels,
     prepost_nodes,
     quantize_int8,

@@ -20,16 +20,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edgeseg.argtypes import non_negative_int, parse_device, parse_hw_16, positive_int
-from edgeseg.bench.parity import DEFAULT_MAX_DROP, check_parity, parse_max_drop
+from edgeseg.bench.parity import DEFAULT_MAX_DROP, check_bench_parity, parse_max_drop
 from edgeseg.bench.report import BenchResult, LatencyRow, format_console, write_report
 from edgeseg.bench.targets import Target, TargetSkipped, open_target
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.base import InputShapeError
+from edgeseg.runtime.frames import SYNTHETIC_SIZE, open_frames
 from edgeseg.runtime.latency import measure
+from edgeseg.runtime.stages import fit_frame
 
 
 def _batches(text: str) -> list[int]:
@@ -129,15 +130,12 @@ def canonical_command(args: argparse.Namespace) -> str:
 
 def latency_frames(spec: str | None, count: int, size: tuple[int, int] | None
                    ) -> tuple[list[np.ndarray], str]:
-    """RGB frames for timing (resized to ``size`` outside the timed runs) and where from."""
-    from edgeseg.export.variants import scoring_frames
-
-    images, _ = scoring_frames(spec, count, size or (256, 512))
+    """RGB frames for timing (fitted to ``size`` outside the timed runs) and where from."""
+    sample = open_frames(spec, count, size=size or SYNTHETIC_SIZE)
+    images, _ = sample.load()
     if size is not None:
-        h, w = size
-        images = [img if img.shape[:2] == (h, w) else
-                  cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in images]
-    return images, spec or "synthetic scenes"
+        images = [fit_frame(img, size)[0] for img in images]
+    return images, sample.spec
 
 
 def _open_all(paths: list[str], args: argparse.Namespace, skipped: list[dict[str, str]]
@@ -261,7 +259,7 @@ def _parity(result: BenchResult, targets: dict[str, Target], args: argparse.Name
         result.notes.append(f"only the reference {reference.name}: no variant to compare")
         return
     for spec in args.data:
-        p = check_parity(reference, variants, spec, args.max_frames, max_drop, args.band,
+        p = check_bench_parity(reference, variants, spec, args.max_frames, max_drop, args.band,
                          progress=sys.stderr.isatty())
         result.parity.append(p)
         verdicts = ", ".join(f"{v.name} {v.verdict}" for v in p.variants)

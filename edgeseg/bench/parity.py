@@ -15,9 +15,8 @@ engine of the fp32 file 0.1).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,8 @@ from tqdm import tqdm
 
 from edgeseg.bench.targets import Target
 from edgeseg.errors import EdgesegError
-from edgeseg.metrics import SegMetrics, boundary_mask
+from edgeseg.metrics import SegMetrics, Thresholds
+from edgeseg.runtime.frames import open_frames
 
 #: default budget: mIoU points a variant of each precision may lose against fp32
 DEFAULT_MAX_DROP: dict[str, float] = {"fp32": 0.1, "fp16": 0.1, "int8": 1.0}
@@ -112,104 +112,64 @@ class ParityResult:
                 "variants": [v.to_dict() for v in self.variants], "passed": self.passed}
 
 
-def _spread(n: int, count: int) -> list[int]:
-    """``count`` indices evenly over ``range(n)`` (all when count is 0 or >= n)."""
-    if count <= 0 or count >= n:
-        return list(range(n))
-    return sorted({int(i) for i in np.linspace(0, n - 1, count).round()})
-
-
-def iter_frames(spec: str, model_space: str, max_images: int = 0
-                ) -> tuple[Iterator[tuple[str, np.ndarray, np.ndarray | None]], int, str | None]:
-    """(frames as (name, RGB, label or None), their count, the labels' space or None).
-
-    ``spec`` is a dataset spec (``NAME:ROOT[:SPLIT]``; labelled or not) or a video;
-    ``max_images`` picks that many frames spread over the whole set (0 = all).
-    """
-    if Path(spec).is_file():
-        from edgeseg.export.variants import scoring_frames
-
-        images, _ = scoring_frames(spec, max_images or 32, (256, 512))
-        frames = ((f"frame{i:05d}", img, None) for i, img in enumerate(images))
-        return frames, len(images), None
-    from edgeseg.evaluate import open_eval_dataset
-
-    dataset = open_eval_dataset(spec, model_space)
-    if len(dataset) == 0:
-        raise EdgesegError(f"{spec}: the dataset has no images")
-    indices = _spread(len(dataset), max_images)
-    labelled = dataset.has_labels
-
-    def gen() -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
-        for i in indices:
-            sample = dataset[i]
-            yield sample["name"], sample["image"], sample.get("label") if labelled else None
-
-    return gen(), len(indices), dataset.label_space.name if labelled else None
-
-
-def check_parity(reference: Target, variants: Sequence[Target], data: str,
-                 max_images: int = 0, max_drop: Mapping[str, float] = DEFAULT_MAX_DROP,
-                 band: int = 3, keep: int = 3, progress: bool = False) -> ParityResult:
-    """Score ``variants`` against ``reference`` on ``data`` in one pass over its frames."""
-    from edgeseg.evaluate import FrameScorer
+def check_bench_parity(reference: Target, variants: Sequence[Target], data: str,
+                       max_images: int = 0, max_drop: Mapping[str, float] = DEFAULT_MAX_DROP,
+                       band: int = 3, keep: int = 3, progress: bool = False) -> ParityResult:
+    """Score ``variants`` against ``reference`` on ``data`` in one pass over its frames,
+    with `PairScorer` (as `edgeseg compare` and ``--precision auto`` score)."""
+    from edgeseg.evaluate import FrameScorer, PairScorer
 
     space = reference.label_space
     for v in variants:
         if v.label_space != space:
             raise EdgesegError(f"{v.name} predicts {v.label_space}, the reference {reference.name}"
                                f" {space}: parity needs the same label space")
-    frames, count, data_space = iter_frames(data, space, max_images)
+    sample = open_frames(data, max_images, model_space=space)
+    data_space = sample.label_space
     try:
-        scorers = {t.name: FrameScorer(space, data_space)
-                   for t in (reference, *variants)} if data_space else {}
+        ref_scorer = FrameScorer(space, data_space) if data_space else None
+        pairs = {v.name: PairScorer(space, data_space, band) for v in variants}
     except ValueError as exc:  # a model that cannot be scored on these labels
         raise EdgesegError(f"{data}: {exc}") from None
-    same = {v.name: 0 for v in variants}
-    band_same = {v.name: 0 for v in variants}
-    pixels = band_pixels = 0
     samples: list[ParitySample] = []
-    for name, image, label in tqdm(frames, total=count, desc=f"parity {data}",
-                                   disable=not progress, leave=False):
+    seen = 0
+    for frame in tqdm(sample, total=sample.count, desc=f"parity {data}", disable=not progress,
+                      leave=False):
+        name, image, label = frame.name, frame.image, frame.label
+        seen += 1
         ref = reference.predict(image)
-        edges = boundary_mask(ref, band)
-        pixels += ref.size
-        band_pixels += int(edges.sum())
         preds = {reference.name: ref}
+        if label is not None and ref_scorer is not None:
+            ref_scorer.update(ref, label, name)
         for v in variants:
             pred = v.predict(image)
-            if pred.shape != ref.shape:
-                raise EdgesegError(f"{name}: {v.name} predicts {pred.shape}, the reference "
-                                   f"{ref.shape}")
-            eq = pred == ref
-            same[v.name] += int(eq.sum())
-            band_same[v.name] += int(eq[edges].sum())
+            try:
+                pairs[v.name].update(ref, pred, label, name)
+            except ValueError as exc:
+                raise EdgesegError(f"{v.name}: {exc}") from None
             preds[v.name] = pred
-        if label is not None:
-            for target_name, pred in preds.items():
-                scorers[target_name].update(pred, label, name)
         if len(samples) < keep:
             samples.append(ParitySample(name, image, label, preds))
-    if pixels == 0:
+    if seen == 0:
         raise EdgesegError(f"{data}: no frames to score")
-    ref_metrics = scorers[reference.name].metrics() if scorers else None
+    ref_metrics = ref_scorer.metrics() if ref_scorer is not None else None
     results = []
     for v in variants:
-        row = VariantParity(
-            v.name, v.precision, same[v.name] / pixels,
-            band_same[v.name] / band_pixels if band_pixels else None,
-            max_drop=max_drop.get(v.precision))
-        if ref_metrics is not None:
-            m = scorers[v.name].metrics()
+        pair = pairs[v.name]
+        row = VariantParity(v.name, v.precision, pair.agreement, pair.boundary_agreement,
+                            max_drop=max_drop.get(v.precision))
+        both = pair.metrics()
+        if ref_metrics is not None and both is not None:
+            m = both[1]
             row.metrics = m
-            if not (math.isnan(m.miou) or math.isnan(ref_metrics.miou)):
-                row.miou_drop = 100 * (ref_metrics.miou - m.miou)
+            row.miou_drop = pair.miou_drop()
             row.iou_delta = {
                 c: None if math.isnan(m.per_class.get(c, math.nan)) or math.isnan(iou)
                 else 100 * (m.per_class[c] - iou)
                 for c, iou in ref_metrics.per_class.items()}
             if row.max_drop is not None and row.miou_drop is not None:
-                row.passed = row.miou_drop <= row.max_drop + 1e-9
+                row.passed = Thresholds(max_miou_drop=row.max_drop).passes(
+                    miou_drop=row.miou_drop)
         results.append(row)
-    return ParityResult(data, count, ref_metrics is not None, reference.name,
+    return ParityResult(data, seen, ref_metrics is not None, reference.name,
                         reference.precision, space, ref_metrics, results, band, samples)

@@ -18,21 +18,20 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeseg.argtypes import Device, parse_device, torch_device
-from edgeseg.contract.manifest import BACKEND_TITLES, manifest_path, read_manifest
+from edgeseg.argtypes import Device
+from edgeseg.contract.manifest import BACKEND_TITLES
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.backends.base import Backend, BackendUnavailableError
-from edgeseg.runtime.compat import MachineInfo
+from edgeseg.export.predictors import open_predictor
+from edgeseg.runtime.backends.base import BackendUnavailableError
 from edgeseg.runtime.latency import RunFn, StageClock
-from edgeseg.runtime.predictor import BackendPredictor, device_options, load_backend
+from edgeseg.runtime.predictor import BackendPredictor
 from edgeseg.runtime.sources import SourceFrame
 from edgeseg.runtime.stages import (
     Packet,
-    SegmentStage,
     engine_size,
     fit_frame,
     frame_to_input,
@@ -40,8 +39,8 @@ from edgeseg.runtime.stages import (
     unfit_labels,
 )
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
-
+if TYPE_CHECKING:
+    from edgeseg.train.predict import TorchPredictor
 
 class TargetSkipped(EdgesegError):
     """A model this machine cannot run here (no TensorRT/GPU, no PyTorch, batch too large)."""
@@ -110,7 +109,8 @@ def _groups(frames: Sequence[np.ndarray], batch: int) -> list[list[np.ndarray]]:
 class BackendTarget(Target):
     """An ONNX file or engine, run through the runtime's `SegmentStage` (ORT or TensorRT)."""
 
-    def __init__(self, path: Path, backend: Backend, threads: int = 0) -> None:
+    def __init__(self, path: Path, predictor: BackendPredictor, threads: int = 0) -> None:
+        backend = predictor.backend
         self.backend = backend
         self.kind = backend.name
         meta = backend.metadata
@@ -137,8 +137,8 @@ class BackendTarget(Target):
                     "argmax included")
         super().__init__(path, precision, meta.label_space, engine_size(meta), max_batch,
                          runs_on, note)
-        self.stage = SegmentStage(backend)
-        self.predictor = BackendPredictor(backend)
+        self.predictor = predictor
+        self.stage = predictor.stage
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         return self.predictor(image)
@@ -206,22 +206,12 @@ class TorchTarget(Target):
 
     kind = "torch"
 
-    def __init__(self, path: Path, threads: int = 0, size: tuple[int, int] | None = None,
-                 device: str = "cpu") -> None:
-        try:
-            import torch
-        except ImportError as exc:
-            raise TargetSkipped(f"{path}: PyTorch is not installed here ({exc}); checkpoints "
-                                "are benchmarked in PyTorch (pip install 'edgeseg[train]')"
-                                ) from None
-        from edgeseg.train.predict import TorchPredictor
+    def __init__(self, path: Path, predictor: TorchPredictor) -> None:
+        import torch
 
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise TargetSkipped(f"{path}: --device {device} but PyTorch sees no CUDA GPU here")
-        if threads > 0:
-            torch.set_num_threads(threads)
         self.torch = torch
-        self.predictor, ckpt = TorchPredictor.from_checkpoint(str(path), device)
+        self.predictor = predictor
+        device = str(predictor.device)
         sync = torch.cuda.synchronize if device.startswith("cuda") else None
         self.model = self.predictor.model
         self.clock = StageClock(self.model, sync)
@@ -230,11 +220,19 @@ class TorchTarget(Target):
                    f"{torch.get_num_threads()} threads")
         note = ("preprocess = tensor conversion and normalisation, infer = the module's forward, "
                 "postprocess = argmax and copy to numpy")
-        super().__init__(path, "fp32", str(ckpt["label_space"]), size, None, runs_on, note)
+        super().__init__(path, "fp32", predictor.label_space, predictor.size, None, runs_on,
+                         note)
+
+    @property
+    def size(self) -> tuple[int, int] | None:  # type: ignore[override]
+        return self.predictor.size
+
+    @size.setter
+    def size(self, value: tuple[int, int] | None) -> None:
+        self.predictor.size = value
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        fitted, box = fit_frame(image, self.size)
-        return unfit_labels(self.predictor(fitted), box, image.shape[:2])
+        return self.predictor(image)
 
     def runner(self, frames: Sequence[np.ndarray], batch: int) -> RunFn:
         self.check_batch(batch)
@@ -272,39 +270,15 @@ class TorchTarget(Target):
 
 def open_target(path: str | Path, *, threads: int = 0, size: tuple[int, int] | None = None,
                 device: Device | str = "auto", cuda_graphs: bool = False) -> Target:
-    """Load ``path`` by what it is: checkpoint, engine with manifest, or plain ONNX file.
-
-    ``threads`` sets ONNX Runtime's intra-op threads and PyTorch's threads (0 = the
-    library's default, or the engine manifest's); ``size`` (H, W) is the frame size a
-    checkpoint runs at; ``device`` (``cpu``, ``cuda[:N]``, ``auto``) is PyTorch's device for a
-    checkpoint and the GPU index for engines and ONNX files (`device_options`); ``cuda_graphs`` replays TensorRT enqueues as CUDA graphs. Raises
-    `TargetSkipped` for what this machine cannot run, `EdgesegError` for what is wrong
-    with the file (an engine built for another machine included: rebuild it).
-    """
+    """Open ``path`` with `open_predictor` (as eval and compare open it) and wrap it for
+    timing. Raises `TargetSkipped` for what this machine cannot run, `EdgesegError` for
+    what is wrong with the file (an engine built for another machine included)."""
     p = Path(path)
-    dev = device if isinstance(device, Device) else parse_device(device)
-    if not p.exists():
-        raise EdgesegError(f"{p}: no such engine, ONNX file or checkpoint")
-    if p.is_dir():
-        raise EdgesegError(f"{p}: is a folder; give an engine, an ONNX file or a checkpoint")
-    if p.suffix in CHECKPOINT_SUFFIXES:
-        return TorchTarget(p, threads, size, torch_device(dev))
     try:
-        if manifest_path(p).is_file():
-            manifest = read_manifest(p)
-            if manifest.backend == "tensorrt":
-                placed = device_options(p, dev)
-                machine = MachineInfo.detect("tensorrt", placed.get("device", 0))
-                if machine.backend_version is None or machine.device is None:
-                    raise TargetSkipped(f"{p}: TensorRT engine not run here: {machine.note}")
-                return BackendTarget(p, load_backend(p, machine=machine,
-                                                     cuda_graphs=cuda_graphs, **placed))
-            options = {"intra_op_threads": threads} if threads > 0 else {}
-            return BackendTarget(p, load_backend(p, **options, **device_options(p, dev)),
-                                 threads)
-        if p.suffix != ".onnx":
-            read_manifest(p)  # raises: an engine without its manifest, saying how to rebuild
-        return BackendTarget(p, load_backend(p, intra_op_threads=threads,
-                                             **device_options(p, dev)), threads)
+        predictor = open_predictor(p, device, threads=threads, size=size,
+                                   cuda_graphs=cuda_graphs)
     except BackendUnavailableError as exc:
         raise TargetSkipped(str(exc)) from None
+    if isinstance(predictor, BackendPredictor):
+        return BackendTarget(p, predictor, threads)
+    return TorchTarget(p, predictor)  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Datasets: the reader contract, official-layout readers and spec strings."""
 
 from edgeseg.data.base import DatasetError, DatasetSpec, SegDataset, parse_spec
-from edgeseg.data.registry import DATASETS, convert_labels, open_dataset, spread_samples
+from edgeseg.data.registry import DATASETS, convert_labels, open_dataset, spread_indices
 
 __all__ = [
     "DATASETS",
@@ -11,5 +11,5 @@ __all__ = [
     "convert_labels",
     "open_dataset",
     "parse_spec",
-    "spread_samples",
+    "spread_indices",
 ]

@@ -117,11 +117,10 @@ def open_dataset(spec: str | DatasetSpec, label_space: str | LabelSpace | None =
     return convert_labels(dataset, label_space) if label_space else dataset
 
 
-def spread_samples(spec: str | DatasetSpec, count: int) -> list[dict[str, Any]]:
-    """Up to ``count`` samples evenly spaced over a dataset (calibration, parity and
-    precision checks want frames from the whole sequence, not its first seconds)."""
-    dataset = open_dataset(spec)
-    if len(dataset) == 0:
-        raise DatasetError(f"{spec}: the dataset has no images")
-    picks = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round())
-    return [dataset[int(i)] for i in picks.astype(int)]
+def spread_indices(n: int, count: int) -> list[int]:
+    """``count`` indices evenly over ``range(n)``, first and last included (all when
+    ``count`` is 0 or >= n): calibration, parity, precision and bench sets want frames
+    from the whole sequence, not its first seconds. The one sampling rule in edgeseg."""
+    if count <= 0 or count >= n:
+        return list(range(n))
+    return sorted({int(i) for i in np.linspace(0, n - 1, count).round()})

@@ -6,6 +6,7 @@ contract it writes into every ONNX file and engine manifest lives in
 
 - ``onnx_export``: `ExportOptions`, `DeployWrapper`, `export_checkpoint`,
   `export_module`, `export_translator`, `read_metadata`
-- ``parity``: `check_parity`, `sample_frames`, `ParityThresholds`, `ParityReport`
+- ``parity``: `check_onnx_parity`, `sample_frames`, `ParityReport`
+- ``predictors``: `open_predictor`, any model file (checkpoint, ONNX, engine) as a predictor
 - ``export_cli``: the ``edgeseg export`` command (`add_arguments`, `run`, `export_gated`)
 """

@@ -4,26 +4,26 @@ The ranges int8 uses are only as good as the frames they come from, so frames
 are prepared exactly as the deployed graph sees them: resized to the model's
 input size and in its input format (uint8 NHWC BGR ``frame``, or float NCHW
 ``image`` normalised with the metadata's mean/std), read from the ONNX file so
-a calibration set cannot silently disagree with the model. Dataset frames are
-spread evenly over the split (the first N frames of a video sequence are
-nearly the same frame); videos are sampled every k-th frame. Torch-free.
+a calibration set cannot silently disagree with the model, and fitted by the
+runtime's own `prepare_frame`. Frames come from `runtime.frames.open_frames`, spread
+evenly over the set (the first N frames of a video sequence are nearly the same
+frame). Torch-free.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 
 from edgeseg.contract.metadata import load_onnx, metadata_or_none
-from edgeseg.data import DatasetError, spread_samples
-from edgeseg.data.transforms import to_chw_float
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime.frames import open_frames
+from edgeseg.runtime.stages import prepare_frame
 
 FORMATS = ("uint8-nhwc-bgr", "float-nchw")
 
@@ -45,15 +45,11 @@ class InputContract:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 RGB -> one sample (no batch dim) in this input's format."""
-        h, w = rgb.shape[:2]
-        if (h, w) != (self.height, self.width):
-            shrink = h > self.height or w > self.width  # INTER_AREA: no aliasing when shrinking
-            rgb = cv2.resize(rgb, (self.width, self.height),
-                             interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        if self.format == "uint8-nhwc-bgr":
-            return np.ascontiguousarray(rgb[:, :, ::-1])
-        return to_chw_float(rgb, self.mean, self.std)
+        """(H, W, 3) uint8 RGB -> one sample (no batch dim) in this input's format, fitted
+        by the runtime's own `prepare_frame` so the ranges come from the vehicle's pixels."""
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        x, _ = prepare_frame(bgr, (self.height, self.width), self.format, self.mean, self.std)
+        return x[0]
 
 
 def input_contract(model: str | Path | onnx.ModelProto) -> InputContract:
@@ -96,57 +92,31 @@ def input_contract(model: str | Path | onnx.ModelProto) -> InputContract:
     return InputContract(graph_input.name, fmt, dims[0], h, w, *norm)
 
 
-def read_video_frames(path: Path, count: int, every: int) -> Iterator[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise CalibrationError(f"{path}: cannot open as a video (OpenCV/FFmpeg could not read "
-                               "it); pass a video file or a dataset spec NAME:ROOT[:SPLIT]")
-    try:
-        index = taken = 0
-        while taken < count:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            if index % every == 0:
-                taken += 1
-                yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            index += 1
-    finally:
-        cap.release()
-
-
-def _read_dataset(spec: str, count: int) -> Iterator[np.ndarray]:
-    try:
-        samples = spread_samples(spec, count)
-    except DatasetError as exc:
-        first = str(exc).splitlines()[0].rstrip(". :")
-        raise CalibrationError(f"{first}: nothing to calibrate with (check the spec "
-                               f"{spec}: NAME:ROOT[:SPLIT])") from None
-    return (sample["image"] for sample in samples)
-
-
 def load_frames(source: str | Path, contract: InputContract, count: int = 64,
                 every: int = 10) -> np.ndarray:
-    """``count`` calibration inputs from a video file or a dataset spec, as (N, *input shape).
+    """``count`` calibration inputs from any frame spec (`open_frames`: a dataset spec, a
+    video, an image folder, ``synthetic:``), as (N, *input shape).
 
-    Each entry is one model input (batch dim = the model's static batch, or 1);
-    a source that yields no frame raises `CalibrationError` naming it.
+    Frames are spread evenly over the set; for a stream (video, folder, drive) over its
+    first ``count * every`` frames (``every`` 0: the whole stream). Each entry is one model
+    input (batch dim = the model's static batch, or 1); a source that yields no frame
+    raises `CalibrationError` naming it.
     """
-    if count < 1 or every < 1:
-        raise CalibrationError(f"calibration frames {count} / every {every}: both must be >= 1")
-    path = Path(source)
-    if path.is_file():
-        frames = read_video_frames(path, count, every)
-    elif ":" in str(source):
-        frames = _read_dataset(str(source), count)
-    elif path.is_dir():
-        raise CalibrationError(f"{source}: a folder, not a video file or a dataset spec; "
-                               f"name the dataset and split, e.g. camvid:{source}:dusk_train "
-                               f"or synthetic:{source}:night_train")
-    else:
-        raise CalibrationError(f"{source}: neither a video file nor a dataset spec "
-                               "NAME:ROOT[:SPLIT] (e.g. camvid:data/camvid:dusk_train)")
-    samples = [contract.prepare(rgb) for rgb in frames]
+    if count < 1 or every < 0:
+        raise CalibrationError(f"calibration frames {count} / every {every}: need frames >= 1 "
+                               "and every >= 0")
+    try:
+        sample = open_frames(str(source), count, span=count * every)
+        samples = [contract.prepare(frame.image) for frame in sample]
+    except CalibrationError:
+        raise
+    except EdgesegError as exc:
+        first = str(exc).splitlines()[0].rstrip(". :")
+        example = (f"camvid:{source}:dusk_train or synthetic:{source}:night_train"
+                   if Path(source).is_dir() else "camvid:data/camvid:dusk_train")
+        raise CalibrationError(f"{first}: nothing to calibrate with (--calib takes a video, an "
+                               "image folder or a dataset spec NAME:ROOT[:SPLIT], e.g. "
+                               f"{example})") from None
     batch = max(contract.batch, 1)
     usable = len(samples) // batch * batch
     if usable == 0:

@@ -29,11 +29,11 @@ from edgeseg.export.parity import (
     FP32,
     ParityError,
     ParityReport,
-    ParityThresholds,
-    check_parity,
+    check_onnx_parity,
     sample_frames,
 )
 from edgeseg.fileio import atomic_path, check_outputs
+from edgeseg.metrics import Thresholds
 from edgeseg.train.checkpoint import load_model
 
 
@@ -95,7 +95,7 @@ def parity_frames_for(options: ExportOptions, spec: str | None, count: int) -> l
 
 def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOptions,
                  parity_data: str | None = None, parity_frames: int = 8,
-                 thresholds: ParityThresholds = FP32, device: str = "cpu"
+                 thresholds: Thresholds = FP32, device: str = "cpu"
                  ) -> tuple[ExportResult, ParityReport | None]:
     """Export, then publish ``out_path`` only if parity passes (``parity_frames=0`` skips).
 
@@ -112,7 +112,7 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
         if frames:
             model, ckpt = load_model(ckpt_path, device)
             reference = deploy_module(model, ckpt, options, output="logits")
-            report = check_parity(tmp, reference, frames, thresholds)
+            report = check_onnx_parity(tmp, reference, frames, thresholds)
             if not report.passed:
                 raise ParityError(report, out)
     return replace(result, path=out), report

@@ -46,6 +46,7 @@ import onnx
 
 from edgeseg.contract.metadata import load_onnx
 from edgeseg.errors import EdgesegError
+from edgeseg.evaluate import agreement
 from edgeseg.export.calibration import CalibrationError, FrameReader, input_contract
 from edgeseg.export.fp16 import (
     check_loads,
@@ -65,6 +66,7 @@ from edgeseg.fileio import (
     write_json,
 )
 from edgeseg.runtime.backends.onnxruntime import create_session
+from edgeseg.runtime.stages import output_to_labels
 
 __all__ = [
     "BudgetResult",
@@ -162,25 +164,13 @@ def prepost_nodes(model: str | Path | onnx.ModelProto) -> list[str]:
     return list(found)
 
 
-def _labels(output: np.ndarray) -> np.ndarray:
-    """Class map of a model output: integer outputs are labels, float NCHW logits are argmaxed."""
-    if np.issubdtype(output.dtype, np.integer) or output.ndim < 4:
-        return output
-    return output.argmax(axis=1)
-
-
 def predict_labels(model: str | Path | onnx.ModelProto, frames: Sequence[np.ndarray],
                    input_name: str) -> list[np.ndarray]:
     """Class maps of ``model`` (ONNX Runtime CPU) for each input in ``frames``."""
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model)
     session = create_session(data)
-    return [_labels(session.run(None, {input_name: f})[0]) for f in frames]
-
-
-def agreement(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> float:
-    """Fraction of pixels whose class matches across two lists of class maps."""
-    same = sum(int((a == b).sum()) for a, b in zip(reference, other, strict=True))
-    return same / max(sum(a.size for a in reference), 1)
+    return [np.stack([output_to_labels(o, "logits" if o.ndim == 3 else "labels") for o in out])
+            for out in (session.run(None, {input_name: f})[0] for f in frames)]
 
 
 class Int8Quantizer:

@@ -19,31 +19,29 @@ leaves >= 100x headroom for wider/deeper nets, while real graph errors (a
 swapped channel order, wrong normalisation or resize mode, other weights) move
 logits by orders of magnitude more (tests: a perturbed classifier gives > 1e-2). Agreement is not required to be 100 % because near-ties
 may flip under those tiny differences. Reduced precisions pass
-their own `ParityThresholds` (logit bound relaxed or off, agreement lower).
+their own `metrics.Thresholds` (logit bound relaxed or off, agreement lower).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-import cv2
 import numpy as np
 import onnx
 
 from edgeseg.contract.metadata import load_onnx, read_metadata
-from edgeseg.data import spread_samples
 from edgeseg.errors import EdgesegError
+from edgeseg.evaluate import PairScorer
+from edgeseg.metrics import Thresholds
 from edgeseg.runtime.backends.onnxruntime import create_session
-from edgeseg.runtime.stages import frame_to_input
+from edgeseg.runtime.frames import open_frames
+from edgeseg.runtime.stages import fit_frame, frame_to_input, output_to_labels
 
 if TYPE_CHECKING:
     import torch
-
-logger = logging.getLogger("edgeseg.export")
 
 #: ops that end a segmenter graph; their first input is the logits tensor
 _HEADS = ("ArgMax", "TopK", "Softmax")
@@ -59,15 +57,8 @@ class ParityError(EdgesegError):
         self.report = report
 
 
-@dataclass(frozen=True)
-class ParityThresholds:
-    """Pass criteria; ``max_abs_logit_diff=None`` checks agreement only (e.g. int8)."""
-
-    min_agreement: float = 0.999  # fraction of pixels
-    max_abs_logit_diff: float | None = 1e-3
-
-
-FP32 = ParityThresholds()
+#: the fp32 export gate (reduced precisions pass their own `Thresholds`)
+FP32 = Thresholds(min_agreement=0.999, max_abs_logit_diff=1e-3)
 
 
 @dataclass
@@ -77,20 +68,17 @@ class ParityReport:
     mean_abs_logit_diff: float
     agreement: float  # fraction of pixels with the same argmax, 0..1
     passed: bool
-    thresholds: ParityThresholds
+    thresholds: Thresholds
     reference: str = ""
     sizes: list[list[int]] = field(default_factory=list)  # (height, width) per frame
 
     def format(self) -> str:
-        t = self.thresholds
-        logit = f"max |dlogit| {self.max_abs_logit_diff:.2e}"
-        if t.max_abs_logit_diff is not None:
-            logit += f" (<= {t.max_abs_logit_diff:.0e})"
         sizes = sorted({f"{w}x{h}" for h, w in self.sizes})
         return (f"parity vs {self.reference or 'reference'} on {self.frames} frames "
-                f"({', '.join(sizes)} WxH): {logit}, mean {self.mean_abs_logit_diff:.2e}, "
-                f"argmax agreement {100 * self.agreement:.3f}% "
-                f"(>= {100 * t.min_agreement:.1f}%): {'PASS' if self.passed else 'FAIL'}")
+                f"({', '.join(sizes)} WxH): max |dlogit| {self.max_abs_logit_diff:.2e}, "
+                f"mean {self.mean_abs_logit_diff:.2e}, argmax agreement "
+                f"{100 * self.agreement:.3f}% (thresholds: {self.thresholds.describe()}): "
+                f"{'PASS' if self.passed else 'FAIL'}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,48 +89,13 @@ class ParityReport:
 
 def sample_frames(spec: str | None, size: tuple[int, int], count: int,
                   seed: int = 0) -> list[np.ndarray]:
-    """``count`` BGR uint8 frames at ``size`` (height, width): evenly spaced images of a
-    dataset spec, or synthetic driving scenes when ``spec`` is None."""
+    """``count`` BGR uint8 frames fitted to ``size`` (height, width) as the runtime fits
+    them: spread over any frame spec (`open_frames`), or synthetic driving scenes when
+    ``spec`` is None."""
     if count < 1:
         raise EdgesegError(f"parity frames: need at least 1, got {count}")
-    h, w = size
-    images = ([s["image"] for s in spread_samples(spec, count)] if spec
-              else _synthetic_images(size, count, seed))
-    frames = []
-    for rgb in images:
-        shrink = rgb.shape[0] > h or rgb.shape[1] > w
-        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        frames.append(np.ascontiguousarray(rgb[..., ::-1]))
-    return frames
-
-
-def _synthetic_images(size: tuple[int, int], count: int, seed: int) -> list[np.ndarray]:
-    """RGB scenes of the synthetic generator, alternating day and night (the domains a
-    UDA model must handle); smooth seeded noise if the generator cannot be imported."""
-    try:
-        from edgeseg.data.synth import render_scene
-    except ImportError as err:
-        logger.warning("synthetic generator unavailable (%s); parity uses seeded random frames",
-                       err)
-        return random_frames(size, count, seed)
-    h, w = size
-    domains = [("day", "night")[i % 2] for i in range(count)]
-    return [render_scene(seed, i, (d,), size=(w, h)).images[d] for i, d in enumerate(domains)]
-
-
-def random_frames(size: tuple[int, int], count: int, seed: int = 0) -> list[np.ndarray]:
-    """Seeded smooth colour fields with sharp edges (so argmax has both flat regions and
-    boundaries), RGB uint8; the fallback when neither data nor the generator exist."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    out = []
-    for _ in range(count):
-        coarse = rng.integers(0, 256, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
-        img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-        blocks = cv2.resize(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8), (w, h),
-                            interpolation=cv2.INTER_NEAREST)
-        out.append(((img.astype(np.uint16) + blocks) // 2).astype(np.uint8))
-    return out
+    images, _ = open_frames(spec, count, size=size, seed=seed).load()
+    return [fit_frame(np.ascontiguousarray(rgb[..., ::-1]), size)[0] for rgb in images]
 
 
 # ---------------------------------------------------------------------------- ONNX
@@ -221,8 +174,9 @@ def _reference_fn(reference: Reference, candidate: OnnxLogits
                     f"not {type(reference).__name__}")
 
 
-def check_parity(onnx_path: str | Path, reference: Reference, frames: Sequence[np.ndarray],
-                 thresholds: ParityThresholds = FP32) -> ParityReport:
+def check_onnx_parity(onnx_path: str | Path, reference: Reference,
+                      frames: Sequence[np.ndarray], thresholds: Thresholds = FP32
+                      ) -> ParityReport:
     """Compare ``onnx_path`` with ``reference`` on BGR uint8 ``frames`` (any sizes its
     input accepts). A torch-module reference receives the candidate's graph input; a
     callable receives the BGR frame; both return logits (1, C, H, W)."""
@@ -230,7 +184,8 @@ def check_parity(onnx_path: str | Path, reference: Reference, frames: Sequence[n
         raise EdgesegError("parity check needs at least one frame")
     candidate = OnnxLogits(onnx_path)
     ref_fn, ref_name = _reference_fn(reference, candidate)
-    max_diff, abs_sum, values, same, pixels = 0.0, 0.0, 0, 0, 0
+    scorer = PairScorer(band=0)
+    max_diff, abs_sum, values = 0.0, 0.0, 0
     for frame in frames:
         logits, labels = candidate(frame)
         ref = ref_fn(frame).reshape(logits.shape)
@@ -239,11 +194,10 @@ def check_parity(onnx_path: str | Path, reference: Reference, frames: Sequence[n
         max_diff = max(max_diff, worst if np.isfinite(worst) else float("inf"))  # NaN fails
         abs_sum += float(diff.sum(dtype=np.float64))
         values += diff.size
-        mine = logits.argmax(1) if labels is None else labels.astype(np.int64)
-        same += int((mine == ref.argmax(1)).sum())
-        pixels += mine.size
-    agreement = same / pixels
-    passed = agreement >= thresholds.min_agreement and (
-        thresholds.max_abs_logit_diff is None or max_diff <= thresholds.max_abs_logit_diff)
+        mine = (output_to_labels(logits[0], "logits") if labels is None
+                else output_to_labels(labels[0], "labels"))
+        scorer.update(output_to_labels(ref[0], "logits"), mine)
+    agreement = scorer.agreement
+    passed = thresholds.passes(agreement, max_abs_logit_diff=max_diff)
     return ParityReport(len(frames), max_diff, abs_sum / values, agreement, passed, thresholds,
                         ref_name, [list(f.shape[:2]) for f in frames])

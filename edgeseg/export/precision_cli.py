@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgeseg.argtypes import non_negative_int
 from edgeseg.export.int8 import FLAVOURS, METHODS
 from edgeseg.export.outputs import guard_output
 from edgeseg.export.variants import make_variant
@@ -23,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="int8 calibration frames: a dataset spec NAME:ROOT[:SPLIT] or a video")
     parser.add_argument("--calib-frames", type=int, default=64, metavar="N",
                         help="calibration frames to use (default 64)")
-    parser.add_argument("--calib-every", type=int, default=10, metavar="K",
-                        help="video: take every K-th frame (default 10)")
+    parser.add_argument("--calib-every", type=non_negative_int, default=10, metavar="K",
+                        help="video/folder: spread the frames over the first N*K frames "
+                             "(default 10; 0 = the whole stream)")
     parser.add_argument("--calib-method", choices=list(METHODS), default="minmax",
                         help="int8 range calibration (default minmax)")
     parser.add_argument("--flavour", choices=FLAVOURS, default="tensorrt",

@@ -17,6 +17,7 @@ from edgeseg.config import from_dict, load_config, to_dict
 from edgeseg.contract.manifest import BuildOptions, DeviceInfo
 from edgeseg.contract.metadata import TensorSpec
 from edgeseg.errors import EdgesegError
+from edgeseg.metrics import Thresholds
 
 Precision = Literal["fp32", "fp16", "int8", "auto"]
 
@@ -67,7 +68,7 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class ParityConfig:
-    """Accuracy gate against the fp32 ONNX (names as in export.parity.ParityThresholds)."""
+    """Accuracy gate against the fp32 ONNX (names as in `metrics.Thresholds`)."""
 
     min_agreement: float = 0.99  # fraction of pixels whose class matches
     max_abs_logit_diff: float | None = None
@@ -76,6 +77,10 @@ class ParityConfig:
     data: str | None = None
     frames: int = 32
     iterations: int = 20  # latency samples per candidate
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.min_agreement, self.max_miou_drop, self.max_abs_logit_diff)
 
 
 @dataclass(frozen=True)

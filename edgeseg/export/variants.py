@@ -24,6 +24,7 @@ import numpy as np
 
 from edgeseg.contract.metadata import read_metadata
 from edgeseg.errors import EdgesegError
+from edgeseg.metrics import Thresholds
 from edgeseg.runtime.latency import measure_latency
 
 
@@ -130,15 +131,6 @@ class Candidate:
 TABLE_HEADER = "precision set        p50 ms   mean ms  agree %   mIoU   drop  verdict"
 
 
-def scoring_frames(spec: str | None, count: int,
-                  fallback_size: tuple[int, int]) -> tuple[list[np.ndarray], list[Any]]:
-    """(RGB images, labels or None) to score models on: a dataset spec (labelled or not),
-    a video (pseudo-labelled by the reference), or synthetic scenes when nothing is given
-    (at ``fallback_size``, height and width)."""
-    frames = scoring_set("source", spec, count, fallback_size)
-    return frames.images, frames.labels
-
-
 @dataclass
 class ScoringSet:
     """Frames a candidate precision is scored on, with labels and their label space."""
@@ -150,38 +142,26 @@ class ScoringSet:
     label_space: str | None = None  # None: unlabelled (agreement with fp32 only)
 
 
-def scoring_set(role: str, spec: str | None, count: int,
-                fallback_size: tuple[int, int]) -> ScoringSet:
-    """``count`` frames of ``spec`` spread over the set (a dataset spec, a video, or
-    synthetic scenes at ``fallback_size`` when None), labelled when the dataset is."""
-    if spec and Path(spec).is_file():
-        from edgeseg.export.calibration import read_video_frames
+def scoring_set(role: str, spec: str | None, count: int, fallback_size: tuple[int, int],
+                model_space: str | None = None) -> ScoringSet:
+    """``count`` frames of ``spec`` spread over the set (`open_frames`: a dataset spec, a
+    video, a folder, ``synthetic:``, or synthetic scenes at ``fallback_size`` when None),
+    labelled when the set is; ``model_space`` reads labels as `edgeseg eval` and bench do."""
+    from edgeseg.runtime.frames import open_frames
 
-        images = list(read_video_frames(Path(spec), count, every=10))
-        if not images:
-            raise EdgesegError(f"{spec}: no frames could be read from the video")
-        return ScoringSet(role, spec, images, [None] * len(images))
-    if spec:
-        from edgeseg.data import open_dataset
-
-        dataset = open_dataset(spec)
-        if len(dataset) == 0:
-            raise EdgesegError(f"{spec}: the dataset has no images to score precisions on")
-        picks = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round())
-        samples = [dataset[int(i)] for i in picks.astype(int)]
-        labels = [s.get("label") for s in samples]
-        labelled = dataset.has_labels and all(lab is not None for lab in labels)
-        return ScoringSet(role, spec, [s["image"] for s in samples], labels,
-                          dataset.label_space.name if labelled else None)
-    from edgeseg.export.parity import sample_frames
-
-    frames = sample_frames(None, fallback_size, count)
-    return ScoringSet("synthetic", "synthetic scenes",
-                      [np.ascontiguousarray(f[..., ::-1]) for f in frames], [None] * len(frames))
+    sample = open_frames(spec, count, model_space=model_space, size=fallback_size)
+    images, labels = sample.load()
+    if not images:
+        raise EdgesegError(f"{spec}: no frames to score precisions on")
+    if not spec:
+        return ScoringSet("synthetic", sample.spec, images, labels)
+    labelled = sample.label_space is not None and all(lab is not None for lab in labels)
+    return ScoringSet(role, spec, images, labels, sample.label_space if labelled else None)
 
 
 def scoring_sets(calibration: str | None, accuracy: str | None, count: int,
-                 fallback_size: tuple[int, int]) -> list[ScoringSet]:
+                 fallback_size: tuple[int, int], model_space: str | None = None
+                 ) -> list[ScoringSet]:
     """The sets ``auto`` scores every candidate on: the target-domain frames it calibrates
     with (``--calib``) and the source/accuracy set (``--accuracy-data``), each once;
     synthetic scenes when neither is given. Ranking on one domain alone picked int8 models
@@ -191,30 +171,26 @@ def scoring_sets(calibration: str | None, accuracy: str | None, count: int,
              if spec and spec not in [s for _, s in wanted[:i]]]
     if not specs:
         return [scoring_set("synthetic", None, count, fallback_size)]
-    return [scoring_set(role, spec, count, fallback_size) for role, spec in specs]
+    return [scoring_set(role, spec, count, fallback_size, model_space) for role, spec in specs]
 
 
 def score_predictions(preds: Sequence[np.ndarray], frames: ScoringSet,
                       reference: Sequence[np.ndarray] | None, model_space: str) -> SetScore:
     """Agreement with the fp32 ``reference`` predictions and mIoU on the set's labels (the
-    model's classes mapped into the dataset's, as `edgeseg eval` counts them)."""
-    if reference is not None:
-        same = sum(int((a == b).sum()) for a, b in zip(preds, reference, strict=True))
-        agreement = same / max(sum(p.size for p in preds), 1)
-    else:
-        agreement = 1.0
-    miou = None
-    if frames.label_space is not None:
-        from edgeseg.evaluate import FrameScorer
+    model's classes mapped into the dataset's), with `PairScorer` as compare and bench
+    score; without a reference (fp32 itself) agreement is 1."""
+    from edgeseg.evaluate import PairScorer
 
-        try:
-            scorer = FrameScorer(model_space, frames.label_space)
-        except ValueError as exc:
-            raise EdgesegError(f"{frames.data}: {exc}") from None
-        for p, lab in zip(preds, frames.labels, strict=True):
-            scorer.update(p, lab)
-        miou = scorer.metrics().miou
-    return SetScore(frames.set, frames.data, len(preds), agreement, miou)
+    try:
+        scorer = PairScorer(model_space, frames.label_space, band=0)
+    except ValueError as exc:
+        raise EdgesegError(f"{frames.data}: {exc}") from None
+    refs = reference if reference is not None else preds
+    for p, ref, lab in zip(preds, refs, frames.labels, strict=True):
+        scorer.update(ref, p, lab if frames.label_space is not None else None)
+    both = scorer.metrics()
+    return SetScore(frames.set, frames.data, len(preds), scorer.agreement,
+                    both[1].miou if both is not None else None)
 
 
 def judge(score: SetScore, fp32: SetScore | None, gate: Any) -> SetScore:
@@ -223,17 +199,19 @@ def judge(score: SetScore, fp32: SetScore | None, gate: Any) -> SetScore:
     and ``passed`` on ``score`` and returns it."""
     if fp32 is not None and fp32.miou is not None and score.miou is not None:
         score.miou_drop = 100 * (fp32.miou - score.miou)
-    score.passed = score.agreement >= gate.min_agreement and (
-        score.miou_drop is None or score.miou_drop <= gate.max_miou_drop)
+    score.passed = gate.thresholds.passes(score.agreement, score.miou_drop)
     return score
 
 
 def _score(engine: Path, sets: list[ScoringSet], references: list[list[np.ndarray]] | None,
            iterations: int, device: int = 0) -> tuple[Candidate, list[list[np.ndarray]]]:
-    from edgeseg.runtime.predictor import BackendPredictor, load_backend
+    from edgeseg.argtypes import Device
+    from edgeseg.contract.manifest import manifest_path, read_manifest
+    from edgeseg.runtime.predictor import BackendPredictor, open_engine
 
-    with contextlib.closing(load_backend(engine, device=device)) as backend:
-        predict = BackendPredictor(backend)
+    on_gpu = manifest_path(engine).is_file() and read_manifest(engine).backend == "tensorrt"
+    where = Device("cuda", device) if on_gpu else Device("cpu")  # as build-engine built it
+    with contextlib.closing(BackendPredictor(open_engine(engine, where))) as predict:
         preds = [[predict(img) for img in s.images] for s in sets]
         p50, mean = measure_latency(predict, sets[0].images[0], iterations=iterations)
         space = predict.meta.label_space
@@ -286,13 +264,13 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
     spec = meta.input
     hw = spec.shape[1:3] if spec.format == "uint8-nhwc-bgr" else spec.shape[2:4]
     fallback = (int(hw[0] or 256), int(hw[1] or 512))
-    sets = scoring_sets(cal.data, gate.data, gate.frames, fallback)
+    sets = scoring_sets(cal.data, gate.data, gate.frames, fallback, meta.label_space)
     results: list[Candidate] = []
     references: list[list[np.ndarray]] | None = None
     where = "; ".join(f"{s.set} {s.data} ({len(s.images)} frames)" for s in sets)
-    print(f"choosing the precision on this machine ({backend}), accuracy on {where}; budget "
-          f"per set: agreement >= {100 * gate.min_agreement:g}%, mIoU drop <= "
-          f"{gate.max_miou_drop:g}:\n  {TABLE_HEADER}")
+    budget = Thresholds(gate.min_agreement, gate.max_miou_drop)
+    print(f"choosing the precision on this machine ({backend}), accuracy on {where}; "
+          f"thresholds per set: {budget.describe()}:\n  {TABLE_HEADER}")
     with tempfile.TemporaryDirectory(prefix="edgeseg-auto-") as tmp:
         for precision in candidates:
             onnx_path = fp32_onnx if precision == "fp32" else variant_path(out, precision)

@@ -11,7 +11,11 @@ torch or onnx, and TensorRT/CUDA only inside the functions that need them, so
   CUDA graphs), ``cuda_memory`` (cuda-python or pycuda)
 - ``sources`` / ``sinks``: `open_source`, `open_sink` (files, folders, cameras, RTSP,
   GStreamer, synthetic drives; window, video, frames, labels, null)
-- ``stages``: frame <-> engine geometry, `SegmentStage`, `TranslateStage`, `StageChain`
+- ``frames``: `open_frames`, N frames spread over any spec (with labels), for calibration,
+  every accuracy gate, compare and bench
+- ``stages``: frame <-> engine geometry (`fit_frame`, `prepare_frame`: the one resize rule),
+  `SegmentStage`, `TranslateStage`, `StageChain`
+- ``predictor``: `open_engine` (any ONNX file or engine on a device), `BackendPredictor`
 - ``pipeline``: `StreamPipeline` (capture -> engines -> render/encode threads), `RunSummary`
 - ``overlay``, ``timing``, ``latency`` (every latency statistic); ``run_cli``: `edgeseg run` and `run_stream`
 """

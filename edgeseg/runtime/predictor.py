@@ -20,7 +20,10 @@ from edgeseg.runtime.backends.base import Backend, open_backend
 from edgeseg.runtime.sources import SourceFrame
 from edgeseg.runtime.stages import AspectPolicy, Packet, SegmentStage
 
-__all__ = ["AspectPolicy", "BackendPredictor", "load_backend"]
+__all__ = ["AspectPolicy", "BackendPredictor", "is_checkpoint", "load_backend", "open_engine"]
+
+#: what a training checkpoint is called (opened in PyTorch by `export.predictors`)
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 #: names `build-engine` gives ONNX Runtime engines (optimised for the build CPU)
@@ -29,6 +32,42 @@ ORT_ENGINE_SUFFIXES = (".ort.onnx", ".ort")
 
 def is_ort_engine_name(path: str | Path) -> bool:
     return Path(path).name.endswith(ORT_ENGINE_SUFFIXES)
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in CHECKPOINT_SUFFIXES
+
+
+def open_engine(path: str | Path, device: Device | str | None = "auto", *, threads: int = 0,
+                cuda_graphs: bool = False) -> Backend:
+    """Any ONNX file or engine placed on ``device`` (``cpu``, ``cuda[:N]``, ``auto``): the one
+    opener eval, compare, bench and ``--precision auto`` share, so a file scores the same in
+    each. ``threads`` > 0 sets ONNX Runtime's intra-op threads (0: the manifest's or the
+    library's default). Raises `BackendUnavailableError` where this machine cannot run it
+    (a TensorRT plan without TensorRT or a GPU), `EdgesegError` for what is wrong with the
+    file (an engine built for another machine included: rebuild it)."""
+    from edgeseg.contract.manifest import manifest_path, read_manifest
+    from edgeseg.runtime.backends.base import BackendUnavailableError
+    from edgeseg.runtime.compat import MachineInfo
+
+    p = Path(path)
+    if not p.exists():
+        raise EdgesegError(f"{p}: no such engine, ONNX file or checkpoint")
+    if p.is_dir():
+        raise EdgesegError(f"{p}: is a folder; give an engine, an ONNX file or a checkpoint")
+    placed = device_options(p, device)
+    if manifest_path(p).is_file():
+        if read_manifest(p).backend == "tensorrt":
+            machine = MachineInfo.detect("tensorrt", int(placed.get("device", 0)))
+            if machine.backend_version is None or machine.device is None:
+                raise BackendUnavailableError(f"{p}: TensorRT engine not run here: "
+                                              f"{machine.note}")
+            return load_backend(p, machine=machine, cuda_graphs=cuda_graphs, **placed)
+        return load_backend(p, **({"intra_op_threads": threads} if threads > 0 else {}),
+                            **placed)
+    if p.suffix != ".onnx":
+        read_manifest(p)  # raises: an engine without its manifest, saying how to rebuild
+    return load_backend(p, intra_op_threads=threads, **placed)
 
 
 def load_backend(path: str | Path, backend: str = "auto", *, manifest_check: bool = True,
@@ -80,10 +119,27 @@ class BackendPredictor:
         """(H, W) the engine takes; None when dynamic."""
         return self.stage.size
 
+    @property
+    def kind(self) -> str:
+        """The backend that runs it: ``onnxruntime`` or ``tensorrt``."""
+        return self.backend.name
+
+    @property
+    def precision(self) -> str:
+        manifest = self.backend.manifest
+        return manifest.precision if manifest else self.meta.precision
+
+    @property
+    def info(self) -> dict[str, object]:
+        return {"kind": "onnx/engine", "precision": self.precision, "method": self.meta.method}
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         bgr = np.ascontiguousarray(image[..., ::-1])
         packet = Packet(SourceFrame(0, bgr, 0.0), bgr)
         return self.stage.process(packet).labels
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 def device_options(path: str | Path, device: Device | str | None) -> dict[str, object]:

@@ -72,7 +72,11 @@ def profile_size(h: int, w: int, spec: TensorSpec) -> tuple[int, int] | None:
 
 def fit_frame(image: np.ndarray, size: tuple[int, int] | None,
               aspect: AspectPolicy = "stretch") -> tuple[np.ndarray, Box]:
-    """Resize (stretch) or letterbox ``image`` to ``size`` (H, W); returns the valid box."""
+    """Resize (stretch) or letterbox ``image`` to ``size`` (H, W); returns the valid box.
+
+    The only frame -> model-input resize in edgeseg (bilinear, as the vehicle runs it):
+    calibration, the parity and precision gates, eval, bench and the runtime all call it,
+    so int8 ranges and accuracy gates are measured on the pixels the engine will see."""
     h, w = image.shape[:2]
     if size is None or (h, w) == size:
         return image, (0, 0, h, w)
@@ -107,15 +111,31 @@ def unfit_image(image: np.ndarray, box: Box, shape: tuple[int, int]) -> np.ndarr
 
 def frame_to_input(frame: np.ndarray, meta: ModelMetadata) -> np.ndarray:
     """A BGR uint8 frame as the graph input of ``meta`` (batch of one)."""
-    fmt = meta.input.format
+    return to_input(frame, meta.input.format, meta.mean, meta.std, meta.input.dtype)
+
+
+def to_input(frame: np.ndarray, fmt: str, mean: tuple[float, ...] | list[float],
+             std: tuple[float, ...] | list[float], dtype: str | None = None) -> np.ndarray:
+    """A fitted BGR uint8 frame in input format ``fmt`` (batch of one): the one conversion
+    the runtime, the calibrator and every accuracy gate share."""
     if fmt == "uint8-nhwc-bgr":
         return np.ascontiguousarray(frame[None])
     if fmt == "float-nchw":  # normalised exactly as in training
         from edgeseg.data.transforms import to_chw_float
 
-        x = to_chw_float(frame[..., ::-1], meta.mean, meta.std)[None]
-        return x.astype(np.dtype(meta.input.dtype or "float32"), copy=False)
+        x = to_chw_float(frame[..., ::-1], mean, std)[None]
+        return x.astype(np.dtype(dtype or "float32"), copy=False)
     raise EdgesegError(f"input format {fmt!r} is not known to edgeseg")
+
+
+def prepare_frame(frame: np.ndarray, size: tuple[int, int] | None, fmt: str,
+                  mean: tuple[float, ...] | list[float], std: tuple[float, ...] | list[float],
+                  dtype: str | None = None, aspect: AspectPolicy = "stretch"
+                  ) -> tuple[np.ndarray, Box]:
+    """A BGR uint8 frame of any size as the model input (batch of one) and its valid box:
+    `fit_frame` then `to_input`, so every caller feeds the engine the vehicle's pixels."""
+    fitted, box = fit_frame(frame, size, aspect)
+    return to_input(fitted, fmt, mean, std, dtype), box
 
 
 def output_to_labels(out: np.ndarray, kind: str) -> np.ndarray:
@@ -149,8 +169,9 @@ class EngineStage:
 
     def submit(self, packet: Packet) -> None:
         t0 = time.perf_counter()
-        fitted, box = fit_frame(packet.frame, self.target_size(packet.frame), self.aspect)
-        x = frame_to_input(fitted, self.meta)
+        meta = self.meta
+        x, box = prepare_frame(packet.frame, self.target_size(packet.frame), meta.input.format,
+                               meta.mean, meta.std, meta.input.dtype, self.aspect)
         packet.timings["preprocess"] = packet.timings.get("preprocess", 0.0) + \
             (time.perf_counter() - t0) * 1e3
         self.backend.submit(x)
