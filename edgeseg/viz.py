@@ -92,6 +92,22 @@ def _text_bar(text: str, width: int, height: int = 24, scale: float = 0.5) -> np
     return bar
 
 
+#: legend text height per pixel of row height (report strips and the video legend)
+LEGEND_TEXT_SCALE = 1 / 40
+
+
+def draw_legend_entry(canvas: np.ndarray, x: int, y: int, row: int, name: str,
+                      colour: Sequence[int], text: tuple[int, int, int]) -> None:
+    """One swatch and class name in a ``row``-pixel line at (x, y), in place: the one entry
+    drawing behind report legends and the vehicle video's legend, so both read alike.
+    ``colour`` is in the canvas's channel order."""
+    sw = row - 4
+    cv2.rectangle(canvas, (x, y + 2), (x + sw, y + 2 + sw), tuple(int(c) for c in colour), -1)
+    cv2.rectangle(canvas, (x, y + 2), (x + sw, y + 2 + sw), text, 1)
+    cv2.putText(canvas, name, (x + sw + 4, y + int(row * 0.75)), _FONT, row * LEGEND_TEXT_SCALE, text, 1,
+                cv2.LINE_AA)
+
+
 def legend_strip(
     space: LabelSpace, width: int, cell_width: int = 150, row_height: int = 20
 ) -> np.ndarray:
@@ -101,12 +117,9 @@ def legend_strip(
     cols = max(1, width // cell_width)
     rows = math.ceil(space.num_classes / cols)
     strip = np.full((rows * row_height, width, 3), _BG, np.uint8)
-    sw = row_height - 6
     for i, (name, colour) in enumerate(zip(space.names, space.palette)):
-        x, y = (i % cols) * cell_width + 3, (i // cols) * row_height + 3
-        cv2.rectangle(strip, (x, y), (x + sw, y + sw), tuple(int(c) for c in colour), -1)
-        cv2.rectangle(strip, (x, y), (x + sw, y + sw), _FG, 1)
-        cv2.putText(strip, name, (x + sw + 4, y + sw - 2), _FONT, 0.4, _FG, 1, cv2.LINE_AA)
+        draw_legend_entry(strip, (i % cols) * cell_width + 3, (i // cols) * row_height, row_height,
+                          name, colour, _FG)
     return strip
 
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from edgeseg.labels import palette_lut
-from edgeseg.viz import blend_labels
+from edgeseg.viz import LEGEND_TEXT_SCALE, blend_labels, draw_legend_entry
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -42,7 +42,7 @@ def render_legend(names: Sequence[str], palette: Sequence[Sequence[int]], height
     n = max(len(names), 1)
     max_width = width // 4 if width else None
     for row in range(min(22, int(height * 0.9) // n), MIN_LEGEND_ROW - 1, -1):
-        scale = row / 32
+        scale = row * LEGEND_TEXT_SCALE
         legend_width = max(cv2.getTextSize(name, FONT, scale, 1)[0][0] for name in names) + row + 8
         if max_width is None or legend_width <= max_width:
             break
@@ -50,11 +50,7 @@ def render_legend(names: Sequence[str], palette: Sequence[Sequence[int]], height
         return None
     legend = np.zeros((row * len(names), legend_width, 3), np.uint8)
     for i, (name, rgb) in enumerate(zip(names, palette)):
-        y = i * row
-        cv2.rectangle(legend, (2, y + 2), (row - 2, y + row - 2), tuple(int(c) for c in rgb[::-1]),
-                      -1)
-        cv2.putText(legend, name, (row + 2, y + int(row * 0.75)), FONT, scale, (255, 255, 255),
-                    1, cv2.LINE_AA)
+        draw_legend_entry(legend, 2, i * row, row, name, rgb[::-1], (255, 255, 255))
     return legend
 
 
