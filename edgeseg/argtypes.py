@@ -84,6 +84,13 @@ def parse_device(text: str) -> Device:
     return Device(match.group(1), int(match.group(2) or 0))
 
 
+def add_device_argument(parser: argparse.ArgumentParser, help: str,
+                        default: str | None = "auto") -> None:
+    """``--device cpu|cuda[:N]|auto``, spelled and parsed the same in every command."""
+    parser.add_argument("--device", type=parse_device, metavar="cpu|cuda[:N]|auto",
+                        default=parse_device(default) if default else None, help=help)
+
+
 def parse_alpha(text: str) -> float:
     """Overlay opacity in [0, 1]: ``0.6`` as a fraction, or ``150`` on segnet.py's 0-255 scale.
 

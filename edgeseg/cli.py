@@ -108,7 +108,7 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edgeseg.argtypes import non_negative_int, parse_device, positive_int
+    from edgeseg.argtypes import add_device_argument, non_negative_int, positive_int
 
     parser = argparse.ArgumentParser(
         prog="edgeseg",
@@ -144,9 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="write a per-class IoU bar chart")
     p.add_argument("--max-frames", type=non_negative_int, default=0, metavar="N",
                    help="stop after the first N frames of each dataset (default 0 = all)")
-    p.add_argument("--device", type=parse_device, default=parse_device("auto"),
-                   metavar="cpu|cuda[:N]|auto",
-                   help="where the model runs: a checkpoint in PyTorch on it, an ONNX file or "
+    add_device_argument(p, "where the model runs: a checkpoint in PyTorch on it, an ONNX file or "
                         "engine on that GPU's provider/context (default auto)")
     p.set_defaults(func=_cmd_eval)
 

@@ -22,7 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.argtypes import non_negative_int, parse_device, parse_hw_16, positive_int
+from edgeseg.argtypes import (
+    add_device_argument,
+    non_negative_int,
+    parse_hw_16,
+    positive_int,
+)
 from edgeseg.bench.parity import DEFAULT_MAX_DROP, check_bench_parity, parse_max_drop
 from edgeseg.bench.report import BenchResult, LatencyRow, format_console, write_report
 from edgeseg.bench.targets import Target, TargetSkipped, open_target
@@ -87,12 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              + "), repeatable")
     parser.add_argument("--band", metavar="PX", type=positive_int, default=3,
                         help="boundary band width in pixels (default 3)")
-    parser.add_argument("--device", type=parse_device, default=parse_device("auto"),
-                        metavar="cpu|cuda[:N]|auto",
-                        help="checkpoints run in PyTorch there; TensorRT plans on GPU N; plain "
-                             "ONNX files on ONNX Runtime's CUDA provider for cuda[:N], else the "
-                             "CPU; ONNX Runtime engines on the CPU they were built for "
-                             "(default auto)")
+    add_device_argument(parser, "checkpoints run in PyTorch there; TensorRT plans on GPU N; plain "
+                        "ONNX files on ONNX Runtime's CUDA provider for cuda[:N], else the "
+                        "CPU; ONNX Runtime engines on the CPU they were built for "
+                        "(default auto)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="TensorRT: replay each input shape's enqueue as a CUDA graph "
                              "(trtexec --useCudaGraph)")

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgeseg.argtypes import Device, parse_device
+from edgeseg.argtypes import Device, add_device_argument
 from edgeseg.config import ConfigError
 from edgeseg.contract.metadata import read_metadata
 from edgeseg.export.build_engine import build_engine, default_engine_path, resolve_backend
@@ -93,9 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{name} input shape, as trtexec --{name}Shapes "
                                  "(e.g. frame:1x720x1280x3); NAME, if given, must be the "
                                  "ONNX input's")
-    parser.add_argument("--device", type=parse_device, metavar="cpu|cuda[:N]|auto",
-                        help="cuda:N builds the TensorRT plan on GPU N (trtexec --device=N); "
-                             "cpu builds an ONNX Runtime engine; default auto")
+    add_device_argument(parser, "cuda:N builds the TensorRT plan on GPU N (trtexec --device=N); "
+                        "cpu builds an ONNX Runtime engine; default auto", default=None)
     parser.add_argument("-f", "--force", action="store_true",
                         help="overwrite -o (or a variant ONNX) even if another stage wrote it")
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,

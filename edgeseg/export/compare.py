@@ -15,7 +15,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from edgeseg.argtypes import Device, parse_device, positive_int
+from edgeseg.argtypes import Device, add_device_argument, parse_device, positive_int
 from edgeseg.errors import EdgesegError
 from edgeseg.metrics import Thresholds, compare_summaries
 
@@ -79,10 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames to compare, spread over --data (default 16)")
     parser.add_argument("--min-agreement", type=float, default=0.99,
                         help="pixel agreement that passes (default 0.99)")
-    parser.add_argument("--device", type=parse_device, default=parse_device("auto"),
-                        metavar="cpu|cuda[:N]|auto",
-                        help="a checkpoint runs in PyTorch there; a plain ONNX on ONNX Runtime's "
-                             "CUDA provider for cuda[:N]; a TensorRT plan on GPU N (default auto)")
+    add_device_argument(parser, "a checkpoint runs in PyTorch there; a plain ONNX on ONNX Runtime's "
+                        "CUDA provider for cuda[:N]; a TensorRT plan on GPU N (default auto)")
     parser.add_argument("--json", metavar="OUT", help="write the summary as JSON (- = stdout)")
 
 

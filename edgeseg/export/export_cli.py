@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.argtypes import parse_device, parse_hw, torch_device
+from edgeseg.argtypes import add_device_argument, parse_hw, torch_device
 from edgeseg.export.onnx_export import (
     INPUT_FORMATS,
     LABELS_DTYPES,
@@ -65,10 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "synthetic scenes")
     parser.add_argument("--parity-frames", type=int, default=8, metavar="N",
                         help="frames for the parity gate; default 8")
-    parser.add_argument("--device", type=parse_device, default=parse_device("cpu"),
-                        metavar="cpu|cuda[:N]|auto",
-                        help="where the parity gate runs the PyTorch reference (the graph is "
-                             "always traced on the CPU); default cpu")
+    add_device_argument(parser, "where the parity gate runs the PyTorch reference (the graph is "
+                        "always traced on the CPU); default cpu", default="cpu")
     parser.add_argument("--skip-parity", action="store_true",
                         help="publish without the parity gate (not recommended)")
     parser.add_argument("-f", "--force", action="store_true",

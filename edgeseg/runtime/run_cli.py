@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeseg.argtypes import parse_alpha, parse_device
+from edgeseg.argtypes import add_device_argument, parse_alpha
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import write_json
 from edgeseg.runtime.backends.base import Backend
@@ -194,11 +194,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--translator", metavar="ENGINE",
                         help="image-translation engine run before the segmenter (night->day)")
     parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"])
-    parser.add_argument("--device", type=parse_device, default=parse_device("auto"),
-                        metavar="cpu|cuda[:N]|auto",
-                        help="GPU N for a TensorRT engine (its CUDA context) or a plain ONNX "
-                             "(ONNX Runtime's CUDA provider, device_id N); cpu for ONNX Runtime "
-                             "on the CPU; default auto (TensorRT: GPU 0, ONNX: CPU)")
+    add_device_argument(parser, "GPU N for a TensorRT engine (its CUDA context) or a plain ONNX "
+                        "(ONNX Runtime's CUDA provider, device_id N); cpu for ONNX Runtime "
+                        "on the CPU; default auto (TensorRT: GPU 0, ONNX: CPU)")
     parser.add_argument("--policy", default="auto", choices=["auto", "all", "latest"],
                         help="all: every frame in order (files); latest: drop stale frames "
                              "(live cameras); auto: by source")
