@@ -34,6 +34,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from edgeseg.fileio import check_outputs
 
     check_outputs([args.json, args.overlays, args.plot])  # before minutes of scoring
+    text = sys.stderr if args.json == "-" else sys.stdout  # stdout carries only the JSON then
     predict, space_name, info = load_predictor(args.model, args.device)
     model_space = get_label_space(space_name)
     results, samples, space_of = {}, [], {}
@@ -47,12 +48,12 @@ def run_eval(args: argparse.Namespace) -> int:
         results[spec] = res.metrics
         space_of[spec] = dataset.label_space
         samples += [(f"{spec} {n}", img, p, g) for n, img, p, g in res.samples]
-        print(format_table(res.metrics, title=f"{args.model} on {spec}"))
-        print()
+        print(format_table(res.metrics, title=f"{args.model} on {spec}"), file=text)
+        print(file=text)
     if len(results) >= 2:
         (a, ma), (b, mb) = list(results.items())[:2]
         print(compare_summaries(ma, mb, a.split(":")[-1], b.split(":")[-1],
-                                title=f"gap {a} -> {b}"))
+                                title=f"gap {a} -> {b}"), file=text)
     if args.json:
         write_json(args.json, {"model": args.model, **info,
                                "results": {k: v.to_dict() for k, v in results.items()}})
@@ -60,11 +61,11 @@ def run_eval(args: argparse.Namespace) -> int:
         from edgeseg.viz import save_overlay_grid
 
         save_overlay_grid(args.overlays, samples, next(iter(space_of.values())))
-        print(f"overlays: {args.overlays}")
+        print(f"overlays: {args.overlays}", file=text)
     if results and args.plot:
         from edgeseg.viz import plot_iou_bars
 
         plot_iou_bars(args.plot, {k.split(":")[-1]: v for k, v in results.items()},
                       title=f"per-class IoU: {Path(args.model).name}")
-        print(f"per-class IoU plot: {args.plot}")
+        print(f"per-class IoU plot: {args.plot}", file=text)
     return 0 if results else 1

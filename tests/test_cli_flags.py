@@ -290,6 +290,20 @@ def test_cli_inspect_json_is_a_path(seg_onnx: Path, tmp_path: Path) -> None:
     assert done.returncode == 0 and json.loads(done.stdout)["kind"] == "onnx"
 
 
+def test_cli_eval_and_compare_json_to_stdout_is_only_json(seg_onnx: Path, tiny_synth: Path
+                                                          ) -> None:
+    data = f"synthetic:{tiny_synth}:night_val"
+    done = cli("eval", str(seg_onnx), "--data", data, "--json", "-")
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)["results"]) == {data}
+    assert "mIoU" in done.stderr  # the table went to stderr
+    done = cli("compare", str(seg_onnx), str(seg_onnx), "--data", data, "--json", "-")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["passed"] and summary["pixel_agreement"] == 1.0
+    assert "PASSED" in done.stderr
+
+
 def test_cli_quantize_keep_fp32_and_old_flags(seg_onnx: Path, tmp_path: Path) -> None:
     out = tmp_path / "seg.fp16.onnx"
     done = cli("quantize", str(seg_onnx), "--output", str(out), "--precision", "fp16",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,19 +86,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgeseg.fileio import check_outputs, write_json
+
+    check_outputs([args.json])  # before the models run
+    text = sys.stderr if args.json == "-" else sys.stdout  # stdout carries only the JSON then
     summary = compare_models(args.a, args.b, args.data, args.max_frames, args.min_agreement,
                              args.device)
     band = summary["boundary_agreement"]
-    print(f"{summary['a']} vs {summary['b']} on {summary['frames']} frames of {summary['data']}")
-    print(f"pixel agreement     {100 * summary['pixel_agreement']:.3f} %")
+    print(f"{summary['a']} vs {summary['b']} on {summary['frames']} frames of {summary['data']}",
+          file=text)
+    print(f"pixel agreement     {100 * summary['pixel_agreement']:.3f} %", file=text)
     print("boundary agreement  " + ("n/a" if band is None else f"{100 * band:.3f} %")
-          + " (3 px band around edges)")
+          + " (3 px band around edges)", file=text)
     if "table" in summary:
-        print(summary.pop("table"))
+        print(summary.pop("table"), file=text)
     gate = Thresholds(min_agreement=args.min_agreement).describe()
-    print(f"PASSED ({gate})" if summary["passed"] else f"FAILED: {gate} does not hold")
+    print(f"PASSED ({gate})" if summary["passed"] else f"FAILED: {gate} does not hold",
+          file=text)
     if args.json:
-        from edgeseg.fileio import write_json
-
         write_json(args.json, summary)
     return 0 if summary["passed"] else 1
