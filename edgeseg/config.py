@@ -311,8 +311,14 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
     val_max_images: int = 0  # 0 = the whole validation split
+    #: what chooses best.pt: "" = mIoU on the first data.val spec; a data.val spec = mIoU
+    #: there; "entropy:SPEC" = the lowest mean prediction entropy on SPEC (label-free, for
+    #: an unlabelled target split)
+    select_on: str = ""
 
     def validate(self) -> None:
+        if self.select_on.startswith("entropy:") and not self.select_on[len("entropy:"):]:
+            raise ValueError("train.select_on='entropy:' needs a dataset spec after the colon")
         check_range(self, "iterations", 1)
         check_range(self, "val_every", 0)  # 0 = only at the end
         check_range(self, "ckpt_every", 0)  # 0 = only at the end and on Ctrl-C
@@ -335,6 +341,10 @@ class Recipe:
     def validate(self) -> None:
         if not self.name.strip():
             raise ValueError("name: must not be empty")
+        select = self.train.select_on
+        if select and not select.startswith("entropy:") and select not in self.data.val:
+            raise ValueError(f"train.select_on={select!r}: not one of data.val "
+                             f"{list(self.data.val)}; name one of them or entropy:SPEC")
         check_range(self, "seed", 0, 2**32 - 1)
         try:
             self.output_dir.format(name=self.name)

@@ -9,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from edgeseg.config import Recipe, from_dict
+from edgeseg.config import Recipe, from_dict, to_dict
 from edgeseg.train.checkpoint import CheckpointError, load_checkpoint, load_model
 from edgeseg.train.schedule import lr_factor
 from edgeseg.train.trainer import EXIT_INTERRUPTED, Trainer
@@ -86,8 +87,59 @@ def test_validation_and_best_checkpoint(tiny_synth: Path, tmp_path: Path) -> Non
     train = [x for x in lines if x["type"] == "train"]
     assert [x["iter"] for x in train] == [1, 2] and all(x["images_per_sec"] > 0 for x in train)
     best = load_checkpoint(tmp_path / "best.pt")
-    assert best["best"]["miou"] == pytest.approx(val[0]["miou"])
+    assert best["best"]["value"] == pytest.approx(val[0]["miou"])
+    assert (best["best"]["criterion"], best["best"]["data"]) == ("miou", val[0]["data"])
     assert (tmp_path / "recipe.yaml").exists()
+
+
+def test_select_on_must_name_a_val_split_or_entropy(tiny_synth: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not one of data.val"):
+        _recipe(tiny_synth, tmp_path, train__select_on=f"synthetic:{tiny_synth}:day_val")
+    with pytest.raises(ValueError, match="needs a dataset spec"):
+        _recipe(tiny_synth, tmp_path, train__select_on="entropy:")
+
+
+def test_mean_entropy_by_hand(tiny_synth: Path, tmp_path: Path) -> None:
+    """A segmenter whose classifier ignores its features predicts softmax(bias) everywhere:
+    the mean entropy is -sum p log p of that bias, computed here by hand."""
+    trainer = Trainer(_recipe(tiny_synth, tmp_path, train__val_max_images=2), progress=False)
+    head = trainer.model.head.classifier
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+    spec = f"synthetic:{tiny_synth}:night_train"  # unlabelled use: no labels are read
+    assert trainer.mean_entropy(spec) == pytest.approx(float(np.log(19)), rel=1e-5)
+    bias = np.full(19, -4.0)
+    bias[0], bias[1] = 2.0, 1.0
+    with torch.no_grad():
+        head.bias.copy_(torch.from_numpy(bias))
+    p = np.exp(bias) / np.exp(bias).sum()
+    assert trainer.mean_entropy(spec) == pytest.approx(float(-(p * np.log(p)).sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("select", ["second", "entropy"])
+def test_best_checkpoint_follows_select_on(tiny_synth: Path, tmp_path: Path,
+                                           select: str) -> None:
+    day, night = f"synthetic:{tiny_synth}:day_val", f"synthetic:{tiny_synth}:night_val"
+    target = f"synthetic:{tiny_synth}:night_train"
+    choice = night if select == "second" else f"entropy:{target}"
+    recipe = _recipe(tiny_synth, tmp_path, train__iterations=6, train__val_every=2,
+                     train__val_max_images=2, train__select_on=choice)
+    recipe = from_dict(Recipe, {**to_dict(recipe),
+                                "data": {**to_dict(recipe.data), "val": [day, night]}})
+    assert Trainer(recipe, progress=False).run() == 0
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    best = load_checkpoint(tmp_path / "best.pt")
+    if select == "second":
+        scored = [(x["miou"], x["iter"]) for x in lines if x["type"] == "val" and x["data"] == night]
+        want = max(scored, key=lambda v: (v[0], -v[1]))  # the first of equal scores is kept
+        assert (best["best"]["criterion"], best["best"]["data"]) == ("miou", night)
+    else:
+        scored = [(-x["entropy"], x["iter"]) for x in lines if "entropy" in x]
+        want = max(scored, key=lambda v: (v[0], -v[1]))
+        assert (best["best"]["criterion"], best["best"]["data"]) == ("entropy", choice)
+    assert [it for _, it in scored] == [2, 4, 6]
+    assert best["iteration"] == best["best"]["iter"] == want[1]
 
 
 def test_checkpoint_rebuilds_model_without_recipe(tiny_synth: Path, tmp_path: Path) -> None:

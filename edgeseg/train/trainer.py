@@ -52,9 +52,17 @@ EXIT_INTERRUPTED = 130
 #: longer be the run its checkpoint belongs to.
 RESUME_CHANGEABLE = (
     "train.iterations", "train.log_every", "train.val_every", "train.ckpt_every",
-    "train.val_max_images", "train.threads", "data.workers", "data.val",
+    "train.val_max_images", "train.select_on", "train.threads", "data.workers", "data.val",
     "data.val_batch_size", "output_dir", "model.pretrained", "model.init_from",
 )
+
+def describe_best(best: dict[str, Any]) -> str:
+    """What chose best.pt, for logs (older checkpoints record mIoU only)."""
+    if best.get("criterion") == "entropy":
+        return f"lowest entropy {best['value']:.4f} on {best['data']} at iteration {best['iter']}"
+    value = best.get("value", best.get("miou", 0.0))
+    return f"{best['data']} mIoU {100 * value:.2f} at iteration {best['iter']}"
+
 
 #: files the trainer writes into a run folder (temp files of killed writers are removed)
 RUN_FILES = ("last.pt", "best.pt", "recipe.yaml", "metrics.jsonl")
@@ -177,8 +185,10 @@ class Trainer:
             )
         if self.dist.is_main:
             check_writable_dir(self.run_dir)  # before any work, not at the first checkpoint
-        for spec in recipe.data.val:  # a typo fails now, not at the first validation
-            open_eval_dataset(spec, self.label_space)
+        select = recipe.train.select_on
+        for spec in [*recipe.data.val, *([select[len("entropy:"):]]
+                                          if select.startswith("entropy:") else [])]:
+            open_eval_dataset(spec, self.label_space)  # a typo fails now, not at validation
         seed_everything(recipe.seed)
         # on resume the weights come from the checkpoint: never re-read an ImageNet file
         model_cfg = recipe.model if ckpt is None else dataclasses.replace(
@@ -381,14 +391,49 @@ class Trainer:
             net.train()
         return results
 
+    @property
+    def validates(self) -> bool:
+        """There is something to validate on: a val set, or a label-free selection split."""
+        return bool(self.recipe.data.val) or self.recipe.train.select_on.startswith("entropy:")
+
     def _track_best(self, results: dict[str, float]) -> None:
-        if not results:
-            return
-        key = next(iter(results))  # the first val spec selects the best checkpoint
-        if results[key] > self.best.get("miou", -1.0):
-            self.best = {"miou": results[key], "data": key, "iter": self.iteration,
-                         "all": results}
+        """Keep best.pt by ``train.select_on`` (higher mIoU, or lower target entropy) and
+        record in it which criterion chose it."""
+        select = self.recipe.train.select_on
+        if select.startswith("entropy:"):
+            spec = select[len("entropy:"):]
+            entropy = self.mean_entropy(spec)
+            self._append_jsonl({"type": "val", "iter": self.iteration, "data": spec,
+                                "entropy": entropy})
+            key, value, score = select, entropy, -entropy
+        else:
+            key = select or next(iter(results), "")
+            if key not in results:
+                return
+            value = score = results[key]
+        previous = self.best.get("score", self.best.get("miou", -float("inf")))
+        if score > previous:
+            self.best = {"criterion": "entropy" if select.startswith("entropy:") else "miou",
+                         "data": key, "value": value, "score": score,
+                         "iter": self.iteration, "all": results}
             self.save("best.pt")
+
+    def mean_entropy(self, spec: str) -> float:
+        """Mean per-pixel softmax entropy (nats) of the segmenter on ``spec``: a label-free
+        selection signal on a target split. Uses val_max_images; DDP ranks score shards."""
+        d, t = self.recipe.data, self.recipe.train
+        predictor = TorchPredictor(unwrap(self.model), d.mean, d.std, self.device)
+        dataset = open_eval_dataset(spec, self.label_space)
+        n = len(dataset) if not t.val_max_images else min(len(dataset), t.val_max_images)
+        totals = np.zeros(2, np.float64)  # entropy sum, pixel count
+        for i in range(self.dist.rank, n, self.dist.world_size):
+            prob = torch.softmax(predictor.logits(dataset[i]["image"]).float(), dim=1)
+            ent = -(prob * torch.log(prob.clamp_min(1e-12))).sum(1)
+            totals += (float(ent.sum()), ent.numel())
+        totals = all_reduce_array(totals, self.dist, self.device)
+        for net in self.method.networks.values():
+            net.train()
+        return float(totals[0] / max(totals[1], 1))
 
     # --- the loop -------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -437,7 +482,7 @@ class Trainer:
                     self._append_jsonl(rec)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
                     tic = time.perf_counter()
-                if t.val_every and self.iteration % t.val_every == 0 and r.data.val:
+                if t.val_every and self.iteration % t.val_every == 0 and self.validates:
                     self._track_best(self.validate())
                     tic = time.perf_counter()
                 if t.ckpt_every and self.iteration % t.ckpt_every == 0:
@@ -453,14 +498,13 @@ class Trainer:
             cleanup_distributed()
             return EXIT_INTERRUPTED
         finished = self.iteration >= t.iterations
-        if finished and r.data.val and (not t.val_every or self.iteration % t.val_every):
+        if finished and self.validates and (not t.val_every or self.iteration % t.val_every):
             self._track_best(self.validate())
         path = self.save()
         if not finished:
             self._log_main(f"stopped at iteration {self.iteration}; continue with --resume {path}")
         self._log_main(f"{'done' if finished else 'saved'}: {path}" + (
-            f" (best {self.best['data']} mIoU {100 * self.best['miou']:.2f} at iteration "
-            f"{self.best['iter']})" if self.best else ""))
+            f" (best.pt: {describe_best(self.best)})" if self.best else ""))
         cleanup_distributed()
         return 0
 
