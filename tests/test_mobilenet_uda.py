@@ -74,6 +74,13 @@ def _has_grad(net: nn.Module) -> bool:
     return any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to float noise relative to ``b``'s scale (a fresh M's encoder features
+    are ~1e-7, so an absolute tolerance would accept any two of them)."""
+    scale = b.abs().max().item()
+    return a.shape == b.shape and scale > 0 and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
 # --- losses against hand computations -----------------------------------------------
 
 
@@ -154,12 +161,13 @@ def test_feature_adversarial_losses_and_inputs() -> None:
         fake_t_feat = encoder(m.images.to_seg(gen_s2t(m.images.to_gan(x_s))))
         fake_s_feat = encoder(m.images.to_seg(gen_t2s(m.images.to_gan(x_t))))
         real_t_feat, real_s_feat = encoder(x_t), encoder(x_s)
-    assert torch.allclose(d_t.inputs[0], fake_t_feat, atol=1e-4)
-    assert torch.allclose(d_s.inputs[0], fake_s_feat, atol=1e-4)
+    assert _close(d_t.inputs[0], fake_t_feat)
+    assert _close(d_s.inputs[0], fake_s_feat)
     real, fake = d_t.inputs[1].split(2)
-    assert torch.allclose(real, real_t_feat, atol=1e-4) and torch.allclose(fake, fake_t_feat, atol=1e-4)
+    assert _close(real, real_t_feat) and _close(fake, fake_t_feat)
     real, fake = d_s.inputs[1].split(2)
-    assert torch.allclose(real, real_s_feat, atol=1e-4) and torch.allclose(fake, fake_s_feat, atol=1e-4)
+    assert _close(real, real_s_feat) and _close(fake, fake_s_feat)
+    assert not _close(real_s_feat, real_t_feat)  # the features tell the images apart
 
 
 # --- gradient routing -------------------------------------------------------------------
@@ -429,3 +437,186 @@ def test_ddp_gloo_keeps_every_network_in_sync(tiny_synth: Path, tmp_path: Path) 
     assert all(opt["state"] for opt in ckpt["method_state"]["optimizers"].values())  # all stepped
     logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss_seg_src"]) for r in logs if r["type"] == "train")
+
+
+# --- values inside the method: weighted total, discriminator inputs, cycle pairs ---------
+
+PAPER_LAMBDAS = {"lambda_cycle": 20.0, "lambda_sem": 0.1, "lambda_feat": 1e-4, "lambda_ce": 1.0}
+
+
+def _expected_total(logs: dict[str, float], lambdas: dict[str, float]) -> float:
+    """L_tot of the paper (Sec. 4) from the logged terms, with the replay extension."""
+    return ((logs["loss_adv_img_s"] + logs["loss_adv_img_t"])
+            + lambdas["lambda_feat"] * (logs["loss_feat_s"] + logs["loss_feat_t"])
+            + lambdas["lambda_cycle"] * (logs["loss_cycle_s"] + logs["loss_cycle_t"])
+            + lambdas["lambda_sem"] * (logs["loss_sem_s"] + logs["loss_sem_t"])
+            + lambdas["lambda_ce"] * logs["loss_seg_src_translated"]
+            + lambdas.get("lambda_ce_source", 0.0) * logs.get("loss_seg_src", 0.0))
+
+
+def test_paper_lambdas_are_the_defaults_and_weight_the_total() -> None:
+    defaults = Params()
+    assert {k: getattr(defaults, k) for k in PAPER_LAMBDAS} == PAPER_LAMBDAS
+    assert defaults.lambda_ce_source == 0.0 and defaults.gan_mode == "lsgan"
+    m = _method(freeze_model_fraction=0.0)
+    logs = m.train_step(_batch(), 0)
+    terms = [k for k in logs if k.startswith("loss_") and not k.startswith("loss_disc")
+             and k != "loss_gen_total"]
+    assert all(logs[k] > 0 for k in terms), logs  # every term can move the total
+    assert logs["loss_gen_total"] == pytest.approx(_expected_total(logs, PAPER_LAMBDAS), rel=1e-5)
+
+
+def test_total_uses_each_configured_lambda() -> None:
+    # distinct weights of similar size: any swapped, dropped or constant weight shows
+    lambdas = {"lambda_cycle": 0.3, "lambda_sem": 0.7, "lambda_feat": 1.9, "lambda_ce": 2.3,
+               "lambda_ce_source": 0.5}
+    m = _method(freeze_model_fraction=0.0, **lambdas)
+    logs = m.train_step(_batch(), 0)
+    assert logs["loss_seg_src"] > 0
+    assert logs["loss_gen_total"] == pytest.approx(_expected_total(logs, lambdas), rel=1e-5)
+    for a, b in (("lambda_sem", "lambda_feat"), ("lambda_cycle", "lambda_ce")):
+        swapped = {**lambdas, a: lambdas[b], b: lambdas[a]}
+        assert abs(_expected_total(logs, swapped) - logs["loss_gen_total"]) > 1e-3
+
+
+class Affine(nn.Module):
+    """A generator stand-in: ``scale * x + shift``; records its inputs."""
+
+    def __init__(self, scale: float, shift: float) -> None:
+        super().__init__()
+        self.scale, self.shift = scale, shift
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return self.scale * x + self.shift
+
+
+def _gen_term(score: float, mode: str) -> float:
+    """Generator-side adversarial loss of a constant patch score (fakes labelled real)."""
+    return (score - 1) ** 2 if mode == "lsgan" else math.log1p(math.exp(-score))
+
+
+def _disc_term(score: float, mode: str) -> float:
+    """Discriminator loss when reals and fakes both score ``score``."""
+    if mode == "lsgan":
+        return 0.5 * ((score - 1) ** 2 + score**2)
+    return 0.5 * (math.log1p(math.exp(-score)) + math.log1p(math.exp(score)))
+
+
+@pytest.mark.parametrize("mode", ["lsgan", "vanilla"])
+def test_generator_and_discriminator_losses_by_hand(mode: str) -> None:
+    """Stand-in generators (G_S->T(x) = x + 0.5, G_T->S(x) = -x / 2) and constant,
+    recording discriminators: every loss is recomputed here from the images each
+    network must see, with real M (eval mode) for the segmentation terms."""
+    m = _method(gan_mode=mode)
+    scores = {"disc_img_t": 0.3, "disc_img_s": -0.2, "disc_feat_t": 0.7, "disc_feat_s": -0.6}
+    discs = {name: ConstantD(v) for name, v in scores.items()}
+    m.networks.update(discs)
+    m.networks["gen_s2t"], m.networks["gen_t2s"] = s2t, t2s = Affine(1.0, 0.5), Affine(-0.5, 0.0)
+    m.set_model_mode(frozen=True)
+    with torch.no_grad():  # a fresh M's logits are ~1e-5 (tiny activations, 0.01 classifier):
+        m.networks["model"].head.classifier.weight.normal_(0.0, 1e3)  # make argmax labels count
+    batch = _batch()
+    batch["source"]["label"][:, :4] = 255  # ignored pixels
+    losses, cache = m.generator_losses(batch)
+
+    mean = torch.tensor(m.ctx.recipe.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(m.ctx.recipe.data.std).view(1, 3, 1, 1)
+    x_s, y_s, x_t = batch["source"]["image"], batch["source"]["label"], batch["target"]["image"]
+    real_s, real_t = (x_s * std + mean) * 2 - 1, (x_t * std + mean) * 2 - 1
+    fake_t, fake_s = real_s + 0.5, -0.5 * real_t
+    rec_s, rec_t = -0.5 * fake_t, fake_s + 0.5
+
+    def seg(gan: torch.Tensor) -> torch.Tensor:
+        return ((gan + 1) / 2 - mean) / std
+
+    close = _close
+    # cycle (Eq. 3): each round trip against its own original
+    assert losses["loss_cycle_s"].item() == pytest.approx((rec_s - real_s).abs().mean().item(), rel=1e-5)
+    assert losses["loss_cycle_t"].item() == pytest.approx((rec_t - real_t).abs().mean().item(), rel=1e-5)
+    for wrong in (real_s, fake_t, fake_s):  # the hand values tell the pairs apart
+        assert abs((rec_t - wrong).abs().mean() - (rec_t - real_t).abs().mean()) > 1e-2
+    assert close(torch.cat(s2t.inputs), torch.cat([real_s, fake_s]))
+    assert close(torch.cat(t2s.inputs), torch.cat([real_t, fake_t]))
+
+    # image adversarial (Eq. 1-2): D_T scores G_S->T(x_s), D_S scores G_T->S(x_t)
+    assert losses["loss_adv_img_t"].item() == pytest.approx(_gen_term(0.3, mode), rel=1e-5)
+    assert losses["loss_adv_img_s"].item() == pytest.approx(_gen_term(-0.2, mode), rel=1e-5)
+    assert close(discs["disc_img_t"].inputs[0], fake_t)
+    assert close(discs["disc_img_s"].inputs[0], fake_s)
+
+    # segmentation terms with M itself
+    model = m.networks["model"]
+    with torch.no_grad():
+        on_fake_t, on_fake_s = model(seg(fake_t), features=True), model(seg(fake_s), features=True)
+        on_s, on_t = model(x_s, features=True), model(x_t, features=True)
+    ce = torch.nn.functional.cross_entropy
+    assert losses["loss_seg_src_translated"].item() == pytest.approx(
+        ce(on_fake_t["logits"], y_s, ignore_index=255).item(), rel=1e-5)
+    # L_sem (Eq. 4): pseudo-label = argmax of M on the ORIGINAL image
+    for key, translated, original in (("loss_sem_s", on_fake_t, on_s), ("loss_sem_t", on_fake_s, on_t)):
+        expected = ce(translated["logits"], original["logits"].argmax(1)).item()
+        assert losses[key].item() == pytest.approx(expected, rel=1e-5), key
+        self_label = ce(translated["logits"], translated["logits"].argmax(1)).item()
+        assert abs(expected - self_label) > 0.05, key  # the test can tell the labels apart
+
+    # feature adversarial (Eq. 6-7) on M_e of the translations
+    assert losses["loss_feat_t"].item() == pytest.approx(_gen_term(0.7, mode), rel=1e-5)
+    assert losses["loss_feat_s"].item() == pytest.approx(_gen_term(-0.6, mode), rel=1e-5)
+    assert close(discs["disc_feat_t"].inputs[0], on_fake_t["out"])
+    assert close(discs["disc_feat_s"].inputs[0], on_fake_s["out"])
+
+    # discriminator step: each D sees its own domain's reals, then its own fakes
+    disc = m.discriminator_losses(cache)
+    seen = {
+        "disc_img_t": (real_t, fake_t), "disc_img_s": (real_s, fake_s),
+        "disc_feat_t": (on_t["out"], on_fake_t["out"]), "disc_feat_s": (on_s["out"], on_fake_s["out"]),
+    }
+    for name, (real, fake) in seen.items():
+        assert len(discs[name].inputs) == 2, name
+        assert close(discs[name].inputs[1], torch.cat([real, fake])), name
+        assert disc[name.replace("disc_", "loss_disc_")].item() == pytest.approx(
+            _disc_term(scores[name], mode), rel=1e-5), name
+
+
+def test_image_pools_hold_their_own_domain() -> None:
+    """Over many steps (pools full, fakes swapped for stored ones) D_T only ever sees
+    source->target fakes and D_S target->source fakes; feature fakes are not pooled."""
+    m = _method()  # pool_size 3
+    discs = {name: ConstantD(0.0) for name in m.discriminators}
+    m.networks.update(discs)
+    real = {"real_t": torch.full((2, 3, 4, 4), 5.0), "real_s": torch.full((2, 3, 4, 4), -5.0),
+            "feat_t": torch.full((2, 2, 2, 2), 5.0), "feat_s": torch.full((2, 2, 2, 2), -5.0)}
+    for step in range(1, 9):
+        cache = {**real, "fake_t": torch.full((2, 3, 4, 4), float(step)),
+                 "fake_s": torch.full((2, 3, 4, 4), -float(step)),
+                 "feat_fake_t": torch.full((2, 2, 2, 2), float(step)),
+                 "feat_fake_s": torch.full((2, 2, 2, 2), -float(step))}
+        m.discriminator_losses(cache)
+        for name, sign in (("disc_img_t", 1), ("disc_img_s", -1), ("disc_feat_t", 1),
+                           ("disc_feat_s", -1)):
+            seen = discs[name].inputs[-1]
+            assert (seen[:2] == 5.0 * sign).all(), name
+            fakes = seen[2:].flatten(1)[:, 0] * sign
+            assert ((fakes >= 1) & (fakes <= step)).all(), (name, fakes)
+            if name.startswith("disc_feat"):
+                assert (fakes == step).all(), name
+    assert {len(p) for p in m.pools.values()} == {3}
+
+
+def test_one_unfrozen_step_steps_every_optimiser_and_network() -> None:
+    m = _method(freeze_model_fraction=0.0)
+    assert set(m.optimizers) == {"model", *GENERATORS, "disc_img_s", "disc_img_t",
+                                 "disc_feat_s", "disc_feat_t"}
+    before = {name: _snapshot(net) for name, net in m.networks.items()}
+    m.train_step(_batch(), 0)
+    for name, opt in m.optimizers.items():
+        assert opt.state, name
+        assert not _same(before[name], _snapshot(m.networks[name])), name
+        assert all(p.grad is None for group in opt.param_groups for p in group["params"]), name
+    # during the warm-up every network but M is stepped
+    m = _method(freeze_model_fraction=0.5)
+    m.train_step(_batch(), 0)
+    assert not m.optimizers["model"].state
+    assert all(opt.state for name, opt in m.optimizers.items() if name != "model")
