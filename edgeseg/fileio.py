@@ -135,18 +135,33 @@ def commit_temp(tmp: Path, final: Path) -> None:
             fsync_path(final.parent)
 
 
+#: per folder, the dead writers' temp files found by its one scan in this process, by final name
+_STALE: dict[Path, dict[str, list[Path]]] = {}
+_TEMP_NAME = re.compile(r"\.(?P<final>.+)\.tmp(?P<pid>\d+)-")
+
+
 def remove_stale_temps(final: str | Path) -> list[Path]:
-    """Remove temp files of ``final`` left by writers that no longer run (kill -9, power loss)."""
+    """Remove temp files of ``final`` left by writers that no longer run (kill -9, power loss).
+
+    A folder is listed once per process (a label sink writes thousands of files into
+    one folder: listing it per file would cost O(N) a frame); writers that die later
+    leave theirs for the next process.
+    """
     final = Path(final)
-    pattern = re.compile(re.escape(f".{final.name}.tmp") + r"(\d+)-")
+    folder = final.parent.resolve()
+    if folder not in _STALE:
+        found: dict[str, list[Path]] = {}
+        with contextlib.suppress(OSError):
+            for p in folder.iterdir():
+                m = _TEMP_NAME.match(p.name)
+                if m and not _alive(int(m.group("pid"))):
+                    found.setdefault(m.group("final"), []).append(p)
+        _STALE[folder] = found
     removed = []
-    with contextlib.suppress(OSError):
-        for p in final.parent.iterdir():
-            m = pattern.match(p.name)
-            if m and not _alive(int(m.group(1))):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                    removed.append(p)
+    for p in _STALE[folder].pop(final.name, []):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(final.parent / p.name)
     return removed
 
 

@@ -117,3 +117,21 @@ def test_cli_maps_an_oserror_to_one_line(readonly_dir: Path, tmp_path: Path) -> 
 def test_write_image_refuses_an_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match=r"\.xyz"):
         fileio.write_image(tmp_path / "a.xyz", np.zeros((4, 4), np.uint8))
+
+
+def test_a_folder_is_listed_once_however_many_files_go_into_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A label sink writes one file per frame into one folder: the stale-temp sweep must not
+    list that folder per file (O(N) a frame)."""
+    listed: list[Path] = []
+    real = Path.iterdir
+
+    def counting(self: Path):  # noqa: ANN202
+        listed.append(self)
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", counting)
+    for i in range(20):
+        fileio.write_bytes(tmp_path / "labels" / f"{i:06d}.png", b"x")
+    assert listed.count((tmp_path / "labels").resolve()) == 1
+    assert len(list(real(tmp_path / "labels"))) == 20
