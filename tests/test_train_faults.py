@@ -78,15 +78,20 @@ def _logged(run: Path, n: int) -> bool:
 
 # --- signals and kills ------------------------------------------------------------
 
+
+def _start_training(recipe: Path, cwd: Path, own_group: bool = False) -> subprocess.Popen:
+    """`edgeseg train RECIPE` in the background (its own process group when ``own_group``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgeseg.cli", "train", str(recipe), "--no-progress"],
+        env=cli_env(), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=own_group)
+
 def test_sigterm_to_process_group_with_loader_workers(tiny_synth: Path, tmp_path: Path) -> None:
     """`timeout`, systemd and SLURM signal the whole group: the workers must not die first."""
     run = tmp_path / "run"
     recipe = _write_recipe(tmp_path / "r.yaml", tiny_synth, run, train__iterations=10_000,
                            data__workers=2)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeseg.cli", "train", str(recipe), "--no-progress"],
-        env=cli_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+    proc = _start_training(recipe, tmp_path, own_group=True)
     _wait_for(lambda: _logged(run, 2), proc)
     os.killpg(proc.pid, signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
@@ -105,9 +110,7 @@ def test_kill_9_then_resume_cleans_temps_and_metrics(tiny_synth: Path, tmp_path:
     run = tmp_path / "run"
     recipe = _write_recipe(tmp_path / "r.yaml", tiny_synth, run, train__iterations=10_000,
                            train__ckpt_every=3)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeseg.cli", "train", str(recipe), "--no-progress"],
-        env=cli_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = _start_training(recipe, tmp_path)
 
     def past_a_checkpoint() -> bool:
         if not (run / "last.pt").exists() or not _logged(run, 4):
