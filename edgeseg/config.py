@@ -276,13 +276,22 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-4
     head_lr_mult: float = 1.0  # LR multiplier of the decoder/head (10x option)
-    schedule: Literal["poly", "constant", "step"] = "poly"
+    #: poly: (1 - t/T)^power; constant; step: gamma^(t // step_size); linear: constant
+    #: until decay_start x T, then linearly to 0 at T (CycleGAN)
+    schedule: Literal["poly", "constant", "step", "linear"] = "poly"
     power: float = 0.9
     warmup_iters: int = 0
     step_size: int = 0
     gamma: float = 0.1
+    decay_start: float = 0.5  # schedule linear: share of the run before the decay starts
+    #: false: no weight decay on BatchNorm/LayerNorm weights and on biases (TF-slim and
+    #: most detection/segmentation codebases regularise conv/linear weights only)
+    decay_norm_and_bias: bool = True
+    clip_grad_norm: float = 0.0  # > 0: clip the global gradient norm of this optimiser's params
 
     def validate(self) -> None:
+        check_range(self, "decay_start", 0, 1)
+        check_range(self, "clip_grad_norm", 0)
         check_range(self, "lr", 0)
         check_range(self, "momentum", 0, 1, high_open=True)
         check_range(self, "betas", 0, 1, high_open=True)
@@ -295,9 +304,23 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class NetInit:
+    """Where a method's network starts from: a network of another run's checkpoint."""
+
+    checkpoint: str
+    network: str = ""  # the network's name in that checkpoint; "" = the same name
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     name: str = "source_only"
     params: dict[str, Any] = field(default_factory=dict)  # validated by the method
+    #: per-group optimiser blocks over the method's defaults (keys of OptimConfig), e.g.
+    #: {gan: {lr: 1e-4}}; the segmenter's optimiser is the recipe's ``optim``
+    optimizers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: start networks from other runs (a stage-1 translator, an EMA generator); ignored
+    #: on --resume. The segmenter's own start is ``model.init_from``.
+    init_from: dict[str, NetInit] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from edgeseg.config import ConfigError, ModelConfig, from_dict, to_dict
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import OUTPUT_ERRNOS, OutputError, atomic_path, describe_os_error, is_disk_full
 from edgeseg.labels import get_label_space
+from edgeseg.models.compose import Deploy, DeployedSegmenter
+from edgeseg.train.nets.registry import NetSpec, NetSpecError, build_net
 
 FORMAT = "edgeseg-checkpoint/1"
 REQUIRED_KEYS = ("format", "model_cfg", "model", "label_space", "mean", "std", "iteration")
@@ -136,16 +138,71 @@ def model_config_of(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> Mo
         raise CheckpointError(f"{path}: invalid model spec: {exc}") from None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the segmenter of a checkpoint in eval mode; returns (model, checkpoint)."""
+def load_segmenter(ckpt: dict[str, Any], path: str | Path) -> torch.nn.Module:
+    """The trainer's segmenter (``model``) of a loaded checkpoint, in eval mode on the CPU."""
     from edgeseg.models import build_model
 
-    ckpt = load_checkpoint(path)
     cfg = model_config_of(ckpt, path)
     # The weights come from the checkpoint: never re-read an ImageNet file here.
     cfg = from_dict(ModelConfig, {**to_dict(cfg), "pretrained": None})
     model = build_model(cfg)
     load_weights(model, ckpt["model"], path, "weights (of the stored model spec)")
+    return model.eval()
+
+
+def network_names(ckpt: dict[str, Any]) -> list[str]:
+    """Networks of a checkpoint that can be rebuilt (``model`` and every stored spec)."""
+    return ["model", *sorted(n for n in (ckpt.get("networks") or {}) if n != "model")]
+
+
+def network_spec(ckpt: dict[str, Any], name: str, path: str | Path) -> NetSpec:
+    """The stored spec of network ``name`` (``model``: the segmenter's model block)."""
+    if name == "model":
+        args = {k: v for k, v in dict(ckpt["model_cfg"]).items() if k not in INIT_KEYS}
+        return NetSpec("segmenter", args, "segmenter")
+    specs = ckpt.get("networks") or {}
+    if name not in specs:
+        raise CheckpointError(f"{path}: has no network {name!r}; it has {network_names(ckpt)}"
+                              + ("" if specs else " (written before networks were stored: "
+                                 "only its segmenter can be rebuilt)"))
+    try:
+        return NetSpec.from_dict(specs[name])
+    except NetSpecError as exc:
+        raise CheckpointError(f"{path}: network {name!r}: {exc}") from None
+
+
+def load_network(ckpt: dict[str, Any], name: str, path: str | Path
+                 ) -> tuple[torch.nn.Module, NetSpec]:
+    """Rebuild network ``name`` of a loaded checkpoint with its weights, in eval mode."""
+    spec = network_spec(ckpt, name, path)
+    if name == "model":
+        return load_segmenter(ckpt, path), spec
+    state = (ckpt.get("method_state") or {}).get("networks", {}).get(name)
+    if state is None:
+        raise CheckpointError(f"{path}: holds the spec of network {name!r} but not its weights")
+    try:
+        net = build_net(spec)
+    except (NetSpecError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: network {name!r} cannot be rebuilt: {exc}") from None
+    load_weights(net, state, path, f"weights of network {name!r}")
+    return net.eval(), spec
+
+
+def deploy_of(ckpt: dict[str, Any]) -> Deploy:
+    return Deploy.from_dict(ckpt.get("deploy"))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild what a checkpoint deploys in eval mode: its segmenter, or the composed graph
+    its method declared (pre-networks, an EMA teacher, a class bias); returns
+    (model, checkpoint)."""
+    ckpt = load_checkpoint(path)
+    deploy = deploy_of(ckpt)
+    if deploy.trivial:
+        return load_segmenter(ckpt, path).to(device), ckpt
+    segmenter = load_network(ckpt, deploy.segmenter, path)[0]
+    pre = [load_network(ckpt, name, path)[0] for name in deploy.pre]
+    model = DeployedSegmenter(segmenter, pre, deploy.class_bias)
     return model.to(device).eval(), ckpt
 
 

@@ -21,9 +21,15 @@ import torch
 from tqdm import tqdm
 
 from edgeseg import __version__
-from edgeseg.config import ConfigError, Recipe, apply_overrides, from_dict, load_recipe, to_dict
-from edgeseg.data import open_dataset
-from edgeseg.data.transforms import TrainTransform
+from edgeseg.config import (
+    ConfigError,
+    NetInit,
+    Recipe,
+    apply_overrides,
+    from_dict,
+    load_recipe,
+    to_dict,
+)
 from edgeseg.evaluate import evaluate, metrics_of, open_eval_dataset
 from edgeseg.fileio import append_line, check_writable_dir, remove_stale_temps, write_text
 from edgeseg.labels import get_label_space
@@ -38,9 +44,10 @@ from edgeseg.train.distributed import (
     init_distributed,
     unwrap,
 )
-from edgeseg.train.loader import AugmentedDataset, MultiStream, Stream
 from edgeseg.train.methods import Method, MethodContext, get_method
+from edgeseg.train.nets.registry import spec_differences
 from edgeseg.train.predict import TorchPredictor
+from edgeseg.train.streams import build_streams
 
 #: exit status after Ctrl-C / SIGTERM: a checkpoint was saved, resume with --resume
 EXIT_INTERRUPTED = 130
@@ -154,6 +161,28 @@ def load_init_weights(model: torch.nn.Module, recipe: Recipe) -> None:
                          "weights (of its model spec)")
 
 
+def init_network(method: Method, name: str, init: NetInit) -> str:
+    """Load network ``name`` of ``method`` from another run's checkpoint (``method.init_from``);
+    the stored spec must equal the one this recipe builds. Returns a log line."""
+    where = f"method.init_from.{name}"
+    if name not in method.specs:
+        known = sorted(method.specs)
+        raise ConfigError(f"{where}: method {method.name} has no network {name!r} "
+                          f"(it has {known})")
+    ckpt = ckpt_io.load_checkpoint(init.checkpoint)
+    source = init.network or name
+    theirs = ckpt_io.network_spec(ckpt, source, init.checkpoint)
+    diff = spec_differences(method.specs[name], theirs)
+    if diff:
+        raise ckpt_io.CheckpointError(
+            f"{init.checkpoint} ({where}): network {source!r} is built differently: "
+            f"{'; '.join(diff)} (checkpoint vs recipe); make the recipe's network match")
+    net = ckpt_io.load_network(ckpt, source, init.checkpoint)[0]
+    ckpt_io.load_weights(unwrap(method.networks[name]), net.state_dict(),
+                         f"{init.checkpoint} ({where})", f"weights of {source!r}")
+    return f"network {name} initialised from {init.checkpoint} ({source})"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -205,7 +234,10 @@ class Trainer:
         amp = recipe.train.amp and self.device.type == "cuda"
         ctx = MethodContext(recipe, self.model, self.device, self.dist, amp)
         self.method: Method = method_cls(ctx, params)
-        self.streams = self._build_streams(method_cls.streams)
+        if resume is None:
+            for name, init in recipe.method.init_from.items():
+                self._log_main(init_network(self.method, name, init))
+        self.streams = build_streams(recipe, self.method, self.label_space, self.dist)
         self.iteration = 0
         self.best: dict[str, Any] = {}
         if ckpt is not None:
@@ -251,26 +283,6 @@ class Trainer:
         return ckpt
 
     # --- set-up -------------------------------------------------------------------
-    def _build_streams(self, names: tuple[str, ...]) -> MultiStream:
-        d = self.recipe.data
-        specs = {"source": d.source, "target": d.target, "pairs": d.pairs}
-        transform = TrainTransform(crop=d.crop, scale_range=d.scale_range, flip=d.flip,
-                                   color_jitter=d.color_jitter, resize=d.resize)
-        streams = {}
-        for i, name in enumerate(names):
-            spec = specs[name]
-            if spec is None:
-                raise ConfigError(f"method {self.recipe.method.name} needs data.{name}")
-            reader = open_dataset(spec, self.label_space.name if name == "source" else None)
-            if name == "target":
-                reader = _Unlabelled(reader)  # target labels never reach a loss
-            if name in ("source", "pairs"):
-                reader.require_labels(f"the {name} stream of method {self.recipe.method.name}")
-            dataset = AugmentedDataset(reader, transform, d.mean, d.std, self.recipe.seed + 1000 * i)
-            streams[name] = Stream(dataset, d.batch_size, d.workers, self.dist.rank,
-                                   self.dist.world_size, self.recipe.seed + 1000 * i)
-        return MultiStream(streams)
-
     def _ddp(self, name: str, net: torch.nn.Module) -> torch.nn.Module:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(
@@ -346,7 +358,8 @@ class Trainer:
             "best": self.best,
             "recipe": to_dict(r),
             "method_state": self.method.state_dict(),
-            "exportable": sorted(self.method.exportable()),
+            "networks": {n: spec.to_dict() for n, spec in self.method.specs.items()},
+            "deploy": self.method.deploy().to_dict(),
             "streams": self.streams.state_dict(),
             "rng": ckpt_io.capture_rng(),
         }
@@ -366,9 +379,8 @@ class Trainer:
     # --- validation -------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
         """mIoU on every labelled val spec; DDP ranks score shards and sum matrices."""
-        model = unwrap(self.model)
         d = self.recipe.data
-        predictor = TorchPredictor(model, d.mean, d.std, self.device)
+        predictor = TorchPredictor(self.method.deployed(), d.mean, d.std, self.device)
         results: dict[str, float] = {}
         for spec in d.val:
             dataset = open_eval_dataset(spec, self.label_space)
@@ -387,8 +399,7 @@ class Trainer:
             results[spec] = summary.miou
             self._append_jsonl({"type": "val", "iter": self.iteration, "data": spec,
                                 **summary.to_dict()})
-        for net in self.method.networks.values():
-            net.train()
+        self.method.train_mode()
         return results
 
     @property
@@ -422,7 +433,7 @@ class Trainer:
         """Mean per-pixel softmax entropy (nats) of the segmenter on ``spec``: a label-free
         selection signal on a target split. Uses val_max_images; DDP ranks score shards."""
         d, t = self.recipe.data, self.recipe.train
-        predictor = TorchPredictor(unwrap(self.model), d.mean, d.std, self.device)
+        predictor = TorchPredictor(self.method.deployed(), d.mean, d.std, self.device)
         dataset = open_eval_dataset(spec, self.label_space)
         n = len(dataset) if not t.val_max_images else min(len(dataset), t.val_max_images)
         totals = np.zeros(2, np.float64)  # entropy sum, pixel count
@@ -431,8 +442,7 @@ class Trainer:
             ent = -(prob * torch.log(prob.clamp_min(1e-12))).sum(1)
             totals += (float(ent.sum()), ent.numel())
         totals = all_reduce_array(totals, self.dist, self.device)
-        for net in self.method.networks.values():
-            net.train()
+        self.method.train_mode()
         return float(totals[0] / max(totals[1], 1))
 
     # --- the loop -------------------------------------------------------------------
@@ -456,9 +466,7 @@ class Trainer:
         images_per_iter = r.data.batch_size * self.dist.world_size
         interrupted = False
         try:
-            for net in self.method.networks.values():
-                net.train()
-            boundaries = set(self.method.round_boundaries())
+            self.method.train_mode()
             tic = time.perf_counter()
             stop_at = t.iterations if until is None else min(until, t.iterations)
             while self.iteration < stop_at:
@@ -466,8 +474,6 @@ class Trainer:
                     interrupted = True
                     break
                 it = self.iteration
-                if it in boundaries:
-                    self.method.on_round(sorted(boundaries).index(it), it)
                 self.method.begin_iteration(it)
                 batch = self._batch_to_device(next(self.streams))
                 losses = self.method.train_step(batch, it)
@@ -508,19 +514,3 @@ class Trainer:
         cleanup_distributed()
         return 0
 
-
-class _Unlabelled:
-    """View of a reader with labels removed: the target domain is unlabelled by contract."""
-
-    def __init__(self, reader: Any) -> None:
-        self.reader = reader
-        self.root = reader.root
-        self.label_space = reader.label_space
-
-    def __len__(self) -> int:
-        return len(self.reader)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = dict(self.reader[index])
-        sample["label"] = None
-        return sample

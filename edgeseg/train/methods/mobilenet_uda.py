@@ -68,23 +68,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from edgeseg.config import ConfigError
+from edgeseg.config import ConfigError, OptimConfig
 from edgeseg.labels import IGNORE_INDEX
-from edgeseg.train.distributed import unwrap
 from edgeseg.train.methods.base import (
     Method,
-    Schedule,
     build_optimizer,
     freeze_batchnorm,
     recipe_schedule,
     set_requires_grad,
 )
-from edgeseg.train.nets.discriminator import build_discriminator
 from edgeseg.train.nets.gan_loss import GANLoss, GANMode
-from edgeseg.train.nets.generator import ResnetGenerator, Upsample, build_generator
+from edgeseg.train.nets.generator import ResnetGenerator, Upsample
 from edgeseg.train.nets.image_pool import ImagePool
+from edgeseg.train.nets.registry import net_spec
 
 GENERATORS = ("gen_s2t", "gen_t2s")
 
@@ -101,9 +98,6 @@ class Params:
     freeze_model_fraction: float = 0.25  # M frozen for this share of train.iterations
     freeze_bn: bool = True  # M's BatchNorm layers in eval mode (batch-1 training)
     gan_mode: GANMode = "lsgan"
-    gan_lr: float = 2e-4
-    gan_beta1: float = 0.5
-    gan_lr_decay_start: float = 1.0  # share of iterations before linear decay; 1 = constant
     ngf: int = 64
     n_blocks: int = 9
     upsample: Upsample = "transpose"
@@ -122,10 +116,6 @@ class Params:
                                  "the loss off (its networks are then not built)")
         if not 0.0 <= self.freeze_model_fraction < 1.0:
             raise ValueError("freeze_model_fraction must be in [0, 1)")
-        if not 0.0 <= self.gan_lr_decay_start <= 1.0:
-            raise ValueError("gan_lr_decay_start must be in [0, 1]")
-        if self.gan_lr <= 0 or not 0.0 <= self.gan_beta1 < 1.0:
-            raise ValueError("gan_lr must be > 0 and gan_beta1 in [0, 1)")
         if min(self.ngf, self.ndf, self.feat_ndf) < 1 or self.n_blocks < 0:
             raise ValueError("ngf, ndf, feat_ndf must be >= 1 and n_blocks >= 0")
         if self.disc_layers < 2 or self.pool_size < 0:
@@ -161,16 +151,15 @@ def semantic_consistency_loss(logits_translated: torch.Tensor,
     return F.cross_entropy(logits_translated.float(), logits_original.detach().argmax(1))
 
 
-def gan_lr_schedule(total: int, decay_start: float) -> Schedule:
-    """Constant, then linear to 0 at ``total`` from ``decay_start * total`` (CycleGAN)."""
-    start = round(decay_start * total)
-    return lambda it: 1.0 if it < start else max(0.0, 1.0 - (it - start) / max(1, total - start))
-
-
 class MobileNetUDA(Method):
     name = "mobilenet_uda"
     Params = Params
     streams = ("source", "target")
+    #: every GAN network (generators, image and feature discriminators) has its own Adam
+    #: with this block: the paper gives beta1 0.5 and LR 2e-4 and no schedule (constant);
+    #: ``{schedule: linear, decay_start: 0.5}`` is CycleGAN's constant-then-linear decay
+    optimizer_defaults = {"gan": OptimConfig(name="adam", lr=2e-4, betas=(0.5, 0.999),
+                                             weight_decay=0.0, schedule="constant")}
     find_unused_parameters = True
 
     # --- set-up ----------------------------------------------------------------------
@@ -179,20 +168,21 @@ class MobileNetUDA(Method):
         self._check_crop()
         self.images = ImageRange(r.data.mean, r.data.std, self.ctx.device)
         self.gan_loss = GANLoss(p.gan_mode)
-        nets: dict[str, nn.Module] = {name: build_generator(p.ngf, p.n_blocks, upsample=p.upsample)
-                                      for name in GENERATORS}
+        specs = {name: net_spec("resnet_generator", "translator", ngf=p.ngf,
+                                n_blocks=p.n_blocks, upsample=p.upsample) for name in GENERATORS}
         for name in ("disc_img_s", "disc_img_t"):
-            nets[name] = build_discriminator(3, p.ndf, p.disc_layers, stride=2)
+            specs[name] = net_spec("patch_discriminator", in_channels=3, ndf=p.ndf,
+                                   n_layers=p.disc_layers, stride=2)
         if p.use_feature_loss:
             for name in ("disc_feat_s", "disc_feat_t"):
-                nets[name] = build_discriminator(self.ctx.model.encoder_channels, p.feat_ndf,
-                                                 p.disc_layers, stride=1)
+                specs[name] = net_spec("patch_discriminator",
+                                       in_channels=self.ctx.model.encoder_channels,
+                                       ndf=p.feat_ndf, n_layers=p.disc_layers, stride=1)
         total = r.train.iterations
-        gan_schedule = gan_lr_schedule(total, p.gan_lr_decay_start)
-        for name, net in nets.items():
-            self.add_network(name, net)
-            self.add_optimizer(name, torch.optim.Adam(net.parameters(), lr=p.gan_lr,
-                                                      betas=(p.gan_beta1, 0.999)), gan_schedule)
+        nets = {}
+        for name, spec in specs.items():
+            nets[name] = self.add_network(name, spec)
+            self.optimizer_for(name, "gan", nets[name].parameters())
         self.discriminators = tuple(n for n in nets if n.startswith("disc_"))
         self.warmup_iters = round(p.freeze_model_fraction * total)
         model_schedule = recipe_schedule(r.optim, total)
@@ -345,10 +335,7 @@ class MobileNetUDA(Method):
         logs.update(self.discriminator_step(cache))
         return logs
 
-    # --- export and state ----------------------------------------------------------------
-    def exportable(self) -> dict[str, nn.Module]:
-        return {name: unwrap(self.networks[name]) for name in GENERATORS}
-
+    # --- state ------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         return {"pools": {k: pool.state_dict() for k, pool in self.pools.items()}}
 
@@ -357,5 +344,4 @@ class MobileNetUDA(Method):
             self.pools[k].load_state_dict(pool_state)
 
 
-__all__ = ["ImageRange", "MobileNetUDA", "Params", "cycle_loss", "gan_lr_schedule",
-           "semantic_consistency_loss"]
+__all__ = ["ImageRange", "MobileNetUDA", "Params", "cycle_loss", "semantic_consistency_loss"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgeseg.train.nets.generator import NormKind, conv_bias, norm_layer
+from edgeseg.train.nets.registry import register_net
 
 
 def _conv4(in_ch: int, out_ch: int, stride: int, bias: bool) -> list[nn.Module]:
@@ -58,6 +59,7 @@ class PatchDiscriminator(nn.Module):
         return self.model(x)
 
 
+@register_net("patch_discriminator")
 def build_discriminator(in_channels: int = 3, ndf: int = 64, n_layers: int = 5, stride: int = 2,
                         norm: NormKind = "instance") -> PatchDiscriminator:
     """Image discriminator by default; ``stride=1`` with ``in_channels`` = the encoder's

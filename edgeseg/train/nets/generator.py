@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from edgeseg.models.aspp import resize_to
+from edgeseg.train.nets.registry import register_net
 
 NormKind = Literal["instance", "batch", "none"]
 Upsample = Literal["transpose", "bilinear"]
@@ -115,6 +116,7 @@ class ResnetGenerator(nn.Module):
         return self.model(x)
 
 
+@register_net("resnet_generator")
 def build_generator(ngf: int = 64, n_blocks: int = 9, norm: NormKind = "instance",
                     upsample: Upsample = "transpose", in_channels: int = 3,
                     out_channels: int = 3) -> ResnetGenerator:
