@@ -18,7 +18,6 @@ from edgeseg.export import export_cli
 from edgeseg.export.onnx_export import (
     ExportError,
     ExportOptions,
-    TranslatorWrapper,
     deploy_module,
     export_checkpoint,
     export_module,
@@ -39,6 +38,7 @@ from edgeseg.train.checkpoint import (
     load_model,
     save_checkpoint,
 )
+from edgeseg.train.predict import TRANSLATOR_RANGE, FrameToFrame
 
 H, W = 64, 96
 #: ops a TensorRT 10/11 parser takes for this network family (docs/tensorrt.md)
@@ -345,7 +345,7 @@ def test_translator_roundtrip(tmp_path: Path) -> None:
     got = create_session(out).run(None, {"frame": frame})[0]
     assert got.dtype == np.uint8 and got.shape == frame.shape
     with torch.no_grad():
-        want = TranslatorWrapper(gen)(torch.from_numpy(frame)).numpy()
+        want = FrameToFrame(gen, *TRANSLATOR_RANGE)(torch.from_numpy(frame)).numpy()
         rgb = torch.from_numpy(frame[..., ::-1].transpose(0, 3, 1, 2) / 127.5 - 1.0).float()
         manual = ((gen(rgb).numpy() + 1.0) * 127.5).round().clip(0, 255)
     manual = manual.transpose(0, 2, 3, 1)[..., ::-1]

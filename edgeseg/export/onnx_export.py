@@ -41,6 +41,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.fileio import atomic_path, sha256_file
 from edgeseg.labels import get_label_space
 from edgeseg.train.checkpoint import load_model
+from edgeseg.train.predict import TRANSLATOR_RANGE, FrameToFrame
 
 logger = logging.getLogger("edgeseg.export")
 
@@ -197,22 +198,6 @@ class DeployWrapper(nn.Module):
         if self.output == "probs":
             return torch.softmax(logits, dim=1)
         return logits.argmax(dim=1).to(self.labels_dtype)
-
-
-class TranslatorWrapper(nn.Module):
-    """uint8 NHWC BGR -> [-1, 1] RGB NCHW -> generator (tanh) -> uint8 NHWC BGR."""
-
-    def __init__(self, generator: nn.Module) -> None:
-        super().__init__()
-        self.generator = generator
-        self.register_buffer("flip", torch.tensor([2, 1, 0]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().permute(0, 3, 1, 2).index_select(1, self.flip) * (1.0 / 127.5) - 1.0
-        y = self.generator(x)
-        # Round before the cast: ONNX and torch both truncate float -> uint8.
-        y = torch.clamp(torch.round((y + 1.0) * 127.5), 0.0, 255.0)
-        return y.index_select(1, self.flip).permute(0, 2, 3, 1).to(torch.uint8)
 
 
 @dataclass
@@ -412,7 +397,7 @@ def export_translator(generator: nn.Module, out_path: str | Path, size: Size, *,
         checkpoint_sha256=checkpoint_sha256, version=__version__, extra=extra or {})
     example = torch.randint(0, 256, (1, h, w, 3), generator=torch.Generator().manual_seed(0),
                             dtype=torch.uint8)
-    return export_module(TranslatorWrapper(generator), example, out_path, ["frame"], ["image"],
+    return export_module(FrameToFrame(generator, *TRANSLATOR_RANGE), example, out_path, ["frame"], ["image"],
                          {"frame": nhwc, "image": nhwc} if dynamic else None, opset, metadata,
                          simplify)
 
