@@ -19,13 +19,8 @@ from edgeseg.models import build_model
 from edgeseg.train.checkpoint import CheckpointError, load_checkpoint
 from edgeseg.train.distributed import DistInfo
 from edgeseg.train.methods import MethodContext, get_method
-from edgeseg.train.methods.mobilenet_uda import (
-    ImageRange,
-    MobileNetUDA,
-    Params,
-    cycle_loss,
-    semantic_consistency_loss,
-)
+from edgeseg.train.methods.mobilenet_uda import MobileNetUDA, Params, semantic_consistency_loss
+from edgeseg.train.nets.cyclegan import ImageRange, cycle_loss
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
 

@@ -62,7 +62,6 @@ discriminators) are not built.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,12 +77,10 @@ from edgeseg.train.methods.base import (
     recipe_schedule,
     set_requires_grad,
 )
-from edgeseg.train.nets.gan_loss import GANLoss, GANMode
+from edgeseg.train.nets.cyclegan import GENERATORS, CycleGAN, ImageRange, cycle_loss
+from edgeseg.train.nets.gan_loss import GANMode
 from edgeseg.train.nets.generator import ResnetGenerator, Upsample
-from edgeseg.train.nets.image_pool import ImagePool
 from edgeseg.train.nets.registry import net_spec
-
-GENERATORS = ("gen_s2t", "gen_t2s")
 
 
 @dataclass(frozen=True)
@@ -122,25 +119,6 @@ class Params:
             raise ValueError("disc_layers must be >= 2 and pool_size >= 0")
 
 
-class ImageRange:
-    """Trainer batches ``(x/255 - mean) / std`` <-> generator images in [-1, 1]."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-
-    def to_gan(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * self.std + self.mean) * 2.0 - 1.0
-
-    def to_seg(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x + 1.0) * 0.5 - self.mean) / self.std
-
-
-def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Eq. 3, one direction: mean absolute error of the round trip."""
-    return F.l1_loss(reconstructed.float(), original.float())
-
-
 def semantic_consistency_loss(logits_translated: torch.Tensor,
                               logits_original: torch.Tensor) -> torch.Tensor:
     """Eq. 4, one direction: CE of M on the translation against argmax of M on the original.
@@ -167,30 +145,24 @@ class MobileNetUDA(Method):
         p, r = self.params, self.ctx.recipe
         self._check_crop()
         self.images = ImageRange(r.data.mean, r.data.std, self.ctx.device)
-        self.gan_loss = GANLoss(p.gan_mode)
-        specs = {name: net_spec("resnet_generator", "translator", ngf=p.ngf,
-                                n_blocks=p.n_blocks, upsample=p.upsample) for name in GENERATORS}
-        for name in ("disc_img_s", "disc_img_t"):
-            specs[name] = net_spec("patch_discriminator", in_channels=3, ndf=p.ndf,
-                                   n_layers=p.disc_layers, stride=2)
+        self.cyclegan = CycleGAN(self, ngf=p.ngf, n_blocks=p.n_blocks, upsample=p.upsample,
+                                 ndf=p.ndf, disc_layers=p.disc_layers, pool_size=p.pool_size,
+                                 gan_mode=p.gan_mode, seed=r.seed)
+        self.gan_loss = self.cyclegan.gan_loss
+        self.pools = self.cyclegan.pools
         if p.use_feature_loss:
             for name in ("disc_feat_s", "disc_feat_t"):
-                specs[name] = net_spec("patch_discriminator",
-                                       in_channels=self.ctx.model.encoder_channels,
-                                       ndf=p.feat_ndf, n_layers=p.disc_layers, stride=1)
+                net = self.add_network(name, net_spec(
+                    "patch_discriminator", in_channels=self.ctx.model.encoder_channels,
+                    ndf=p.feat_ndf, n_layers=p.disc_layers, stride=1))
+                self.optimizer_for(name, "gan", net.parameters())
         total = r.train.iterations
-        nets = {}
-        for name, spec in specs.items():
-            nets[name] = self.add_network(name, spec)
-            self.optimizer_for(name, "gan", nets[name].parameters())
-        self.discriminators = tuple(n for n in nets if n.startswith("disc_"))
+        self.discriminators = tuple(n for n in self.networks if n.startswith("disc_"))
         self.warmup_iters = round(p.freeze_model_fraction * total)
         model_schedule = recipe_schedule(r.optim, total)
         groups = self.ctx.model.param_groups(r.optim.lr, r.optim.head_lr_mult)
         self.add_optimizer("model", build_optimizer(r.optim, groups),
                            lambda it: 0.0 if it < self.warmup_iters else model_schedule(it))
-        self.pools = {"s": ImagePool(p.pool_size, seed=r.seed),
-                      "t": ImagePool(p.pool_size, seed=r.seed + 1)}
         self.weights = {
             "loss_adv_img_t": 1.0, "loss_adv_img_s": 1.0,
             "loss_cycle_s": p.lambda_cycle, "loss_cycle_t": p.lambda_cycle,
@@ -233,20 +205,10 @@ class MobileNetUDA(Method):
         x_t = batch["target"]["image"]
         n_s = x_s.shape[0]
         with self.autocast():
-            real_s, real_t = self.images.to_gan(x_s), self.images.to_gan(x_t)
-            fake_t = self.net("gen_s2t")(real_s)
-            # one G_T->S call for both of its inputs (instance norm is per image)
-            fake_s, rec_s = self.net("gen_t2s")(torch.cat([real_t, fake_t])).split(
-                [x_t.shape[0], n_s])
-            rec_t = self.net("gen_s2t")(fake_s)
-            losses = {
-                "loss_adv_img_t": self.gan_loss(self.net("disc_img_t")(fake_t), True),
-                "loss_adv_img_s": self.gan_loss(self.net("disc_img_s")(fake_s), True),
-                "loss_cycle_s": cycle_loss(rec_s, real_s),
-                "loss_cycle_t": cycle_loss(rec_t, real_t),
-            }
-            cache = {"real_s": real_s.detach(), "real_t": real_t.detach(),
-                     "fake_t": fake_t.detach(), "fake_s": fake_s.detach()}
+            images = self.cyclegan.translate(self.images.to_gan(x_s), self.images.to_gan(x_t))
+            fake_t, fake_s = images["fake_t"], images["fake_s"]
+            losses = self.cyclegan.generator_losses(images)
+            cache = {k: images[k].detach() for k in ("real_s", "real_t", "fake_t", "fake_s")}
             cross = p.use_semantic_loss or p.use_feature_loss  # need M on both translations
             replay = p.lambda_ce_source > 0
             # one M call with gradients: translations, then the raw source if replayed
@@ -285,26 +247,16 @@ class MobileNetUDA(Method):
                                  feat_fake_t=feat_fake_t.detach(), feat_fake_s=feat_fake_s.detach())
         return losses, cache
 
-    def _disc_loss(self, name: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        # one call on real+fake: one DDP forward per backward (instance norm is per image)
-        logits = self.net(name)(torch.cat([real, fake.to(real.dtype)]))
-        return self.gan_loss.discriminator(*logits.split([real.shape[0], fake.shape[0]]))
-
     def discriminator_losses(self, cache: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """LSGAN discriminator terms on detached inputs: real images vs pooled fakes,
-        encoder features of originals vs translations."""
+        """Discriminator terms on detached inputs: real images vs pooled fakes (the CycleGAN
+        core), encoder features of originals vs translations (no pool)."""
         with self.autocast():
-            losses = {
-                "loss_disc_img_t": self._disc_loss("disc_img_t", cache["real_t"],
-                                                   self.pools["t"].query(cache["fake_t"])),
-                "loss_disc_img_s": self._disc_loss("disc_img_s", cache["real_s"],
-                                                   self.pools["s"].query(cache["fake_s"])),
-            }
+            losses = self.cyclegan.discriminator_losses(cache)
             if self.params.use_feature_loss:
-                losses["loss_disc_feat_t"] = self._disc_loss("disc_feat_t", cache["feat_t"],
-                                                             cache["feat_fake_t"])
-                losses["loss_disc_feat_s"] = self._disc_loss("disc_feat_s", cache["feat_s"],
-                                                             cache["feat_fake_s"])
+                losses["loss_disc_feat_t"] = self.cyclegan.disc_loss(
+                    "disc_feat_t", cache["feat_t"], cache["feat_fake_t"])
+                losses["loss_disc_feat_s"] = self.cyclegan.disc_loss(
+                    "disc_feat_s", cache["feat_s"], cache["feat_fake_s"])
         return losses
 
     # --- the step ------------------------------------------------------------------------
@@ -337,11 +289,10 @@ class MobileNetUDA(Method):
 
     # --- state ------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
-        return {"pools": {k: pool.state_dict() for k, pool in self.pools.items()}}
+        return self.cyclegan.state_dict()
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        for k, pool_state in state.get("pools", {}).items():
-            self.pools[k].load_state_dict(pool_state)
+        self.cyclegan.load_state_dict(state)
 
 
 __all__ = ["ImageRange", "MobileNetUDA", "Params", "cycle_loss", "semantic_consistency_loss"]

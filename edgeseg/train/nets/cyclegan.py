@@ -1,0 +1,119 @@
+"""The CycleGAN core three methods share (MobileNet-UDA, Mutual-GAN, Domain Extension):
+generators G_S->T / G_T->S, image discriminators D_S / D_T, image pools, the GAN loss
+and the cycle L1 (Zhu et al. 2017, Eq. 1-3).
+
+A method owns a `CycleGAN` like a component: it registers the four networks (with
+specs, so the translators can be exported and chained) and their optimisers on the
+method, returns *unweighted* terms by log name, and leaves weighting, stepping and any
+extra term (semantic, feature, distillation, mutual-information losses) to the method.
+Domains are called ``s`` and ``t``: source/target, or A/B in the papers' notation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from edgeseg.train.nets.gan_loss import GANLoss, GANMode
+from edgeseg.train.nets.generator import Upsample
+from edgeseg.train.nets.image_pool import ImagePool
+from edgeseg.train.nets.registry import net_spec
+
+if TYPE_CHECKING:  # the method interface sits above the nets
+    from edgeseg.train.methods.base import Method
+
+GENERATORS = ("gen_s2t", "gen_t2s")
+IMAGE_DISCRIMINATORS = ("disc_img_s", "disc_img_t")
+
+
+class ImageRange:
+    """Trainer batches ``(x/255 - mean) / std`` <-> generator images in [-1, 1].
+
+    Both maps are affine, so gradients flow through them from the segmenter into the
+    generators."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def to_gan(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.std + self.mean) * 2.0 - 1.0
+
+    def to_seg(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x + 1.0) * 0.5 - self.mean) / self.std
+
+
+def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """CycleGAN Eq. 2, one direction: mean absolute error of the round trip."""
+    return F.l1_loss(reconstructed.float(), original.float())
+
+
+class CycleGAN:
+    """Two translators and two image discriminators registered on ``method``.
+
+    Every network gets its own optimiser from the method's optimiser group ``group``
+    (CycleGAN: Adam, beta1 0.5, LR 2e-4)."""
+
+    def __init__(self, method: Method, *, ngf: int = 64, n_blocks: int = 9,
+                 upsample: Upsample = "transpose", ndf: int = 64, disc_layers: int = 3,
+                 pool_size: int = 50, gan_mode: GANMode = "lsgan", seed: int = 0,
+                 group: str = "gan") -> None:
+        self.method = method
+        self.gan_loss = GANLoss(gan_mode)
+        for name in GENERATORS:
+            net = method.add_network(name, net_spec("resnet_generator", "translator", ngf=ngf,
+                                                    n_blocks=n_blocks, upsample=upsample))
+            method.optimizer_for(name, group, net.parameters())
+        for name in IMAGE_DISCRIMINATORS:
+            net = method.add_network(name, net_spec("patch_discriminator", in_channels=3,
+                                                    ndf=ndf, n_layers=disc_layers, stride=2))
+            method.optimizer_for(name, group, net.parameters())
+        # one pool per domain: D_S sees old G_T->S outputs, D_T old G_S->T outputs
+        self.pools = {"s": ImagePool(pool_size, seed=seed), "t": ImagePool(pool_size, seed=seed + 1)}
+
+    def translate(self, real_s: torch.Tensor, real_t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both round trips: fake_t = G_S->T(s), fake_s = G_T->S(t), rec_s, rec_t."""
+        net = self.method.net
+        fake_t = net("gen_s2t")(real_s)
+        # one G_T->S call for both of its inputs (instance norm is per image)
+        fake_s, rec_s = net("gen_t2s")(torch.cat([real_t, fake_t])).split(
+            [real_t.shape[0], real_s.shape[0]])
+        rec_t = net("gen_s2t")(fake_s)
+        return {"real_s": real_s, "real_t": real_t, "fake_t": fake_t, "fake_s": fake_s,
+                "rec_s": rec_s, "rec_t": rec_t}
+
+    def generator_losses(self, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Unweighted generator-side terms: each translation must fool its domain's D, and
+        each round trip must return the original."""
+        net = self.method.net
+        return {
+            "loss_adv_img_t": self.gan_loss(net("disc_img_t")(images["fake_t"]), True),
+            "loss_adv_img_s": self.gan_loss(net("disc_img_s")(images["fake_s"]), True),
+            "loss_cycle_s": cycle_loss(images["rec_s"], images["real_s"]),
+            "loss_cycle_t": cycle_loss(images["rec_t"], images["real_t"]),
+        }
+
+    def disc_loss(self, name: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """GAN loss of discriminator ``name`` on detached real vs fake inputs, in one call
+        (one DDP forward per backward; instance norm is per image)."""
+        logits = self.method.net(name)(torch.cat([real, fake.to(real.dtype)]))
+        return self.gan_loss.discriminator(*logits.split([real.shape[0], fake.shape[0]]))
+
+    def discriminator_losses(self, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """D_T: real target vs pooled G_S->T outputs; D_S: real source vs pooled G_T->S."""
+        return {
+            "loss_disc_img_t": self.disc_loss("disc_img_t", images["real_t"].detach(),
+                                              self.pools["t"].query(images["fake_t"].detach())),
+            "loss_disc_img_s": self.disc_loss("disc_img_s", images["real_s"].detach(),
+                                              self.pools["s"].query(images["fake_s"].detach())),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pools": {k: pool.state_dict() for k, pool in self.pools.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, pool_state in state.get("pools", {}).items():
+            self.pools[k].load_state_dict(pool_state)
