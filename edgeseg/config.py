@@ -338,8 +338,14 @@ class TrainConfig:
     #: there; "entropy:SPEC" = the lowest mean prediction entropy on SPEC (label-free, for
     #: an unlabelled target split)
     select_on: str = ""
+    #: (height, width) validation frames are resized to (stretched, as an engine built at
+    #: that size would see them) before the model, predictions scored at full resolution;
+    #: None = each frame at its own size. Validate at the training scale: a model trained
+    #: on 1280-wide images loses accuracy on 2048-wide ones.
+    val_size: tuple[int, int] | None = None
 
     def validate(self) -> None:
+        check_range(self, "val_size", 16)
         if self.select_on.startswith("entropy:") and not self.select_on[len("entropy:"):]:
             raise ValueError("train.select_on='entropy:' needs a dataset spec after the colon")
         check_range(self, "iterations", 1)

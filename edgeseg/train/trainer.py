@@ -34,6 +34,7 @@ from edgeseg.evaluate import evaluate, metrics_of, open_eval_dataset
 from edgeseg.fileio import append_line, check_writable_dir, remove_stale_temps, write_text
 from edgeseg.labels import get_label_space
 from edgeseg.models import build_model
+from edgeseg.runtime.stages import fit_frame
 from edgeseg.train import checkpoint as ckpt_io
 from edgeseg.train.distributed import (
     DistInfo,
@@ -380,7 +381,8 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """mIoU on every labelled val spec; DDP ranks score shards and sum matrices."""
         d = self.recipe.data
-        predictor = TorchPredictor(self.method.deployed(), d.mean, d.std, self.device)
+        predictor = TorchPredictor(self.method.deployed(), d.mean, d.std, self.device,
+                                   size=self.recipe.train.val_size)
         results: dict[str, float] = {}
         for spec in d.val:
             dataset = open_eval_dataset(spec, self.label_space)
@@ -433,12 +435,14 @@ class Trainer:
         """Mean per-pixel softmax entropy (nats) of the segmenter on ``spec``: a label-free
         selection signal on a target split. Uses val_max_images; DDP ranks score shards."""
         d, t = self.recipe.data, self.recipe.train
-        predictor = TorchPredictor(self.method.deployed(), d.mean, d.std, self.device)
+        predictor = TorchPredictor(self.method.deployed(), d.mean, d.std, self.device,
+                                   size=self.recipe.train.val_size)
         dataset = open_eval_dataset(spec, self.label_space)
         n = len(dataset) if not t.val_max_images else min(len(dataset), t.val_max_images)
         totals = np.zeros(2, np.float64)  # entropy sum, pixel count
         for i in range(self.dist.rank, n, self.dist.world_size):
-            prob = torch.softmax(predictor.logits(dataset[i]["image"]).float(), dim=1)
+            frame = fit_frame(dataset[i]["image"], predictor.size)[0]
+            prob = torch.softmax(predictor.logits(frame).float(), dim=1)
             ent = -(prob * torch.log(prob.clamp_min(1e-12))).sum(1)
             totals += (float(ent.sum()), ent.numel())
         totals = all_reduce_array(totals, self.dist, self.device)
