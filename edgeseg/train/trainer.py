@@ -60,8 +60,9 @@ EXIT_INTERRUPTED = 130
 #: longer be the run its checkpoint belongs to.
 RESUME_CHANGEABLE = (
     "train.iterations", "train.log_every", "train.val_every", "train.ckpt_every",
-    "train.val_max_images", "train.select_on", "train.threads", "data.workers", "data.val",
-    "data.val_batch_size", "output_dir", "model.pretrained", "model.init_from",
+    "train.val_max_images", "train.select_on", "train.val_size", "train.threads",
+    "data.workers", "data.val", "data.val_batch_size", "output_dir", "model.pretrained",
+    "model.init_from", "method.init_from",
 )
 
 def describe_best(best: dict[str, Any]) -> str:
