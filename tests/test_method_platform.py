@@ -63,8 +63,7 @@ class TinyDeploy(Method):
 
     def build(self) -> None:
         self.add_network("prenet", net_spec("test_gain_prenet", "prenet", gain=0.5))
-        teacher = self.add_network("teacher", segmenter_spec(self.ctx.recipe), trainable=False)
-        teacher.load_state_dict(self.ctx.model.state_dict())
+        self.add_ema("teacher", "model", decay=0.5)
         self.optimizer_for("model", "model", self.ctx.model.parameters())
         self.optimizer_for("prenet", "aux", self.networks["prenet"].parameters())
 
@@ -82,6 +81,7 @@ class TinyDeploy(Method):
         loss = F.cross_entropy(self.net("model")(x), src["label"], ignore_index=255)
         self.backward(loss)
         self.step("model", "prenet")
+        self.update_ema("teacher")
         return {"loss": loss.item()}
 
 
@@ -208,6 +208,25 @@ def test_deployed_graph_is_prenet_then_teacher_then_bias(tmp_path: Path) -> None
     assert not m.trainable["teacher"]
     m.train_mode()
     assert m.networks["model"].training and not m.networks["teacher"].training
+
+
+def test_ema_teacher_follows_the_student_by_hand(tmp_path: Path) -> None:
+    m = _deploy_method(tmp_path)
+    student, teacher = m.networks["model"], m.networks["teacher"]
+    assert m.specs["teacher"] == m.specs["model"] and not m.trainable["teacher"]
+    assert all(not p.requires_grad for p in teacher.parameters())
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    batch = {"source": {"image": torch.randn(2, 3, 32, 48, generator=g),
+                        "label": torch.randint(0, 19, (2, 32, 48), generator=g)}}
+    m.train_step(batch, 0)
+    after_student = student.state_dict()
+    name = "backbone.features.0.0.weight"
+    assert not torch.equal(after_student[name], before[name])  # the student moved
+    want = 0.5 * before[name] + 0.5 * after_student[name]  # decay 0.5
+    assert torch.allclose(teacher.state_dict()[name], want, atol=1e-7)
+    bn = "backbone.features.0.1.running_mean"
+    assert torch.equal(teacher.state_dict()[bn], after_student[bn])  # buffers copied
 
 
 def test_validation_best_pt_and_load_model_use_the_deployed_graph(

@@ -16,7 +16,8 @@ schedules, and ``train_step``. What the five UDA methods need maps onto it:
   ``add_optimizer`` / ``optimizer_for``;
 - alternating update phases and frozen phases: ``train_step`` decides what to
   step; ``set_requires_grad`` freezes; ``find_unused_parameters`` tells DDP;
-- teachers that are not trained by gradients: ``add_network(..., trainable=False)``;
+- teachers that are not trained by gradients: ``add_ema(name, of, decay)`` (an EMA copy,
+  stepped by ``update_ema``) or ``add_network(..., trainable=False)``;
 - what is deployed: ``deploy()`` names the segmenter network (the model or an EMA
   teacher), image networks in front of it and a per-class logit bias; validation,
   ``best.pt``, export and eval all use exactly that graph (``deployed()``);
@@ -38,6 +39,7 @@ from edgeseg.config import ConfigError, OptimConfig, Recipe, from_dict, to_dict
 from edgeseg.models.compose import Deploy, DeployedSegmenter
 from edgeseg.train.checkpoint import INIT_KEYS
 from edgeseg.train.distributed import DistInfo, unwrap
+from edgeseg.train.nets.ema import EMATeacher
 from edgeseg.train.nets.registry import NetSpec, build_net
 from edgeseg.train.schedule import lr_factor, set_lr
 
@@ -128,6 +130,7 @@ class Method:
         self.optimizers: dict[str, Optimizer] = {}
         self.schedules: dict[str, Schedule] = {}
         self.clip_norms: dict[str, float] = {}
+        self.emas: dict[str, tuple[EMATeacher, str]] = {}
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.amp)
         unknown = sorted(set(ctx.recipe.method.optimizers) - set(self.optimizer_defaults))
         if unknown:
@@ -154,6 +157,20 @@ class Method:
         if spec is not None:
             self.specs[name] = spec
         return self.networks[name]
+
+    def add_ema(self, name: str, of: str, decay: float) -> nn.Module:
+        """An exponential-moving-average copy of network ``of`` (a mean teacher, an averaged
+        generator): same spec, so it exports and chains like ``of``; no gradients, eval
+        mode. Call ``update_ema(name)`` after each optimiser step of ``of``; deploy it
+        with ``Deploy(segmenter=name)``."""
+        ema = EMATeacher(self.networks[of], decay)
+        self.emas[name] = (ema, of)
+        return self.add_network(name, ema.module, trainable=False, spec=self.specs.get(of))
+
+    def update_ema(self, *names: str) -> None:
+        for name in names:
+            ema, of = self.emas[name]
+            ema.update(self.networks[of])
 
     def optim_config(self, group: str) -> OptimConfig:
         """The optimiser block of ``group``: ``model`` is the recipe's ``optim``; others are

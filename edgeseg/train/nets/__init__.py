@@ -1,1 +1,6 @@
-"""Building blocks shared by the UDA methods (translators, discriminators, GAN losses...)."""
+"""Building blocks shared by the UDA methods (translators, discriminators, GAN losses...).
+
+Importing this package registers every network kind with `registry.build_net`.
+"""
+
+from edgeseg.train.nets import discriminator, generator, relight  # noqa: F401  (register their kinds)

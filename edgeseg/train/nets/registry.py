@@ -13,7 +13,8 @@ module. The role says how the network is deployed on its own:
 - ``""``: training-only (discriminators, encoders).
 
 Builders register with ``@register_net("kind")``; the modules that define them are
-imported by ``edgeseg.train.nets`` so every kind is known once that package is.
+imported by the package ``edgeseg.train.nets``, which Python runs before this module, so
+every kind is known wherever the registry is.
 """
 
 from __future__ import annotations
@@ -67,8 +68,6 @@ def register_net(kind: str) -> Callable[[Builder], Builder]:
 
 def build_net(spec: NetSpec | dict[str, Any]) -> nn.Module:
     """The module of ``spec`` with fresh weights (load a state dict into it)."""
-    import edgeseg.train.nets  # noqa: F401  (registers every kind)
-
     if isinstance(spec, dict):
         spec = NetSpec.from_dict(spec)
     builder = NETS.get(spec.kind)
@@ -83,20 +82,38 @@ def build_net(spec: NetSpec | dict[str, Any]) -> nn.Module:
     return builder(**spec.args)
 
 
+def _plain(value: Any) -> Any:
+    """Tuples as lists: a spec read back from a checkpoint or YAML holds lists."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _with_defaults(spec: NetSpec) -> dict[str, Any]:
+    builder = NETS.get(spec.kind)
+    if builder is None:
+        return _plain(spec.args)
+    defaults = {n: p.default for n, p in inspect.signature(builder).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return _plain({**defaults, **spec.args})
+
+
 def spec_differences(ours: NetSpec, theirs: NetSpec) -> list[str]:
-    """What differs between two specs (kind, then each argument), for one-line errors."""
+    """What differs between two specs (kind, then each argument), for one-line errors. An
+    argument missing from one spec counts as its builder's default (specs stored before
+    the builder gained it)."""
     if ours.kind != theirs.kind:
         return [f"kind {theirs.kind!r} vs {ours.kind!r}"]
-    keys = sorted(set(ours.args) | set(theirs.args))
-    return [f"{k} {theirs.args.get(k)!r} vs {ours.args.get(k)!r}" for k in keys
-            if theirs.args.get(k) != ours.args.get(k)]
+    a, b = _with_defaults(theirs), _with_defaults(ours)
+    return [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
 
 
 def net_spec(kind: str, role: Role = "", **args: Any) -> NetSpec:
     """A spec with every builder argument written out (defaults included), so a stored
     network rebuilds the same even after a builder's default changes."""
-    import edgeseg.train.nets  # noqa: F401  (registers every kind)
-
     if kind not in NETS:
         raise NetSpecError(f"unknown network kind {kind!r}; known: {sorted(NETS)}")
     params = inspect.signature(NETS[kind]).parameters
