@@ -21,6 +21,8 @@ Handler = Callable[[argparse.Namespace], int]
 MODULE_COMMANDS: list[tuple[str, str, str]] = [
     ("synth", "edgeseg.data.synth.cli",
      "generate synthetic driving scenes (day/night/dusk/fog/rain, pairs, videos)"),
+    ("derive", "edgeseg.train.derive",
+     "derive a dataset from a checkpoint: translated images or pseudo-labels"),
     ("export", "edgeseg.export.export_cli", "export a checkpoint to ONNX with a parity gate"),
     ("quantize", "edgeseg.export.precision_cli", "make the fp16 or int8 (Q/DQ) variant of an ONNX"),
     ("lint", "edgeseg.export.lint_cli", "TensorRT pre-flight check of an ONNX (no GPU needed)"),
@@ -146,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after the first N frames of each dataset (default 0 = all)")
     add_device_argument(p, "where the model runs: a checkpoint in PyTorch on it, an ONNX file or "
                         "engine on that GPU's provider/context (default auto)")
+    p.add_argument("--translator", metavar="ENGINE",
+                   help="image-to-image engine (translator or relighting net, from `edgeseg "
+                        "export CKPT --network NAME`) run on every frame before the model, "
+                        "chained as `edgeseg run --translator` chains it")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("demo", help="the whole path on built-in synthetic data (make demo)",

@@ -235,12 +235,48 @@ class ModelConfig:
             raise ValueError("the deeplabv2 head is built for ResNet backbones")
 
 
+#: streams whose dataset a top-level ``data.NAME`` key may name (shorthands of
+#: ``data.streams.NAME.data``)
+SHORTHAND_STREAMS = ("source", "target", "pairs")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """One data stream's own settings (``data.streams.NAME``, NAME one of the method's
+    streams: source, target, pairs, ...); an unset key takes the global ``data.*`` value.
+
+    Which streams keep labels is the method's decision (``labelled_streams``), not the
+    recipe's: labels of every other stream are removed before they reach the method,
+    except ``pseudo_labels``, which a model made from the images alone.
+    """
+
+    data: str | None = None  # dataset spec NAME:ROOT[:SPLIT]; data.source/target/pairs alike
+    crop: tuple[int, int] | None = None  # (height, width)
+    resize: tuple[int, int] | None = None  # (height, width) before augmentation
+    scale_range: tuple[float, float] | None = None
+    flip: bool | None = None
+    color_jitter: float | None = None
+    batch_size: int | None = None
+    #: a folder written by ``edgeseg derive pseudo-label`` for this stream's dataset: the
+    #: stream's ``label`` (255 below the threshold) and ``confidence`` come from it
+    pseudo_labels: str | None = None
+
+    def validate(self) -> None:
+        check_range(self, "crop", 16)
+        check_range(self, "resize", 16)
+        check_range(self, "scale_range", 0, low_open=True)
+        if self.scale_range is not None and self.scale_range[0] > self.scale_range[1]:
+            raise ValueError(f"scale_range={list(self.scale_range)}: expected min <= max")
+        check_range(self, "color_jitter", 0, 1)
+        check_range(self, "batch_size", 1)
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    source: str  # labelled source spec NAME:ROOT[:SPLIT]
+    source: str | None = None  # labelled source spec NAME:ROOT[:SPLIT]
     val: list[str] = field(default_factory=list)
     target: str | None = None  # unlabelled target spec (labels never used)
-    pairs: str | None = None  # aligned day/night pairs spec (DANIA)
+    pairs: str | None = None  # aligned day/night pairs spec (labels never used)
     label_space: str = "cityscapes19"
     crop: tuple[int, int] = (256, 512)  # (height, width)
     resize: tuple[int, int] | None = None  # (height, width) before augmentation
@@ -252,6 +288,8 @@ class DataConfig:
     workers: int = 2
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    #: per-stream settings over the global ones above, by the method's stream names
+    streams: dict[str, StreamConfig] = field(default_factory=dict)
 
     def validate(self) -> None:
         check_range(self, "crop", 16)
@@ -266,6 +304,27 @@ class DataConfig:
         check_range(self, "workers", 0)
         check_range(self, "mean", 0, 1)
         check_range(self, "std", 0, low_open=True)
+        for name in SHORTHAND_STREAMS:
+            short, own = getattr(self, name), self.streams.get(name, StreamConfig()).data
+            if short is not None and own is not None and short != own:
+                raise ValueError(f"data.{name}={short!r} and data.streams.{name}.data={own!r} "
+                                 "name different datasets; keep one of them")
+
+    def stream(self, name: str) -> StreamConfig:
+        """The settings of stream ``name``, every unset key filled from the global ones
+        (``data`` from ``data.NAME`` for source, target and pairs)."""
+        own = self.streams.get(name, StreamConfig())
+        short = getattr(self, name) if name in SHORTHAND_STREAMS else None
+
+        def pick(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
+        return StreamConfig(
+            data=pick(own.data, short), crop=pick(own.crop, self.crop),
+            resize=pick(own.resize, self.resize),
+            scale_range=pick(own.scale_range, self.scale_range), flip=pick(own.flip, self.flip),
+            color_jitter=pick(own.color_jitter, self.color_jitter),
+            batch_size=pick(own.batch_size, self.batch_size), pseudo_labels=own.pseudo_labels)
 
 
 @dataclass(frozen=True)

@@ -343,3 +343,25 @@ def test_mobilenet_uda_lr_decay_after_the_warmup(tmp_path: Path) -> None:
     after = schedule("after_warmup")
     assert after[:3] == [0.0, 0.0, 1.0] and after[3] == pytest.approx(0.2 ** 0.9)
     assert np.isclose(whole[3], 0.1 ** 0.9)
+
+
+def test_runs_saved_before_new_recipe_keys_still_resume(tiny_synth: Path, tmp_path: Path) -> None:
+    rec = _uda(tiny_synth, tmp_path)
+    assert Trainer(from_dict(Recipe, rec), progress=False).run(until=1) == 0
+    ckpt = ckpt_io.load_checkpoint(tmp_path / "last.pt")
+    for section, key in (("data", "streams"), ("method", "optimizers"), ("method", "init_from"),
+                         ("train", "val_size"), ("optim", "clip_grad_norm")):
+        del ckpt["recipe"][section][key]  # what a run of the previous version saved
+    ckpt_io.save_checkpoint(tmp_path / "last.pt", ckpt)
+    trainer = Trainer(from_dict(Recipe, rec), resume=str(tmp_path / "last.pt"), progress=False)
+    assert trainer.iteration == 1 and trainer.run() == 0
+
+
+def test_per_stream_crop_is_checked_by_mobilenet_uda(tmp_path: Path) -> None:
+    from edgeseg.train.methods.mobilenet_uda import MobileNetUDA, Params
+
+    rec = _uda(tmp_path, tmp_path)
+    rec["data"]["streams"] = {"target": {"crop": [30, 64]}}
+    ctx = _ctx(rec)
+    with pytest.raises(ConfigError, match=r"data.streams.target.crop 30x64: .*multiples of 4"):
+        MobileNetUDA(ctx, from_dict(Params, ctx.recipe.method.params))

@@ -1,19 +1,45 @@
 """Torch-free augmentation on sample dicts (numpy + OpenCV).
 
-A sample holds image-like arrays (``(H, W, 3)`` uint8 RGB: ``image``, ``night``,
-``reference``, ...) and label-like arrays (``(H, W)`` class ids: ``label``);
-other values pass through. Geometry (scale, crop, flip, resize) is applied
-identically to every array so aligned day/night pairs and their label stay
-aligned; images use bilinear interpolation and pad with 0, labels nearest and
-pad with ignore (255). Labels use ``INTER_NEAREST_EXACT``: plain ``INTER_NEAREST``
-samples at pixel corners, not centres, and drifts up to half a pixel from the
-bilinear image at non-integer scales. Randomness comes only from the ``np.random.Generator``
-passed in, so a (seed, epoch, index) generator reproduces a sample exactly.
+Every array of a sample has a *kind*, which says how the geometry (resize, scale,
+pad, crop, flip) treats it; all spatial kinds get the same geometry, so aligned
+day/night pairs, the label and any per-pixel extras stay aligned:
+
+=============  ===================  =====================================================
+kind           value                resize/scale, pad, colour jitter
+=============  ===================  =====================================================
+``image``      (H, W, 3) uint8 RGB  bilinear, pad 0, jittered (each image on its own draw)
+``label``      (H, W) int ids       nearest, pad 255 (ignore), never jittered: labels,
+               or masks             pseudo-labels, masks
+``float_map``  (H, W) float         bilinear, pad 0, never jittered: confidences, weights
+``array``      any shape            passed unchanged (a 3x3 ``homography``, ``crop_box``)
+=============  ===================  =====================================================
+
+The kind of a key is looked up, never guessed from the array's shape: first in
+`SAMPLE_KINDS` (``image``, ``night``, ``reference``, ``day``: image; ``label``,
+``pseudo_label``, ``mask``: label; ``confidence``: float_map; ``homography``,
+``crop_box``: array), then by the key's suffix (`SUFFIX_KINDS`: ``*_image``,
+``*_label``, ``*_mask``, ``*_confidence``, ``*_weight``, ``*_matrix``). An array
+under any other key is an error that names it; values that are not arrays (the
+sample ``name``, a ``None`` label of unlabelled data) pass through. A spatial array
+must have the image's height and width (an extra *image* of another size is
+resized to it first).
+
+Labels use ``INTER_NEAREST_EXACT``: plain ``INTER_NEAREST`` samples at pixel corners,
+not centres, and drifts up to half a pixel from the bilinear image at non-integer
+scales. Randomness comes only from the ``np.random.Generator`` passed in, so a (seed,
+epoch, index) generator reproduces a sample exactly.
+
+`TrainTransform` also records the geometry each sample got as ``crop_box``, a float32
+array ``(top, left, height, width, scale, flipped)``: the crop window in the image
+after ``resize`` and the random scale (``scale`` is the drawn factor: that image is
+``round(h * scale) x round(w * scale)`` of the resized ``h x w``); without a crop the
+window is the whole scaled image; a window may reach past the image's bottom/right
+where the crop padded it; ``flipped`` is 1.0 when the window was then mirrored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -28,25 +54,55 @@ Size = tuple[int, int]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+IMAGE, LABEL, FLOAT_MAP, ARRAY = "image", "label", "float_map", "array"
+#: the kinds the geometry applies to
+SPATIAL = (IMAGE, LABEL, FLOAT_MAP)
+#: the kind of each known sample key (extend it for a new key of a reader or method)
+SAMPLE_KINDS: dict[str, str] = {
+    "image": IMAGE, "night": IMAGE, "reference": IMAGE, "day": IMAGE,
+    "label": LABEL, "pseudo_label": LABEL, "mask": LABEL,
+    "confidence": FLOAT_MAP,
+    "homography": ARRAY, "crop_box": ARRAY,
+}
+#: the kind of a key not in SAMPLE_KINDS, by its suffix
+SUFFIX_KINDS: tuple[tuple[str, str], ...] = (
+    ("_image", IMAGE), ("_label", LABEL), ("_mask", LABEL), ("_confidence", FLOAT_MAP),
+    ("_weight", FLOAT_MAP), ("_matrix", ARRAY),
+)
+_NDIM = {IMAGE: 3, LABEL: 2, FLOAT_MAP: 2}
 
-def _is_image(value: Any) -> bool:
-    return isinstance(value, np.ndarray) and value.ndim == 3
+
+def kind_of(key: str, value: Any) -> str | None:
+    """The kind of sample value ``value`` under ``key`` (None: not an array, passed through)."""
+    if not isinstance(value, np.ndarray):
+        return None
+    kind = SAMPLE_KINDS.get(key)
+    if kind is None:
+        kind = next((k for suffix, k in SUFFIX_KINDS if key.endswith(suffix)), None)
+    if kind is None:
+        raise ValueError(
+            f"sample key {key!r} (a {value.shape} array) has no known kind; add it to "
+            "edgeseg.data.transforms.SAMPLE_KINDS or name it *_image, *_label, *_mask, "
+            "*_confidence, *_weight (per pixel) or *_matrix (passed unchanged)")
+    if kind in _NDIM and value.ndim != _NDIM[kind]:
+        raise ValueError(f"sample key {key!r}: a {kind} needs {_NDIM[kind]} dimensions, got "
+                         f"shape {value.shape}")
+    return kind
 
 
-def _is_label(value: Any) -> bool:
-    return isinstance(value, np.ndarray) and value.ndim == 2
-
-
-def _map_arrays(sample: Sample, on_image: Any, on_label: Any) -> Sample:
-    """A new sample with ``on_image``/``on_label`` applied to the array values."""
+def _map_arrays(sample: Sample, fn: Callable[[np.ndarray, str], np.ndarray]) -> Sample:
+    """A new sample with ``fn(array, kind)`` applied to every spatial array."""
     out = {}
     for key, value in sample.items():
-        if _is_image(value):
-            value = on_image(value)
-        elif _is_label(value):
-            value = on_label(value)
+        kind = kind_of(key, value)
+        if kind in SPATIAL:
+            value = fn(value, kind)
         out[key] = value
     return out
+
+
+def _interpolation(kind: str) -> int:
+    return cv2.INTER_NEAREST_EXACT if kind == LABEL else cv2.INTER_LINEAR
 
 
 def _cv_resize(array: np.ndarray, size: Size, interpolation: int) -> np.ndarray:
@@ -64,68 +120,84 @@ def _shape(sample: Sample) -> Size:
 def resize(sample: Sample, size: Size, labels: bool = True) -> Sample:
     """Resize to ``size`` (h, w); ``labels=False`` keeps labels at full resolution
     (evaluation scores at the label's native size)."""
-    return _map_arrays(
-        sample,
-        lambda im: _cv_resize(im, size, cv2.INTER_LINEAR),
-        (lambda lb: _cv_resize(lb, size, cv2.INTER_NEAREST_EXACT)) if labels else (lambda lb: lb),
-    )
+
+    def fn(a: np.ndarray, kind: str) -> np.ndarray:
+        if kind == LABEL and not labels:
+            return a
+        return _cv_resize(a, size, _interpolation(kind))
+
+    return _map_arrays(sample, fn)
+
+
+def scaled_size(size: Size, factor: float) -> Size:
+    """``size`` (h, w) scaled by ``factor`` as `scale` rounds it."""
+    h, w = size
+    return max(1, round(h * factor)), max(1, round(w * factor))
 
 
 def scale(sample: Sample, factor: float) -> Sample:
     """Resize by ``factor`` relative to the ``image`` size."""
-    h, w = _shape(sample)
-    return resize(sample, (max(1, round(h * factor)), max(1, round(w * factor))))
+    return resize(sample, scaled_size(_shape(sample), factor))
 
 
 def pad_to(sample: Sample, size: Size) -> Sample:
-    """Pad bottom/right up to at least ``size``: images with 0, labels with 255."""
+    """Pad bottom/right up to at least ``size``: labels with 255, images and float maps 0."""
     h, w = _shape(sample)
     ph, pw = max(size[0] - h, 0), max(size[1] - w, 0)
     if not ph and not pw:
         return dict(sample)
 
-    def pad(value: int) -> Any:
-        def fn(a: np.ndarray) -> np.ndarray:
-            widths = ((0, ph), (0, pw)) + ((0, 0),) * (a.ndim - 2)
-            return np.pad(a, widths, constant_values=value)
-        return fn
+    def fn(a: np.ndarray, kind: str) -> np.ndarray:
+        widths = ((0, ph), (0, pw)) + ((0, 0),) * (a.ndim - 2)
+        return np.pad(a, widths, constant_values=IGNORE_INDEX if kind == LABEL else 0)
 
-    return _map_arrays(sample, pad(0), pad(IGNORE_INDEX))
+    return _map_arrays(sample, fn)
 
 
 def crop(sample: Sample, top: int, left: int, size: Size) -> Sample:
-    """The window ``[top:top+h, left:left+w]`` of every array."""
+    """The window ``[top:top+h, left:left+w]`` of every spatial array."""
     h, w = size
 
-    def fn(a: np.ndarray) -> np.ndarray:
+    def fn(a: np.ndarray, kind: str) -> np.ndarray:
         return np.ascontiguousarray(a[top:top + h, left:left + w])
 
-    return _map_arrays(sample, fn, fn)
+    return _map_arrays(sample, fn)
 
 
 def hflip(sample: Sample) -> Sample:
-    """Mirror every array left-right."""
+    """Mirror every spatial array left-right."""
 
-    def fn(a: np.ndarray) -> np.ndarray:
+    def fn(a: np.ndarray, kind: str) -> np.ndarray:
         return np.ascontiguousarray(a[:, ::-1])
 
-    return _map_arrays(sample, fn, fn)
+    return _map_arrays(sample, fn)
+
+
+def draw_scale(rng: np.random.Generator, scale_range: tuple[float, float]) -> float:
+    """A factor drawn uniformly from ``scale_range``; (1, 1) draws nothing and gives 1."""
+    lo, hi = scale_range
+    return float(rng.uniform(lo, hi)) if (lo, hi) != (1.0, 1.0) else 1.0
 
 
 def random_scale(sample: Sample, rng: np.random.Generator,
                  scale_range: tuple[float, float]) -> Sample:
     """Scale by a factor drawn uniformly from ``scale_range``."""
-    lo, hi = scale_range
-    return scale(sample, float(rng.uniform(lo, hi))) if (lo, hi) != (1.0, 1.0) else sample
+    factor = draw_scale(rng, scale_range)
+    return scale(sample, factor) if tuple(scale_range) != (1.0, 1.0) else sample
+
+
+def draw_crop(rng: np.random.Generator, shape: Size, size: Size) -> tuple[int, int]:
+    """(top, left) of a random ``size`` window in an image of ``shape`` padded to it."""
+    h, w = max(shape[0], size[0]), max(shape[1], size[1])
+    top = int(rng.integers(0, h - size[0] + 1))
+    left = int(rng.integers(0, w - size[1] + 1))
+    return top, left
 
 
 def random_crop(sample: Sample, rng: np.random.Generator, size: Size) -> Sample:
     """A random ``size`` window, padding first when the sample is smaller."""
-    sample = pad_to(sample, size)
-    h, w = _shape(sample)
-    top = int(rng.integers(0, h - size[0] + 1))
-    left = int(rng.integers(0, w - size[1] + 1))
-    return crop(sample, top, left, size)
+    top, left = draw_crop(rng, _shape(sample), size)
+    return crop(pad_to(sample, size), top, left, size)
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
@@ -155,13 +227,14 @@ def to_chw_float(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
 
 def _align_to_image(sample: Sample) -> Sample:
     """Bring extra images (e.g. a reference frame of another size) to the ``image``
-    size so one geometry fits all; a label of another size is a reader bug."""
+    size so one geometry fits all; a label or float map of another size is a reader bug."""
     size = _shape(sample)
     out = dict(sample)
     for key, value in sample.items():
-        if _is_image(value) and value.shape[:2] != size:
+        kind = kind_of(key, value)
+        if kind == IMAGE and value.shape[:2] != size:
             out[key] = _cv_resize(value, size, cv2.INTER_LINEAR)
-        elif _is_label(value) and value.shape != size:
+        elif kind in (LABEL, FLOAT_MAP) and value.shape != size:
             raise ValueError(
                 f"{sample.get('name', '?')}: {key} size {value.shape} differs from image {size}"
             )
@@ -170,10 +243,12 @@ def _align_to_image(sample: Sample) -> Sample:
 
 class TrainTransform:
     """Training augmentation: resize, random scale, random crop (padded), flip,
-    then colour jitter drawn independently for each image.
+    then colour jitter drawn independently for each image; records ``crop_box``.
 
     ``crop``/``resize`` are (h, w) or None; ``scale_range`` the factor range;
-    ``color_jitter`` the jitter amount (0 disables).
+    ``color_jitter`` the jitter amount (0 disables). The generator is drawn in this
+    order: scale (unless the range is (1, 1)), crop top and left (with a crop), flip
+    (with flip), jitter per image in key order.
     """
 
     def __init__(self, crop: Size | None = None, scale_range: tuple[float, float] = (1.0, 1.0),
@@ -190,15 +265,24 @@ class TrainTransform:
         out = _align_to_image(sample)
         if self.resize:
             out = resize(out, self.resize)
-        out = random_scale(out, rng, self.scale_range)
+        factor = draw_scale(rng, self.scale_range)
+        if self.scale_range != (1.0, 1.0):
+            out = scale(out, factor)
+        top, left = 0, 0
+        window = _shape(out)
         if self.crop:
-            out = random_crop(out, rng, self.crop)
-        if self.flip and rng.random() < 0.5:
+            top, left = draw_crop(rng, window, self.crop)
+            window = self.crop
+            out = crop(pad_to(out, self.crop), top, left, self.crop)
+        flipped = bool(self.flip and rng.random() < 0.5)
+        if flipped:
             out = hflip(out)
         if self.color_jitter > 0:
             for key, value in out.items():
-                if _is_image(value):
+                if kind_of(key, value) == IMAGE:
                     out[key] = color_jitter(value, rng, self.color_jitter)
+        out["crop_box"] = np.array([top, left, window[0], window[1], factor, float(flipped)],
+                                   np.float32)
         return out
 
     def __repr__(self) -> str:

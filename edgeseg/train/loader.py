@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from edgeseg.data.base import DatasetError, SegDataset
-from edgeseg.data.transforms import to_chw_float
+from edgeseg.data.transforms import FLOAT_MAP, IMAGE, LABEL, kind_of, to_chw_float
 from edgeseg.errors import EdgesegError
 
 #: signals a user, ``timeout``, systemd or SLURM send to the whole process group
@@ -85,15 +85,22 @@ class ResumableDistributedSampler(DistributedSampler):
 
 
 class AugmentedDataset(Dataset):
-    """Wraps a reader: applies ``transform(sample, rng)`` and converts to tensors."""
+    """Wraps a reader: applies ``transform(sample, rng)`` and converts to tensors by kind
+    (`edgeseg.data.transforms.kind_of`): images -> normalised (3, H, W) float32, labels
+    and masks -> (H, W) int64, float maps -> (H, W) float32, other arrays -> tensors of
+    their own dtype and shape; ``crop_box`` (float32, 6) only with ``crop_box=True``.
+    Values that are not arrays (the name, a None label) are dropped: a batch holds
+    tensors only, so an unlabelled stream's batch has no ``label`` at all."""
 
     def __init__(self, reader: SegDataset, transform: Callable[[dict, np.random.Generator], dict],
-                 mean: tuple[float, ...], std: tuple[float, ...], seed: int) -> None:
+                 mean: tuple[float, ...], std: tuple[float, ...], seed: int,
+                 crop_box: bool = False) -> None:
         self.reader = reader
         self.transform = transform
         self.mean = mean
         self.std = std
         self.seed = seed
+        self.crop_box = crop_box
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -104,10 +111,17 @@ class AugmentedDataset(Dataset):
         sample = self.transform(self.reader[index], rng)
         out: dict[str, Any] = {}
         for name, value in sample.items():
-            if isinstance(value, np.ndarray) and value.ndim == 3 and value.shape[2] == 3:
+            kind = kind_of(name, value)
+            if kind is None or (name == "crop_box" and not self.crop_box):
+                continue
+            if kind == IMAGE:
                 out[name] = torch.from_numpy(to_chw_float(value, self.mean, self.std))
-            elif name == "label" and value is not None:
+            elif kind == LABEL:
                 out[name] = torch.from_numpy(np.ascontiguousarray(value).astype(np.int64))
+            elif kind == FLOAT_MAP:
+                out[name] = torch.from_numpy(np.ascontiguousarray(value, np.float32))
+            else:
+                out[name] = torch.from_numpy(np.array(value))
         return out
 
 
@@ -115,11 +129,12 @@ class Stream:
     """An endless, resumable batch iterator over one dataset on this rank."""
 
     def __init__(self, dataset: AugmentedDataset, batch_size: int, workers: int, rank: int,
-                 world_size: int, seed: int) -> None:
+                 world_size: int, seed: int, name: str = "") -> None:
         if len(dataset) < batch_size * world_size:
+            key = f"data.streams.{name}.batch_size or " if name else ""
             raise DatasetError(
                 f"dataset {dataset.reader.root} has {len(dataset)} samples, fewer than one "
-                f"batch ({batch_size} x {world_size} ranks); lower data.batch_size"
+                f"batch ({batch_size} x {world_size} ranks); lower {key}data.batch_size"
             )
         self.sampler = ResumableDistributedSampler(dataset, world_size, rank, seed)
         self.loader = DataLoader(
@@ -169,10 +184,16 @@ class Stream:
 
 
 class MultiStream:
-    """Draws one batch from each named stream per iteration: ``{'source': ..., 'target': ...}``."""
+    """Draws one batch from each named stream per iteration: ``{'source': ..., 'target': ...}``.
 
-    def __init__(self, streams: dict[str, Stream]) -> None:
+    ``provenance`` says where each stream's data came from: ``{name: {"data": spec,
+    "pseudo_labels": folder or None, "checkpoint": the checkpoint that made them,
+    "checkpoint_sha256": its hash}}`` (plain values, to store in a checkpoint)."""
+
+    def __init__(self, streams: dict[str, Stream],
+                 provenance: dict[str, dict[str, Any]] | None = None) -> None:
         self.streams = streams
+        self.provenance = provenance or {}
 
     def __next__(self) -> dict[str, dict[str, torch.Tensor]]:
         return {name: next(s) for name, s in self.streams.items()}

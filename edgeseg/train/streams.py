@@ -1,21 +1,32 @@
 """The trainer's data streams, built from the recipe's data block and the method's
-declaration of which streams it reads and which of them carry labels."""
+declaration of which streams it reads and which of them carry labels.
+
+Each stream's settings are ``data.streams.NAME`` over the global ``data.*`` keys
+(`DataConfig.stream`). Labels follow the method, never the recipe: a stream in
+``method.labelled_streams`` must be labelled and gets its labels in the recipe's label
+space; every other stream (target, pairs, ...) has its labels removed before any
+batch is made, so they cannot reach a loss. A stream with ``pseudo_labels: DIR``
+takes ``label`` and ``confidence`` from that ``edgeseg derive pseudo-label`` folder
+instead (a model made them from the images alone). Stream ``i`` of
+``method.streams`` is seeded ``recipe.seed + 1000 * i``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from edgeseg.config import ConfigError, Recipe
+from edgeseg.config import ConfigError, Recipe, StreamConfig
 from edgeseg.data import open_dataset
 from edgeseg.data.transforms import TrainTransform
 from edgeseg.labels import LabelSpace
+from edgeseg.train.derive import open_pseudo_labels
 from edgeseg.train.distributed import DistInfo
 from edgeseg.train.loader import AugmentedDataset, MultiStream, Stream
 from edgeseg.train.methods.base import Method
 
 
 class Unlabelled:
-    """View of a reader with labels removed: the target domain is unlabelled by contract."""
+    """View of a reader with labels removed: unlabelled streams are unlabelled by contract."""
 
     def __init__(self, reader: Any) -> None:
         self.reader = reader
@@ -31,23 +42,57 @@ class Unlabelled:
         return sample
 
 
+def check_stream_names(recipe: Recipe, method: Method) -> None:
+    """``data.streams`` may only name streams the method reads (a typo would silently
+    configure nothing)."""
+    unknown = sorted(set(recipe.data.streams) - set(method.streams))
+    if unknown:
+        raise ConfigError(
+            f"data.streams.{unknown[0]}: method {recipe.method.name} has no stream "
+            f"{unknown[0]!r}; its streams are {', '.join(method.streams)}")
+
+
+def open_stream_reader(recipe: Recipe, method: Method, name: str, cfg: StreamConfig,
+                       label_space: LabelSpace) -> tuple[Any, dict[str, Any]]:
+    """The reader of stream ``name`` with its labels as the method may see them, and
+    its provenance."""
+    spec = cfg.data
+    if spec is None:
+        shorthand = f"data.{name} or " if name in ("source", "target", "pairs") else ""
+        raise ConfigError(f"method {recipe.method.name} needs {shorthand}data.streams.{name}.data "
+                          "(a dataset spec NAME:ROOT[:SPLIT])")
+    provenance: dict[str, Any] = {"data": spec, "pseudo_labels": None, "checkpoint": None,
+                                  "checkpoint_sha256": None}
+    labelled = name in method.labelled_streams
+    if cfg.pseudo_labels:
+        reader, manifest = open_pseudo_labels(
+            cfg.pseudo_labels, open_dataset(spec), spec, label_space.name,
+            f"data.streams.{name}.pseudo_labels")  # replaces the dataset's own labels
+        provenance.update(pseudo_labels=cfg.pseudo_labels, checkpoint=manifest["checkpoint"],
+                          checkpoint_sha256=manifest["checkpoint_sha256"],
+                          threshold=manifest.get("threshold"))
+        return reader, provenance
+    if labelled:
+        reader = open_dataset(spec, label_space.name)
+        reader.require_labels(f"the {name} stream of method {recipe.method.name}")
+        return reader, provenance
+    return Unlabelled(open_dataset(spec)), provenance  # labels never reach a loss
+
+
 def build_streams(recipe: Recipe, method: Method, label_space: LabelSpace,
                   dist: DistInfo) -> MultiStream:
     d = recipe.data
-    specs = {"source": d.source, "target": d.target, "pairs": d.pairs}
-    transform = TrainTransform(crop=d.crop, scale_range=d.scale_range, flip=d.flip,
-                               color_jitter=d.color_jitter, resize=d.resize)
+    check_stream_names(recipe, method)
+    crop_box = method.wants_crop_box
     streams = {}
+    provenance = {}
     for i, name in enumerate(method.streams):
-        spec = specs[name]
-        if spec is None:
-            raise ConfigError(f"method {recipe.method.name} needs data.{name}")
-        reader = open_dataset(spec, label_space.name if name == "source" else None)
-        if name == "target":
-            reader = Unlabelled(reader)  # target labels never reach a loss
-        if name in ("source", "pairs"):
-            reader.require_labels(f"the {name} stream of method {recipe.method.name}")
-        dataset = AugmentedDataset(reader, transform, d.mean, d.std, recipe.seed + 1000 * i)
-        streams[name] = Stream(dataset, d.batch_size, d.workers, dist.rank,
-                               dist.world_size, recipe.seed + 1000 * i)
-    return MultiStream(streams)
+        cfg = d.stream(name)
+        reader, provenance[name] = open_stream_reader(recipe, method, name, cfg, label_space)
+        transform = TrainTransform(crop=cfg.crop, scale_range=cfg.scale_range, flip=cfg.flip,
+                                   color_jitter=cfg.color_jitter, resize=cfg.resize)
+        dataset = AugmentedDataset(reader, transform, d.mean, d.std, recipe.seed + 1000 * i,
+                                   crop_box=crop_box)
+        streams[name] = Stream(dataset, cfg.batch_size, d.workers, dist.rank, dist.world_size,
+                               recipe.seed + 1000 * i, name=name)
+    return MultiStream(streams, provenance)

@@ -265,6 +265,12 @@ class Trainer:
                 f"{recipe.method.name!r}; resume with the run's own recipe (edgeseg train "
                 f"--resume {path}) or start a new run with --set model.init_from={path}")
         saved = ckpt.get("recipe")
+        if isinstance(saved, dict):
+            try:  # with today's defaults for keys added since the run started
+                saved = to_dict(from_dict(Recipe, saved))
+            except ConfigError as exc:
+                raise ckpt_io.CheckpointError(
+                    f"{path}: its saved recipe no longer loads: {exc}") from None
         changes = recipe_changes(saved, recipe) if isinstance(saved, dict) else {}
         refused = {k: v for k, v in changes.items() if not resume_changeable(k)}
         if refused:
@@ -355,7 +361,8 @@ class Trainer:
             "mean": list(r.data.mean),
             "std": list(r.data.std),
             "method": r.method.name,
-            "datasets": {"source": r.data.source, "target": r.data.target},
+            "datasets": {name: p["data"] for name, p in self.streams.provenance.items()},
+            "data_provenance": self.streams.provenance,
             "iteration": self.iteration,
             "best": self.best,
             "recipe": to_dict(r),
@@ -468,7 +475,9 @@ class Trainer:
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         bar = tqdm(total=t.iterations, initial=self.iteration, desc=r.name, dynamic_ncols=True,
                    disable=not (self.progress and self.dist.is_main))
-        images_per_iter = r.data.batch_size * self.dist.world_size
+        # images of the first stream (the labelled source) per iteration, all ranks
+        first = next(iter(self.streams.streams.values()))
+        images_per_iter = first.batch_size * self.dist.world_size
         interrupted = False
         try:
             self.method.train_mode()

@@ -118,6 +118,9 @@ class Method:
     #: optimiser groups besides the segmenter's (``optim``), with their defaults; a
     #: recipe overrides single keys in ``method.optimizers.GROUP``
     optimizer_defaults: ClassVar[dict[str, OptimConfig]] = {}
+    #: batches carry ``crop_box`` (top, left, height, width, scale, flipped) per sample, for
+    #: methods that align crops of paired images
+    wants_crop_box: ClassVar[bool] = False
     #: DDP must tolerate parameters without gradients (frozen phases, alternating steps)
     find_unused_parameters: ClassVar[bool] = False
 

@@ -181,16 +181,20 @@ class MobileNetUDA(Method):
         }
 
     def _check_crop(self) -> None:
-        h, w = self.ctx.recipe.data.crop
-        multiple = ResnetGenerator.size_multiple
-        if h % multiple or w % multiple:
-            raise ConfigError(f"data.crop {h}x{w}: {self.name} needs sides that are multiples "
-                              f"of {multiple} (the generators downsample twice)")
-        smallest = 2 ** self.params.disc_layers
-        if min(h, w) < smallest:
-            raise ConfigError(f"data.crop {h}x{w}: the {self.params.disc_layers}-layer image "
-                              f"discriminators need sides >= {smallest}; lower "
-                              "method.params.disc_layers or enlarge the crop")
+        d = self.ctx.recipe.data
+        for stream in self.streams:
+            h, w = d.stream(stream).crop
+            own = d.streams.get(stream)
+            key = f"data.streams.{stream}.crop" if own and own.crop else "data.crop"
+            multiple = ResnetGenerator.size_multiple
+            if h % multiple or w % multiple:
+                raise ConfigError(f"{key} {h}x{w}: {self.name} needs sides that are multiples "
+                                  f"of {multiple} (the generators downsample twice)")
+            smallest = 2 ** self.params.disc_layers
+            if min(h, w) < smallest:
+                raise ConfigError(f"{key} {h}x{w}: the {self.params.disc_layers}-layer image "
+                                  f"discriminators need sides >= {smallest}; lower "
+                                  "method.params.disc_layers or enlarge the crop")
 
     def model_frozen(self, iteration: int) -> bool:
         return iteration < self.warmup_iters
