@@ -17,6 +17,13 @@ def test_shipped_recipes_load(path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.name == path.stem
     assert from_dict(Recipe, to_dict(recipe)) == recipe  # the saved form reloads identically
+    # the method's own blocks load too: its params, optimiser groups and stream names
+    from edgeseg.train.methods import get_method
+
+    method = get_method(recipe.method.name)
+    from_dict(method.Params, recipe.method.params, "method.params")
+    assert set(recipe.method.optimizers) <= set(method.optimizer_defaults)
+    assert set(recipe.data.streams) <= set(method.streams)
 
 
 def test_unknown_key_names_its_path() -> None:
