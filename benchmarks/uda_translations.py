@@ -1,8 +1,14 @@
-"""A grid of source images and their G_S->T translations from a mobilenet_uda checkpoint
-(optionally beside a target-domain image per row).
+"""A grid of source images and their translations by a checkpoint's translator (default
+G_S->T, ``gen_s2t``, of a mobilenet_uda run), optionally beside a target-domain image per
+row.
 
     python benchmarks/uda_translations.py runs/uda_synth_1000/full_s0/last.pt OUT.png \\
         demo_out/synth/images/day/s000320.png:demo_out/synth/images/night/s000320.png ...
+    python benchmarks/uda_translations.py RUN/last.pt OUT.png IMG... --network gen_t2s
+
+The translator is rebuilt from the spec stored in the checkpoint (kind, arguments, role)
+by `TorchTranslator.from_checkpoint`, the frame wrapper the translator ONNX export traces
+(`edgeseg export CKPT --network NAME`), so the grid shows what that engine computes.
 
 Why: the segmenter's supervised signal is CE on these translations. When they lose the
 objects (artefacts, erased cars), the CE teaches the segmenter labels that are not in the
@@ -16,33 +22,21 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
+from edgeseg.errors import EdgesegError
 from edgeseg.fileio import write_image
-from edgeseg.train.checkpoint import load_checkpoint
-from edgeseg.train.nets.generator import build_generator
+from edgeseg.train.predict import TorchTranslator
 
 
-def load_translator(checkpoint: Path) -> torch.nn.Module:
-    """G_S->T with the architecture the checkpoint's recipe gave it."""
-    ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("method") != "mobilenet_uda":
-        raise SystemExit(f"{checkpoint}: a {ckpt.get('method')} checkpoint has no G_S->T; "
-                         "pass a mobilenet_uda run's last.pt")
-    params = ckpt["recipe"]["method"].get("params", {})
-    gen = build_generator(params.get("ngf", 64), params.get("n_blocks", 9),
-                          upsample=params.get("upsample", "transpose"))
-    gen.load_state_dict(ckpt["method_state"]["networks"]["gen_s2t"])
-    return gen.eval()
-
-
-def translate(gen: torch.nn.Module, bgr: np.ndarray) -> np.ndarray:
-    """BGR uint8 -> BGR uint8 through the generator's [-1, 1] RGB range."""
-    h, w = (s - s % 4 for s in bgr.shape[:2])  # the generator downsamples twice
-    x = torch.from_numpy(np.ascontiguousarray(bgr[:h, :w, ::-1])).permute(2, 0, 1)[None]
-    with torch.no_grad():
-        y = gen(x.float() / 127.5 - 1.0)[0].permute(1, 2, 0).numpy()
-    return np.ascontiguousarray(((y + 1.0) * 127.5).clip(0, 255).astype(np.uint8)[:, :, ::-1])
+def load_translator(checkpoint: Path, network: str = "gen_s2t") -> TorchTranslator:
+    """Network ``network`` of ``checkpoint`` as a BGR frame -> BGR frame translator, rebuilt
+    from its stored spec; one line (SystemExit) when the checkpoint lacks it."""
+    try:
+        translator, _ = TorchTranslator.from_checkpoint(str(checkpoint), network)
+    except (EdgesegError, ValueError) as exc:  # CheckpointError is an EdgesegError
+        raise SystemExit(f"{exc}; pass a checkpoint with an image network (e.g. a "
+                         "mobilenet_uda run's last.pt) or another --network") from None
+    return translator
 
 
 def main() -> None:
@@ -50,9 +44,11 @@ def main() -> None:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("pairs", nargs="+", metavar="SOURCE[:TARGET]")
+    p.add_argument("--network", default="gen_s2t",
+                   help="the checkpoint's translator or prenet to run (default gen_s2t)")
     p.add_argument("--width", type=int, default=384, help="each tile's width in pixels")
     args = p.parse_args()
-    gen = load_translator(args.checkpoint)
+    translate = load_translator(args.checkpoint, args.network)
     rows = []
     for item in args.pairs:
         images = []
@@ -61,7 +57,7 @@ def main() -> None:
             if image is None:
                 raise SystemExit(f"{path}: not a readable image")
             images.append(image)
-        images.insert(1, translate(gen, images[0]))  # at the source's own resolution
+        images.insert(1, translate(images[0]))  # at the source's own resolution
         tiles = [cv2.resize(im, (args.width, round(im.shape[0] * args.width / im.shape[1])),
                             interpolation=cv2.INTER_AREA) for im in images]
         height = min(t.shape[0] for t in tiles)
@@ -69,7 +65,7 @@ def main() -> None:
     width = max(r.shape[1] for r in rows)
     grid = np.vstack([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows])
     write_image(args.out, grid, rgb=False)
-    print(f"wrote {args.out} (source | G_S->T(source) | target)")
+    print(f"wrote {args.out} (source | {args.network}(source) | target)")
 
 
 if __name__ == "__main__":

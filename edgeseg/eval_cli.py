@@ -1,7 +1,9 @@
 """``edgeseg eval``: score a model on one or more dataset specs.
 
 Prints a per-class table per dataset (and the gap between the first two, e.g.
-day vs night), optionally writes JSON, an overlay grid and IoU bars.
+day vs night), optionally writes JSON, an overlay grid and IoU bars. With
+``--translator ENGINE`` every frame goes through that image-to-image engine first,
+chained exactly as ``edgeseg run --translator`` chains it (`TranslatedPredictor`).
 """
 
 from __future__ import annotations
@@ -17,17 +19,31 @@ from edgeseg.labels import get_label_space
 from edgeseg.metrics import compare_summaries, format_table
 
 
-def load_predictor(model: str, device: Device | str = "auto") -> tuple[Predictor, str, dict]:
+def load_predictor(model: str, device: Device | str = "auto", translator: str | None = None
+                   ) -> tuple[Predictor, str, dict]:
     """(predictor, label-space name, info) for a checkpoint, an ONNX file or an engine,
     opened by `open_predictor` as compare and bench open it.
 
     ``device`` (``cpu``, ``cuda[:N]``, ``auto``) goes to PyTorch for a checkpoint and, as
-    the GPU index, to the backend for an ONNX file or engine.
+    the GPU index, to the backend for an ONNX file or engine. ``translator``: an
+    image-to-image engine run on every frame first (`TranslatedPredictor`, the chain of
+    ``edgeseg run --translator``).
     """
+    from edgeseg.bench.targets import open_translator
     from edgeseg.export.predictors import open_predictor
+    from edgeseg.runtime.stages import TranslatedPredictor
 
     predictor = open_predictor(model, device)
-    return predictor, str(predictor.label_space), dict(predictor.info)
+    info = dict(predictor.info)
+    if translator:
+        try:
+            stage = open_translator(translator, device)
+        except BaseException:
+            predictor.close()
+            raise
+        predictor = TranslatedPredictor(stage, predictor)
+        info["translator"] = str(translator)
+    return predictor, str(predictor.label_space), info
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -35,7 +51,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
     check_outputs([args.json, args.overlays, args.plot])  # before minutes of scoring
     text = sys.stderr if args.json == "-" else sys.stdout  # stdout carries only the JSON then
-    predict, space_name, info = load_predictor(args.model, args.device)
+    translator = getattr(args, "translator", None)
+    predict, space_name, info = load_predictor(args.model, args.device, translator)
+    name = f"{args.model} behind {translator}" if translator else args.model
     model_space = get_label_space(space_name)
     results, samples, space_of = {}, [], {}
     for spec in args.data:
@@ -48,7 +66,7 @@ def run_eval(args: argparse.Namespace) -> int:
         results[spec] = res.metrics
         space_of[spec] = dataset.label_space
         samples += [(f"{spec} {n}", img, p, g) for n, img, p, g in res.samples]
-        print(format_table(res.metrics, title=f"{args.model} on {spec}"), file=text)
+        print(format_table(res.metrics, title=f"{name} on {spec}"), file=text)
         print(file=text)
     if len(results) >= 2:
         (a, ma), (b, mb) = list(results.items())[:2]

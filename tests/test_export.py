@@ -269,9 +269,11 @@ def test_cli_gate_failure_publishes_nothing(ckpt: Path, other_checkpoint: Path,
                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """An exporter that traced the wrong weights: exit 1, no model.onnx, no temp files."""
-    real = export_cli.export_checkpoint
-    monkeypatch.setattr(export_cli, "export_checkpoint",
-                        lambda ckpt, out, options: real(other_checkpoint, out, options))
+    from edgeseg.export.onnx_export import ExportSource
+
+    real = ExportSource.export
+    monkeypatch.setattr(ExportSource, "export", lambda self, out, options, module=None: real(
+        ExportSource.open(other_checkpoint, self.name), out, options))
     out = tmp_path / "out" / "model.onnx"
     assert _cli([str(ckpt), "-o", str(out), "--size", f"{W}x{H}",
                  "--parity-frames", "2"]) == 1

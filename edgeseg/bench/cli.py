@@ -9,6 +9,11 @@ reference (``--reference``, else the first fp32 engine given): mIoU, per-class
 IoU deltas, pixel and boundary-band agreement, pass/fail per precision. The
 exit status is 1 when a variant loses more than its budget, so the command can
 gate a release.
+
+``--translator ENGINE`` puts an image-to-image engine (translator or relighting
+net) in front of every model, chained as ``edgeseg run --translator`` chains it:
+latency rows for the translator alone, each model alone and each chain end to
+end; parity (translated mIoU) is scored on the chains.
 """
 
 from __future__ import annotations
@@ -30,9 +35,16 @@ from edgeseg.argtypes import (
 )
 from edgeseg.bench.parity import DEFAULT_MAX_DROP, check_bench_parity, parse_max_drop
 from edgeseg.bench.report import BenchResult, LatencyRow, format_console, write_report
-from edgeseg.bench.targets import Target, TargetSkipped, open_target
+from edgeseg.bench.targets import (
+    ChainTarget,
+    Target,
+    TargetSkipped,
+    TranslatorTarget,
+    open_target,
+    open_translator,
+)
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.backends.base import InputShapeError
+from edgeseg.runtime.backends.base import BackendUnavailableError, InputShapeError
 from edgeseg.runtime.frames import SYNTHETIC_SIZE, open_frames
 from edgeseg.runtime.latency import measure
 from edgeseg.runtime.stages import fit_frame
@@ -51,6 +63,7 @@ def _batches(text: str) -> list[int]:
 EPILOG = """examples:
   edgeseg bench model.fp32.onnx model.int8.onnx --data camvid:DIR:day_val --report out/
   edgeseg bench runs/x/best.pt model.fp32.onnx model.engine --batch 1,4 --size 1024x512
+  edgeseg bench seg.onnx seg.int8.onnx --translator night2day.onnx --data camvid:DIR:dusk_val
 
 Exit status: 0, or 1 when a variant loses more mIoU than --max-drop allows; 2 on bad input.
 Engines this machine cannot run (a TensorRT plan without TensorRT or a GPU) are listed as
@@ -68,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: synthetic frames, latency only)")
     parser.add_argument("--report", metavar="DIR",
                         help="write DIR/bench.json, DIR/bench.md and DIR/*.png")
+    parser.add_argument("--translator", metavar="ENGINE",
+                        help="image-to-image engine (translator or relighting net, from "
+                             "`edgeseg export CKPT --network NAME`) in front of every ENGINE, "
+                             "as `edgeseg run --translator`: latency of the translator, of "
+                             "each ENGINE and of each chain; parity on the chains (batch 1)")
     parser.add_argument("--reference", metavar="MODEL",
                         help="fp32 reference for parity (fp32 ONNX or .pt); default the first "
                              "fp32 ENGINE")
@@ -110,6 +128,8 @@ def canonical_command(args: argparse.Namespace) -> str:
         cmd += ["--data", spec]
     if args.report:
         cmd += ["--report", str(args.report)]
+    if getattr(args, "translator", None):
+        cmd += ["--translator", args.translator]
     if args.reference:
         cmd += ["--reference", args.reference]
     cmd += ["--iterations", str(args.iterations), "--warmup", str(args.warmup),
@@ -198,10 +218,18 @@ def run_bench(args: argparse.Namespace) -> BenchResult:
         settings={"iterations": args.iterations, "warmup": args.warmup, "batch": args.batch,
                   "threads": args.threads, "latency_frames": args.latency_frames,
                   "max_frames": args.max_frames, "max_drop": max_drop, "band_px": args.band,
-                  "data": args.data},
+                  "data": args.data, "translator": getattr(args, "translator", None)},
         skipped=skipped)
-    targets = _open_all(paths, args, skipped)
+    translator = _open_translator(args)
+    try:
+        targets = _open_all(paths, args, skipped)
+    except BaseException:
+        if translator is not None:
+            translator.close()
+        raise
     if not targets:
+        if translator is not None:
+            translator.close()
         raise EdgesegError("nothing to benchmark: every engine was skipped ("
                            + "; ".join(s["reason"] for s in skipped) + ")")
     try:
@@ -210,15 +238,41 @@ def run_bench(args: argparse.Namespace) -> BenchResult:
         for t in targets.values():
             if t.kind == "torch" and t.size is None:
                 t.size = size  # the checkpoint runs at the size the engines run at
+        chains = ({k: ChainTarget(translator, t) for k, t in targets.items()}
+                  if translator is not None else {})
         result.targets = [t.describe() for t in targets.values()]
+        if translator is not None:
+            result.targets += [translator.describe(), *(c.describe() for c in chains.values())]
         if not args.no_latency:
-            _latency(result, list(targets.values()), args, size)
+            timed: list[Target] = list(targets.values())
+            if translator is not None:
+                timed = [translator, *timed, *chains.values()]
+            _latency(result, timed, args, size)
         if not args.no_parity:
-            _parity(result, targets, args, max_drop)
+            _parity(result, chains or targets, args, max_drop)
     finally:
         for t in targets.values():
             t.close()
+        if translator is not None:
+            translator.close()
     return result
+
+
+def _open_translator(args: argparse.Namespace) -> TranslatorTarget | None:
+    """``--translator`` as a target of its own (None without it); a translator this machine
+    cannot run fails the run: every chained number would be missing."""
+    path = getattr(args, "translator", None)
+    if not path:
+        return None
+    try:
+        stage = open_translator(path, args.device, args.threads)
+    except BackendUnavailableError as exc:
+        raise EdgesegError(f"--translator {path}: cannot run here: {exc}") from None
+    if 1 not in args.batch:
+        stage.backend.close()
+        raise EdgesegError("--translator chains run one frame at a time (as `edgeseg run`): "
+                           "include batch 1 in --batch")
+    return TranslatorTarget(Path(path), stage, args.threads)
 
 
 def _latency(result: BenchResult, targets: list[Target], args: argparse.Namespace,

@@ -35,7 +35,7 @@ from edgeseg.viz import (  # the shared Agg-canvas helpers, so every chart looks
 )
 
 #: stage columns of the latency table, in path order
-STAGE_COLUMNS = ("preprocess", "h2d", "infer", "d2h", "postprocess")
+STAGE_COLUMNS = ("preprocess", "translate", "h2d", "infer", "d2h", "postprocess")
 #: disagreement with the reference, painted over a variant's overlay in the montage
 DISAGREE_RGB = (255, 0, 255)
 

@@ -10,6 +10,11 @@ path a vehicle runs, pre- and post-processing included. A target this machine
 cannot run (a TensorRT plan without TensorRT or a GPU, a checkpoint without
 PyTorch) raises `TargetSkipped` with the reason: it is reported as skipped,
 never given a number.
+
+With a translator engine (``bench --translator``) a `TranslatorTarget` times the
+translator alone and a `ChainTarget` per model times and scores the chain
+translator -> model, through the runtime's `TranslatedPredictor` (a `StageChain` for
+engines): the chain ``edgeseg run --translator`` streams.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from edgeseg.errors import EdgesegError
 from edgeseg.export.predictors import open_predictor
 from edgeseg.runtime.backends.base import BackendUnavailableError
 from edgeseg.runtime.latency import RunFn, StageClock
-from edgeseg.runtime.predictor import BackendPredictor
+from edgeseg.runtime.predictor import BackendPredictor, open_engine
 from edgeseg.runtime.sources import SourceFrame
 from edgeseg.runtime.stages import (
     Packet,
+    TranslatedPredictor,
+    TranslateStage,
     engine_size,
     fit_frame,
     frame_to_input,
@@ -106,6 +113,27 @@ def _groups(frames: Sequence[np.ndarray], batch: int) -> list[list[np.ndarray]]:
     return [[frames[(i * batch + j) % n] for j in range(batch)] for i in range(n)]
 
 
+def _backend_description(backend: Any, threads: int) -> tuple[str, str, str]:
+    """(precision, runs_on, stages note) of an ONNX Runtime or TensorRT backend."""
+    meta, manifest = backend.metadata, backend.manifest
+    precision = manifest.precision if manifest else meta.precision
+    if backend.name == "tensorrt":
+        runs_on = manifest.describe() if manifest else "TensorRT"
+        note = ("preprocess/postprocess on the CPU; h2d, infer (GPU compute) and d2h timed "
+                "on the GPU with CUDA events; end_to_end is the wall clock")
+    else:
+        providers = ", ".join(getattr(backend, "providers", []) or ["?"])
+        version = manifest.backend_version if manifest else _ort_version()
+        threads = threads or (manifest.build.threads if manifest else 0)
+        runs_on = (f"{BACKEND_TITLES['onnxruntime']} {version}, {providers}, "
+                   f"{threads or 'default'} intra-op threads")
+        note = ("end_to_end = preprocess + infer + postprocess: ONNX Runtime does not "
+                "report copies apart (on the CPU there are none; a GPU provider copies "
+                "inside session.run); infer is session.run, in-graph normalisation and "
+                "argmax included")
+    return precision, runs_on, note
+
+
 class BackendTarget(Target):
     """An ONNX file or engine, run through the runtime's `SegmentStage` (ORT or TensorRT)."""
 
@@ -114,27 +142,12 @@ class BackendTarget(Target):
         self.backend = backend
         self.kind = backend.name
         meta = backend.metadata
-        manifest = backend.manifest
-        precision = manifest.precision if manifest else meta.precision
         first = backend.input_spec.shape[0] if backend.input_spec.shape else None
         max_batch: int | None = int(first) if first is not None and first > 0 else None
         hi = backend.input_spec.profile.get("max")
         if max_batch is None and hi:
             max_batch = int(hi[0])
-        if self.kind == "tensorrt":
-            runs_on = manifest.describe() if manifest else "TensorRT"
-            note = ("preprocess/postprocess on the CPU; h2d, infer (GPU compute) and d2h timed "
-                    "on the GPU with CUDA events; end_to_end is the wall clock")
-        else:
-            providers = ", ".join(getattr(backend, "providers", []) or ["?"])
-            version = manifest.backend_version if manifest else _ort_version()
-            threads = threads or (manifest.build.threads if manifest else 0)
-            runs_on = (f"{BACKEND_TITLES['onnxruntime']} {version}, {providers}, "
-                       f"{threads or 'default'} intra-op threads")
-            note = ("end_to_end = preprocess + infer + postprocess: ONNX Runtime does not "
-                    "report copies apart (on the CPU there are none; a GPU provider copies "
-                    "inside session.run); infer is session.run, in-graph normalisation and "
-                    "argmax included")
+        precision, runs_on, note = _backend_description(backend, threads)
         super().__init__(path, precision, meta.label_space, engine_size(meta), max_batch,
                          runs_on, note)
         self.predictor = predictor
@@ -266,6 +279,120 @@ class TorchTarget(Target):
             return {"preprocess": _ms(t0, t1), "infer": _ms(t1, t2), "postprocess": _ms(t2, t3)}
 
         return run_batch
+
+
+def open_translator(path: str | Path, device: Device | str = "auto", threads: int = 0
+                    ) -> TranslateStage:
+    """A translator / relighting engine (ONNX or engine) as the runtime's `TranslateStage`,
+    opened by `open_engine` as every model is (``edgeseg eval`` and ``bench --translator``)."""
+    backend = open_engine(path, device, threads=threads)
+    try:
+        return TranslateStage(backend)
+    except BaseException:
+        backend.close()
+        raise
+
+
+class TranslatorTarget(Target):
+    """A translator engine timed alone (frame in, translated frame at the frame's size out);
+    it predicts no classes, so it has no parity."""
+
+    def __init__(self, path: Path, stage: TranslateStage, threads: int = 0) -> None:
+        self.stage = stage
+        self.kind = stage.backend.name
+        precision, runs_on, note = _backend_description(stage.backend, threads)
+        note = ("end_to_end = preprocess + translate (the engine call) + postprocess (the "
+                "translated frame back at the frame's size)")
+        super().__init__(path, precision, "", stage.size, 1, runs_on, note)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        raise EdgesegError(f"{self.name} is an image translator: it predicts no classes")
+
+    def runner(self, frames: Sequence[np.ndarray], batch: int) -> RunFn:
+        self.check_batch(batch)
+        bgr = [np.ascontiguousarray(f[..., ::-1]) for f in frames]
+
+        def run_one(i: int) -> dict[str, float]:
+            image = bgr[i % len(bgr)]
+            packet = Packet(SourceFrame(i, image, 0.0), image)
+            self.stage.process(packet)
+            return dict(packet.timings)
+
+        return run_one
+
+    def check_batch(self, batch: int) -> None:
+        if batch != 1:
+            raise TargetSkipped(f"{self.name}: a translator chain runs one frame at a time, "
+                                "as `edgeseg run --translator` does")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "role": "translator"}
+
+    def close(self) -> None:
+        self.stage.backend.close()
+
+
+class ChainTarget(Target):
+    """``translator -> model``: the model's target behind a translator engine, timed and
+    scored through `TranslatedPredictor` (the runtime's chain). Closing it closes the
+    model's target, not the translator (shared by every chain)."""
+
+    def __init__(self, translator: TranslatorTarget, inner: Target) -> None:
+        self.translator = translator
+        self.inner = inner
+        self.kind = inner.kind if inner.kind == translator.kind else \
+            f"{translator.kind}+{inner.kind}"
+        source = inner.predictor  # type: ignore[attr-defined]
+        self.chain = TranslatedPredictor(translator.stage, source)
+        super().__init__(inner.path, inner.precision, inner.label_space, inner.size, 1,
+                         f"{translator.name}: {translator.runs_on}; {inner.name}: "
+                         f"{inner.runs_on}",
+                         "end_to_end = the translator's stages then the model's "
+                         "(preprocess/postprocess summed over both, translate = the "
+                         "translator's engine call, infer = the model's)")
+        self.name = f"{translator.name}+{inner.name}"
+
+    @property
+    def size(self) -> tuple[int, int] | None:  # type: ignore[override]
+        return self.inner.size
+
+    @size.setter
+    def size(self, value: tuple[int, int] | None) -> None:
+        self.inner.size = value
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return self.chain(image)
+
+    def runner(self, frames: Sequence[np.ndarray], batch: int) -> RunFn:
+        self.check_batch(batch)
+        bgr = [np.ascontiguousarray(f[..., ::-1]) for f in frames]
+        clock = getattr(self.inner, "clock", None)  # a checkpoint: its forward pass
+
+        def run_one(i: int) -> dict[str, float]:
+            image = bgr[i % len(bgr)]
+            packet = Packet(SourceFrame(i, image, 0.0), image)
+            t0 = time.perf_counter()
+            self.chain.process(packet)
+            timings = dict(packet.timings)
+            if self.chain.chain is None and clock is not None:
+                t1 = time.perf_counter()
+                before = sum(timings.values())
+                timings["infer"] = _ms(clock.start, clock.end)
+                timings["postprocess"] = timings.get("postprocess", 0.0) + _ms(clock.end, t1)
+                timings["preprocess"] = timings.get("preprocess", 0.0) + max(
+                    0.0, _ms(t0, clock.start) - before)
+            return timings
+
+        return run_one
+
+    def check_batch(self, batch: int) -> None:
+        if batch != 1:
+            raise TargetSkipped(f"{self.name}: a translator chain runs one frame at a time, "
+                                "as `edgeseg run --translator` does")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "role": "chain", "translator": self.translator.name,
+                "model": self.inner.name}
 
 
 def open_target(path: str | Path, *, threads: int = 0, size: tuple[int, int] | None = None,

@@ -7,6 +7,17 @@ The graph follows docs/tensorrt.md: opset 17, TorchScript exporter
 (``dynamo=False``; the dynamo exporter needs onnxscript), Resize with ``sizes``,
 uint8 only at graph I/O (the first op casts it, the last op produces it).
 
+Which network (`ExportSource`): by default what the checkpoint's method deploys
+(`load_model`: pre-networks -> segmenter -> class bias composed into one graph, or the
+bare segmenter); its composition goes into ``extra.deploy`` and ``extra.network`` is
+``"deploy"`` (a checkpoint written before networks were stored gets neither, so its
+metadata is what it always was). ``network=NAME`` exports one stored network alone
+(``extra.network`` NAME, ``extra.spec`` its spec): a segmenter with the same contract,
+or an image network (role translator or prenet) as uint8 BGR frame -> uint8 BGR frame
+(`export_image_network`, `FrameToFrame` traced; metadata ``network`` "translator" or
+"relighting", mean/std the range it works in) that the runtime chains before a
+segmenter (`TranslateStage`).
+
 Every export is checked (full checker + shape inference), optionally slimmed
 with onnxslim, and carries its `ModelMetadata` in ``metadata_props``, whose
 tensor dtypes/shapes are read back from the final graph so they cannot disagree
@@ -40,8 +51,16 @@ from edgeseg.contract.metadata import (
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import atomic_path, sha256_file
 from edgeseg.labels import get_label_space
-from edgeseg.train.checkpoint import load_model
-from edgeseg.train.predict import TRANSLATOR_RANGE, FrameToFrame
+from edgeseg.train.checkpoint import (
+    deploy_of,
+    load_checkpoint,
+    load_model,
+    load_network,
+    network_names,
+    network_spec,
+)
+from edgeseg.train.nets.registry import NetSpec
+from edgeseg.train.predict import TRANSLATOR_RANGE, FrameToFrame, image_range
 
 logger = logging.getLogger("edgeseg.export")
 
@@ -308,6 +327,9 @@ def export_module(module: nn.Module, example_input: torch.Tensor | tuple[torch.T
             # The TorchScript exporter is deprecated in favour of dynamo (needs onnxscript).
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # ReflectionPad2d (generators, the relighting net) exports a negative-step Slice the
+            # exporter cannot fold: harmless (the graph is checked and parity-gated), but noisy
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
             torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=opset,
                               input_names=list(input_names), output_names=list(output_names),
                               dynamic_axes={k: dict(v) for k, v in (dynamic_axes or {}).items()},
@@ -332,12 +354,17 @@ def export_module(module: nn.Module, example_input: torch.Tensor | tuple[torch.T
                         time.perf_counter() - start)
 
 
-def segmenter_metadata(ckpt: dict[str, Any], ckpt_sha256: str, options: ExportOptions
-                       ) -> ModelMetadata:
+def segmenter_metadata(ckpt: dict[str, Any], ckpt_sha256: str, options: ExportOptions,
+                       model_cfg: Mapping[str, Any] | None = None,
+                       extra: Mapping[str, Any] | None = None) -> ModelMetadata:
     """The metadata of a segmenter export; `export_module` fills in dtype and shape
-    from the graph (the class count given here is pinned into the logits/probs shape)."""
+    from the graph (the class count given here is pinned into the logits/probs shape).
+
+    ``model_cfg``: the exported segmenter's model block (default the checkpoint's ``model``);
+    ``extra``: added to ``metadata.extra`` (which network, the deploy composition)."""
     space = get_label_space(ckpt["label_space"])
-    classes = int(ckpt["model_cfg"]["num_classes"])
+    cfg = dict(model_cfg if model_cfg is not None else ckpt["model_cfg"])
+    classes = int(cfg.get("num_classes", ckpt["model_cfg"]["num_classes"]))
     output_shape = [None] * 3 if options.output == "labels" else [None, classes, None, None]
     return ModelMetadata(
         labels=list(space.names),
@@ -352,10 +379,10 @@ def segmenter_metadata(ckpt: dict[str, Any], ckpt_sha256: str, options: ExportOp
         method=str(ckpt.get("method") or ""),
         datasets=dict(ckpt.get("datasets") or {}),
         checkpoint_sha256=ckpt_sha256,
-        model=dict(ckpt["model_cfg"]),
+        model=cfg,
         version=__version__,
         extra={"opset": options.opset, "iteration": int(ckpt["iteration"]),
-               "exporter": f"torch {torch.__version__} torchscript"},
+               "exporter": f"torch {torch.__version__} torchscript", **(extra or {})},
     )
 
 
@@ -366,16 +393,197 @@ def deploy_module(model: nn.Module, ckpt: Mapping[str, Any], options: ExportOpti
                          output or options.output, options.labels_dtype).eval()
 
 
-def export_checkpoint(ckpt_path: str | Path, out_path: str | Path,
-                      options: ExportOptions) -> ExportResult:
-    """Export a training checkpoint's segmenter with the deploy contract of ``options``."""
+# ----------------------------------------------------------------- which network
+
+#: the metadata ``network`` of an image-network export, by the checkpoint role it has: a
+#: runtime `TranslateStage` runs either before the segmenter (uint8 frame in and out)
+IMAGE_NETWORKS: dict[str, str] = {"translator": "translator", "prenet": "relighting"}
+#: checkpoint roles `edgeseg export --network` can export ("" is training-only)
+EXPORTABLE_ROLES: tuple[str, ...] = ("segmenter", *IMAGE_NETWORKS)
+#: the ``extra.network`` of the default export: the graph the method deploys
+DEPLOYED = "deploy"
+
+
+def exportable_networks(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> list[str]:
+    """The networks of ``ckpt`` with a deployable role, each as ``name (role)``."""
+    out = []
+    for name in network_names(ckpt):
+        try:
+            spec = network_spec(ckpt, name, path)
+        except EdgesegError:  # an unreadable spec: not exportable
+            continue
+        if spec.role in EXPORTABLE_ROLES:
+            out.append(f"{name} ({spec.role})")
+    return out
+
+
+@dataclass
+class ExportSource:
+    """What one export writes from a checkpoint: the graph its method deploys (``name`` None:
+    pre-networks -> segmenter -> class bias, or the bare segmenter), one segmenter alone,
+    or one image network (translator or prenet) as uint8 frame -> uint8 frame."""
+
+    path: Path
+    ckpt: dict[str, Any]
+    name: str | None = None
+    spec: NetSpec | None = None
+
+    @classmethod
+    def open(cls, ckpt_path: str | Path, network: str | None = None) -> ExportSource:
+        """``network`` None: the deployed graph; else a network name, checked to exist and
+        to be exportable (one-line errors listing the exportable networks)."""
+        path = Path(ckpt_path)
+        ckpt = load_checkpoint(path)
+        if network is None:
+            return cls(path, ckpt)
+        exportable = exportable_networks(ckpt, path)
+        listing = ", ".join(exportable) or "none"
+        if network not in network_names(ckpt):
+            stored = "" if ckpt.get("networks") else (
+                " (written before networks were stored: only its segmenter `model`)")
+            raise ExportError(f"{path}: has no network {network!r}; exportable networks: "
+                              f"{listing}{stored}")
+        spec = network_spec(ckpt, network, path)
+        if spec.role not in EXPORTABLE_ROLES:
+            raise ExportError(f"{path}: network {network!r} ({spec.kind}) is training-only, "
+                              f"nothing deploys it; exportable networks: {listing}")
+        return cls(path, ckpt, network, spec)
+
+    @property
+    def role(self) -> str:
+        return self.spec.role if self.spec is not None else "segmenter"
+
+    @property
+    def is_image(self) -> bool:
+        """An image network (uint8 frame -> uint8 frame), not a segmenter."""
+        return self.role in IMAGE_NETWORKS
+
+    @property
+    def label(self) -> str:
+        """How messages name it: ``the deployed graph`` or ``network 'gen_s2t' (translator)``."""
+        if self.name is None:
+            return "the deployed graph"
+        return f"network {self.name!r} ({self.role})"
+
+    def image_range(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the range an image network works in."""
+        return image_range(self.role, self.ckpt)
+
+    def load(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The network in eval mode: the deployed graph, a segmenter or an image network."""
+        if self.name is None:
+            return load_model(self.path, device)[0]
+        return load_network(self.ckpt, self.name, self.path)[0].to(device).eval()
+
+    def extra(self) -> dict[str, Any]:
+        """``metadata.extra`` entries naming what was exported. A checkpoint written before
+        networks were stored, exported whole, gets none (its metadata stays as it was)."""
+        new = "deploy" in self.ckpt or "networks" in self.ckpt
+        out: dict[str, Any] = {}
+        if self.name is not None:
+            out["network"] = self.name
+            out["spec"] = self.spec.to_dict() if self.spec is not None else {}
+        elif new:
+            out["network"] = DEPLOYED
+        if new:
+            out["deploy"] = deploy_of(self.ckpt).to_dict()
+        return out
+
+    def reference(self, module: nn.Module, options: ExportOptions) -> nn.Module:
+        """The torch module the parity gate compares the graph with (fed the graph input):
+        the `DeployWrapper` with logits out, or the `FrameToFrame` of an image network."""
+        if self.is_image:
+            return FrameToFrame(module, *self.image_range()).to(_device_of(module)).eval()
+        return deploy_module(module, self.ckpt, options, output="logits").to(_device_of(module))
+
+    def export(self, out_path: str | Path, options: ExportOptions,
+               module: nn.Module | None = None) -> ExportResult:
+        """Trace ``module`` (default: `load` on the CPU) into ``out_path`` with ``options``."""
+        options.validate()
+        module = self.load() if module is None else module
+        sha = sha256_file(self.path)
+        if self.is_image:
+            mean, std = self.image_range()
+            return export_image_network(
+                module, out_path, options, mean, std, network=IMAGE_NETWORKS[self.role],
+                method=str(self.ckpt.get("method") or ""),
+                datasets=dict(self.ckpt.get("datasets") or {}), checkpoint_sha256=sha,
+                extra={"opset": options.opset, "iteration": int(self.ckpt["iteration"]),
+                       "exporter": f"torch {torch.__version__} torchscript", **self.extra()})
+        cfg = None  # the trainer's segmenter (and the deployed graph): the checkpoint's model
+        if self.name not in (None, "model") and self.spec is not None \
+                and self.spec.kind == "segmenter":
+            cfg = dict(self.spec.args)  # e.g. an EMA teacher: its own stored spec
+        wrapper = deploy_module(module, self.ckpt, options)
+        metadata = segmenter_metadata(self.ckpt, sha, options, cfg, self.extra())
+        return export_module(wrapper, options.example_input(), out_path, [options.input_name],
+                             [options.output], options.dynamic_axes(), options.opset, metadata,
+                             options.simplify)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def export_checkpoint(ckpt_path: str | Path, out_path: str | Path, options: ExportOptions,
+                      network: str | None = None) -> ExportResult:
+    """Export what a training checkpoint deploys (its composed graph, or its segmenter) with
+    the deploy contract of ``options``; ``network`` exports that network alone (a segmenter,
+    or a translator/prenet as uint8 frame -> uint8 frame)."""
     options.validate()
-    model, ckpt = load_model(ckpt_path)
-    wrapper = deploy_module(model, ckpt, options)
-    metadata = segmenter_metadata(ckpt, sha256_file(ckpt_path), options)
-    return export_module(wrapper, options.example_input(), out_path, [options.input_name],
-                         [options.output], options.dynamic_axes(), options.opset, metadata,
-                         options.simplify)
+    return ExportSource.open(ckpt_path, network).export(out_path, options)
+
+
+# ----------------------------------------------------------------- image networks
+
+#: graph I/O names of an image-network export (uint8 NHWC BGR both)
+IMAGE_INPUT, IMAGE_OUTPUT = "frame", "image"
+
+
+def check_image_sizes(net: nn.Module, options: ExportOptions, what: str = "image network"
+                      ) -> None:
+    """Every size the export traces or profiles must be a multiple of the network's
+    ``size_multiple`` (a generator that downsamples twice needs multiples of 4)."""
+    m = int(getattr(net, "size_multiple", 1) or 1)
+    sizes = {"--size": (options.height, options.width)}
+    if options.dynamic:
+        sizes.update({"--min-size": options.min_size, "--max-size": options.max_size})
+    for flag, size in sizes.items():
+        if size is not None and (size[0] % m or size[1] % m):
+            raise ExportError(f"{what} {flag} {wxh(size)} (WxH): both sides must be multiples "
+                              f"of {m} (the network downsamples by {m}); e.g. "
+                              f"{wxh((size[0] - size[0] % m, size[1] - size[1] % m))}")
+
+
+def export_image_network(net: nn.Module, out_path: str | Path, options: ExportOptions,
+                         mean: Sequence[float], std: Sequence[float], *,
+                         network: str = "translator", method: str = "",
+                         datasets: dict[str, Any] | None = None, checkpoint_sha256: str = "",
+                         extra: dict[str, Any] | None = None) -> ExportResult:
+    """Export an image-to-image network working in the range (mean, std) as uint8 BGR frame ->
+    uint8 BGR frame (input ``frame``, output ``image``, `FrameToFrame` traced): a translator
+    ([-1, 1]) or a prenet (the segmenter's range). ``options``: size, ``dynamic`` (batch,
+    height and width free, the profile recorded as for segmenters), opset, slimming; its
+    segmenter fields (input format, output kind, labels dtype) do not apply."""
+    if network not in IMAGE_NETWORKS.values():
+        raise ExportError(f"image network kind {network!r}: use one of "
+                          f"{sorted(set(IMAGE_NETWORKS.values()))}")
+    options = replace(options, input_format="uint8-nhwc-bgr")
+    options.validate()
+    check_image_sizes(net, options, network)
+    nhwc = {0: "batch", 1: "height", 2: "width"}
+    metadata = ModelMetadata(
+        labels=[], palette=[], label_space="", mean=[float(v) for v in mean],
+        std=[float(v) for v in std],
+        inputs=[TensorSpec(IMAGE_INPUT, "", [], "uint8-nhwc-bgr", options.profile())],
+        outputs=[TensorSpec(IMAGE_OUTPUT, "", [], "uint8-nhwc-bgr")],
+        network=network, method=method, datasets=datasets or {},
+        checkpoint_sha256=checkpoint_sha256, version=__version__, extra=extra or {})
+    return export_module(FrameToFrame(net, tuple(mean), tuple(std)), options.example_input(),
+                         out_path, [IMAGE_INPUT], [IMAGE_OUTPUT],
+                         {IMAGE_INPUT: nhwc, IMAGE_OUTPUT: nhwc} if options.dynamic else None,
+                         options.opset, metadata, options.simplify)
 
 
 def export_translator(generator: nn.Module, out_path: str | Path, size: Size, *,
@@ -384,22 +592,15 @@ def export_translator(generator: nn.Module, out_path: str | Path, size: Size, *,
                       checkpoint_sha256: str = "", extra: dict[str, Any] | None = None
                       ) -> ExportResult:
     """Export an image-to-image generator ([-1, 1] RGB NCHW, tanh out) as uint8 BGR frame ->
-    uint8 BGR frame (input ``frame``, output ``image``); ``dynamic`` frees batch/height/width."""
+    uint8 BGR frame (input ``frame``, output ``image``); ``dynamic`` frees batch/height/width.
+    (`edgeseg export CKPT --network NAME` exports a checkpoint's translator this way.)"""
     h, w = size
     if h < MIN_SIDE or w < MIN_SIDE:
         raise ExportError(f"translator size {wxh(size)} (WxH): both sides must be >= {MIN_SIDE}")
-    nhwc = {0: "batch", 1: "height", 2: "width"}
-    metadata = ModelMetadata(
-        labels=[], palette=[], label_space="", mean=[0.5] * 3, std=[0.5] * 3,
-        inputs=[TensorSpec("frame", "", [], "uint8-nhwc-bgr")],
-        outputs=[TensorSpec("image", "", [], "uint8-nhwc-bgr")],
-        network="translator", method=method, datasets=datasets or {},
-        checkpoint_sha256=checkpoint_sha256, version=__version__, extra=extra or {})
-    example = torch.randint(0, 256, (1, h, w, 3), generator=torch.Generator().manual_seed(0),
-                            dtype=torch.uint8)
-    return export_module(FrameToFrame(generator, *TRANSLATOR_RANGE), example, out_path, ["frame"], ["image"],
-                         {"frame": nhwc, "image": nhwc} if dynamic else None, opset, metadata,
-                         simplify)
+    options = ExportOptions(height=h, width=w, dynamic=dynamic, opset=opset, simplify=simplify)
+    return export_image_network(generator, out_path, options, *TRANSLATOR_RANGE,
+                                network="translator", method=method, datasets=datasets,
+                                checkpoint_sha256=checkpoint_sha256, extra=extra)
 
 
 def onnx_sha256(path: str | Path) -> str:

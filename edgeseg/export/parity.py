@@ -20,6 +20,15 @@ swapped channel order, wrong normalisation or resize mode, other weights) move
 logits by orders of magnitude more (tests: a perturbed classifier gives > 1e-2). Agreement is not required to be 100 % because near-ties
 may flip under those tiny differences. Reduced precisions pass
 their own `metrics.Thresholds` (logit bound relaxed or off, agreement lower).
+
+Image networks (translator, relighting: uint8 frame -> uint8 frame) pass `IMAGE_FP32`
+instead, checked by `check_image_parity` on the same frames: max |Δ| <= 2 levels and mean
+|Δ| <= 0.05 levels per value. Both sides round the network's float output to uint8, so a
+float difference of 1e-5 can move a value across a .5 boundary: one level, rarely two
+where the two roundings straddle (measured on the tests' ResNet generator, ngf 4: max 1
+level, mean 2e-4, 0.02 % of values changed; their relighting net: 0). Wrong graphs fail
+by far: swapped channels or another network's weights mean |Δ| ~80 levels; the relighting
+net run in the translator's range instead of the segmenter's, mean 1.6, max 10.
 """
 
 from __future__ import annotations
@@ -52,13 +61,31 @@ _PASS_THROUGH = ("Cast", "Squeeze", "Unsqueeze", "Reshape", "Identity")
 class ParityError(EdgesegError):
     """An exported model that disagrees with its reference beyond the thresholds."""
 
-    def __init__(self, report: ParityReport, path: str | Path) -> None:
+    def __init__(self, report: ParityReport | ImageParityReport, path: str | Path) -> None:
         super().__init__(f"{path}: parity gate failed: {report.format()}")
         self.report = report
 
 
 #: the fp32 export gate (reduced precisions pass their own `Thresholds`)
 FP32 = Thresholds(min_agreement=0.999, max_abs_logit_diff=1e-3)
+
+
+@dataclass(frozen=True)
+class ImageThresholds:
+    """The gate of an image network: uint8 levels its output may differ by."""
+
+    max_abs_diff: float = 2.0  # levels, any value of any frame
+    max_mean_abs_diff: float = 0.05  # levels, mean over every value of every frame
+
+    def passes(self, max_diff: float, mean_diff: float) -> bool:
+        return bool(max_diff <= self.max_abs_diff and mean_diff <= self.max_mean_abs_diff)
+
+    def describe(self) -> str:
+        return f"max |d| <= {self.max_abs_diff:g}, mean |d| <= {self.max_mean_abs_diff:g} levels"
+
+
+#: the fp32 export gate of image networks (translator, relighting: uint8 out)
+IMAGE_FP32 = ImageThresholds(max_abs_diff=2.0, max_mean_abs_diff=0.05)
 
 
 @dataclass
@@ -201,3 +228,83 @@ def check_onnx_parity(onnx_path: str | Path, reference: Reference,
     passed = thresholds.passes(agreement, max_abs_logit_diff=max_diff)
     return ParityReport(len(frames), max_diff, abs_sum / values, agreement, passed, thresholds,
                         ref_name, [list(f.shape[:2]) for f in frames])
+
+
+# ---------------------------------------------------------------------- image networks
+
+
+@dataclass
+class ImageParityReport:
+    """An image network's uint8 output vs its reference, in levels (0..255)."""
+
+    frames: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    changed: float  # fraction of values that differ at all, 0..1
+    passed: bool
+    thresholds: ImageThresholds
+    reference: str = ""
+    sizes: list[list[int]] = field(default_factory=list)  # (height, width) per frame
+
+    def format(self) -> str:
+        sizes = sorted({f"{w}x{h}" for h, w in self.sizes})
+        return (f"parity vs {self.reference or 'reference'} on {self.frames} frames "
+                f"({', '.join(sizes)} WxH): max |d| {self.max_abs_diff:g} levels, mean "
+                f"{self.mean_abs_diff:.2e}, values changed {100 * self.changed:.3f}% "
+                f"(thresholds: {self.thresholds.describe()}): "
+                f"{'PASS' if self.passed else 'FAIL'}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_image_parity(onnx_path: str | Path,
+                       reference: torch.nn.Module | Callable[[np.ndarray], np.ndarray],
+                       frames: Sequence[np.ndarray],
+                       thresholds: ImageThresholds = IMAGE_FP32) -> ImageParityReport:
+    """Compare an image network's ONNX (uint8 BGR frame -> uint8 BGR frame, ONNX Runtime CPU)
+    with ``reference`` on BGR uint8 ``frames``: a torch module fed the (1, H, W, 3) uint8
+    frame (the `FrameToFrame` the graph was traced from) or a callable BGR frame -> frame."""
+    if not frames:
+        raise EdgesegError("parity check needs at least one frame")
+    meta = read_metadata(onnx_path)
+    session = create_session(onnx_path)
+    ref_fn, ref_name = _image_reference(reference)
+    max_diff, abs_sum, changed, values = 0.0, 0.0, 0, 0
+    for frame in frames:
+        x = frame_to_input(frame, meta)
+        got = np.asarray(session.run(None, {meta.input.name: x})[0])
+        want = np.asarray(ref_fn(x)).reshape(got.shape)
+        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        max_diff = max(max_diff, float(diff.max()))
+        abs_sum += float(diff.sum())
+        changed += int(np.count_nonzero(diff))
+        values += diff.size
+    mean = abs_sum / values
+    return ImageParityReport(len(frames), max_diff, mean, changed / values,
+                             thresholds.passes(max_diff, mean), thresholds, ref_name,
+                             [list(f.shape[:2]) for f in frames])
+
+
+def _image_reference(reference: Any) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """A (1, H, W, 3) uint8 -> (1, H, W, 3) uint8 function for a torch module or a callable
+    on one BGR frame."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and isinstance(reference, torch.nn.Module):
+        module = reference.eval()
+        param = next(module.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+
+        @torch.no_grad()
+        def run(x: np.ndarray) -> np.ndarray:
+            return module(torch.from_numpy(x).to(device)).cpu().numpy()
+
+        return run, f"torch {type(reference).__name__}"
+    if callable(reference):
+        return (lambda x: np.asarray(reference(x[0]))[None]), getattr(
+            reference, "__name__", "callable")
+    raise TypeError(f"image parity reference must be a torch module or a callable, not "
+                    f"{type(reference).__name__}")

@@ -192,7 +192,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="window (or display://0, as segnet.py), null, OUT.mp4, frames:DIR, "
                              "labels:DIR (repeatable; default: window if there is a display)")
     parser.add_argument("--translator", metavar="ENGINE",
-                        help="image-translation engine run before the segmenter (night->day)")
+                        help="image-to-image engine run before the segmenter: a translator "
+                             "(night->day) or relighting net, exported with `edgeseg export "
+                             "CKPT --network NAME`")
     parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"])
     add_device_argument(parser, "GPU N for a TensorRT engine (its CUDA context) or a plain ONNX "
                         "(ONNX Runtime's CUDA provider, device_id N); cpu for ONNX Runtime "

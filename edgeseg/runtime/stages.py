@@ -2,10 +2,11 @@
 
 A stream runs an ordered list of stages over `Packet`s. Each stage reads
 ``packet.frame`` and writes its result back: a `TranslateStage` (an image-to-
-image engine, e.g. Mutual-GAN night->day) replaces ``packet.frame`` with the
-translated frame, the final `SegmentStage` sets ``packet.labels``. So a
-two-engine chain is ``[TranslateStage(t), SegmentStage(s)]`` and the pipeline
-does not change. Stages time their own parts (preprocess, h2d, infer, d2h,
+image engine, e.g. Mutual-GAN night->day or a relighting net) replaces
+``packet.frame`` with the translated frame, the final `SegmentStage` sets
+``packet.labels``. So a two-engine chain is ``[TranslateStage(t), SegmentStage(s)]``
+and the pipeline does not change; `TranslatedPredictor` is the same chain as a frame
+predictor, so ``eval`` and ``bench --translator`` score and time what ``run`` runs. Stages time their own parts (preprocess, h2d, infer, d2h,
 postprocess) into ``packet.timings``.
 
 Streaming form: ``submit(packet)`` starts the work and ``collect()`` returns
@@ -18,7 +19,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -219,6 +220,11 @@ class SegmentStage(EngineStage):
         packet.labels = unfit_labels(labels, box, packet.source.image.shape[:2])
 
 
+#: metadata ``network`` of the engines a `TranslateStage` runs (uint8 BGR frame in and out):
+#: a translator (its own [-1, 1] range inside) or a relighting prenet (the segmenter's range)
+IMAGE_NETWORKS = ("translator", "relighting")
+
+
 class TranslateStage(EngineStage):
     """Image-to-image engine (uint8 BGR in and out): replaces ``packet.frame``, so the
     segmenter sees the translated frame while the overlay shows the camera frame."""
@@ -227,11 +233,14 @@ class TranslateStage(EngineStage):
 
     def __init__(self, backend: Backend, aspect: AspectPolicy = "stretch") -> None:
         super().__init__(backend, aspect)
-        if self.meta.network != "translator" or backend.output_spec.format != "uint8-nhwc-bgr":
+        if (self.meta.network not in IMAGE_NETWORKS
+                or backend.output_spec.format != "uint8-nhwc-bgr"):
             raise EdgesegError(f"{backend.engine_path or 'model'}: not an image translator "
-                               "engine (uint8 BGR frame in and out); `edgeseg export` cannot "
-                               "export translators yet (from Python: "
-                               "edgeseg.export.onnx_export.export_translator)")
+                               f"engine (a {self.meta.network or 'model'}; a translator or "
+                               "relighting net with a uint8 BGR frame in and out); export one "
+                               "from a checkpoint with `edgeseg export CKPT --network NAME -o "
+                               "translator.onnx` (NAME: a network of role translator or "
+                               "prenet)")
 
     def timing_key(self, stage: str) -> str:
         return "translate" if stage == "infer" else stage
@@ -265,3 +274,43 @@ class StageChain:
     @property
     def in_flight(self) -> int:
         return len(self.last.pending)
+
+
+class TranslatedPredictor:
+    """A frame predictor (RGB uint8 -> class ids: an engine's `BackendPredictor` or a
+    checkpoint's) behind a translator engine, as ``edgeseg run --translator`` chains them:
+    an engine segmenter runs in a `StageChain` [translate, segment], a checkpoint gets the
+    translated frame. `edgeseg eval` and `edgeseg bench` score and time translated frames
+    through it, so their numbers are those of the stream. Other attributes (label space,
+    size, precision, info) are the segmenter's."""
+
+    def __init__(self, translator: TranslateStage, predictor: Any) -> None:
+        self.translator = translator
+        self.predictor = predictor
+        stage = getattr(predictor, "stage", None)
+        self.chain = StageChain([translator, stage]) if isinstance(stage, SegmentStage) else None
+
+    def process(self, packet: Packet) -> Packet:
+        """``packet.frame`` (BGR) translated, then segmented: sets ``packet.labels`` (at the
+        source frame's size) and both stages' ``packet.timings``."""
+        if self.chain is not None:
+            self.chain.submit(packet)
+            return self.chain.collect()
+        self.translator.process(packet)
+        packet.labels = self.predictor(np.ascontiguousarray(packet.frame[..., ::-1]))
+        return packet
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        return self.process(Packet(SourceFrame(0, bgr, 0.0), bgr)).labels
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("translator", "predictor", "chain"):  # not set yet: no recursion
+            raise AttributeError(name)
+        return getattr(self.predictor, name)
+
+    def close(self) -> None:
+        try:
+            self.translator.backend.close()
+        finally:
+            self.predictor.close()
