@@ -615,3 +615,22 @@ def test_one_unfrozen_step_steps_every_optimiser_and_network() -> None:
     m.train_step(_batch(), 0)
     assert not m.optimizers["model"].state
     assert all(opt.state for name, opt in m.optimizers.items() if name != "model")
+
+
+def test_networks_are_built_as_configured_and_pools_seeded_per_domain() -> None:
+    m = _method(upsample="bilinear", disc_layers=4)
+    for name in GENERATORS:
+        args = m.specs[name].args
+        assert (m.specs[name].role, args["ngf"], args["n_blocks"], args["upsample"]) == (
+            "translator", 8, 1, "bilinear")
+    for name in ("disc_img_s", "disc_img_t"):
+        args = m.specs[name].args
+        assert (args["in_channels"], args["ndf"], args["n_layers"], args["stride"]) == (3, 8, 4, 2)
+    for name in ("disc_feat_s", "disc_feat_t"):
+        args = m.specs[name].args
+        assert (args["in_channels"], args["ndf"], args["n_layers"], args["stride"]) == (
+            m.ctx.model.encoder_channels, 8, 4, 1)
+    seed = m.ctx.recipe.seed
+    for domain, offset in (("s", 0), ("t", 1)):
+        want = torch.Generator().manual_seed(seed + offset).get_state()
+        assert torch.equal(m.pools[domain].generator.get_state(), want), domain

@@ -54,12 +54,13 @@ def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Ten
 class CycleGAN:
     """Two translators and two image discriminators registered on ``method``.
 
+    Every architecture argument is the method's to choose (no defaults: CycleGAN's are
+    ngf 64, 9 blocks, transposed convs, ndf 64, 3 discriminator layers, pool 50, LSGAN).
     Every network gets its own optimiser from the method's optimiser group ``group``
     (CycleGAN: Adam, beta1 0.5, LR 2e-4)."""
 
-    def __init__(self, method: Method, *, ngf: int = 64, n_blocks: int = 9,
-                 upsample: Upsample = "transpose", ndf: int = 64, disc_layers: int = 3,
-                 pool_size: int = 50, gan_mode: GANMode = "lsgan", seed: int = 0,
+    def __init__(self, method: Method, *, ngf: int, n_blocks: int, upsample: Upsample, ndf: int,
+                 disc_layers: int, pool_size: int, gan_mode: GANMode, seed: int,
                  group: str = "gan") -> None:
         self.method = method
         self.gan_loss = GANLoss(gan_mode)
@@ -115,5 +116,5 @@ class CycleGAN:
         return {"pools": {k: pool.state_dict() for k, pool in self.pools.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, pool_state in state.get("pools", {}).items():
+        for k, pool_state in state["pools"].items():
             self.pools[k].load_state_dict(pool_state)
