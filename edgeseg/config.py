@@ -397,6 +397,9 @@ class TrainConfig:
     #: there; "entropy:SPEC" = the lowest mean prediction entropy on SPEC (label-free, for
     #: an unlabelled target split)
     select_on: str = ""
+    #: with an mIoU criterion: the mean IoU over these classes only (names of
+    #: data.label_space, e.g. the thin classes a deployment cares about); [] = all classes
+    select_classes: list[str] = field(default_factory=list)
     #: (height, width) validation frames are resized to (stretched, as an engine built at
     #: that size would see them) before the model, predictions scored at full resolution;
     #: None = each frame at its own size. Validate at the training scale: a model trained
@@ -430,6 +433,9 @@ class Recipe:
         if not self.name.strip():
             raise ValueError("name: must not be empty")
         select = self.train.select_on
+        if self.train.select_classes and select.startswith("entropy:"):
+            raise ValueError("train.select_classes applies to an mIoU criterion, not to "
+                             f"train.select_on={select!r}")
         if select and not select.startswith("entropy:") and select not in self.data.val:
             raise ValueError(f"train.select_on={select!r}: not one of data.val "
                              f"{list(self.data.val)}; name one of them or entropy:SPEC")

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from edgeseg.config import Recipe, from_dict, to_dict
+from edgeseg.config import ConfigError, Recipe, from_dict, to_dict
 from edgeseg.train.checkpoint import CheckpointError, load_checkpoint, load_model
 from edgeseg.train.schedule import lr_factor
 from edgeseg.train.trainer import EXIT_INTERRUPTED, Trainer
@@ -97,6 +97,13 @@ def test_select_on_must_name_a_val_split_or_entropy(tiny_synth: Path, tmp_path: 
         _recipe(tiny_synth, tmp_path, train__select_on=f"synthetic:{tiny_synth}:day_val")
     with pytest.raises(ValueError, match="needs a dataset spec"):
         _recipe(tiny_synth, tmp_path, train__select_on="entropy:")
+    with pytest.raises(ValueError, match="select_classes applies to an mIoU criterion"):
+        _recipe(tiny_synth, tmp_path, train__select_on=f"entropy:{tiny_synth}",
+                train__select_classes=["car"])
+    with pytest.raises(ConfigError, match=r"select_classes: \['cat'\] are not classes of "
+                                          "cityscapes19"):
+        Trainer(_recipe(tiny_synth, tmp_path, train__select_classes=["car", "cat"]),
+                progress=False)
 
 
 def test_mean_entropy_by_hand(tiny_synth: Path, tmp_path: Path) -> None:
@@ -117,20 +124,29 @@ def test_mean_entropy_by_hand(tiny_synth: Path, tmp_path: Path) -> None:
     assert trainer.mean_entropy(spec) == pytest.approx(float(-(p * np.log(p)).sum()), rel=1e-5)
 
 
-@pytest.mark.parametrize("select", ["second", "entropy"])
+@pytest.mark.parametrize("select", ["second", "entropy", "classes"])
 def test_best_checkpoint_follows_select_on(tiny_synth: Path, tmp_path: Path,
                                            select: str) -> None:
     day, night = f"synthetic:{tiny_synth}:day_val", f"synthetic:{tiny_synth}:night_val"
     target = f"synthetic:{tiny_synth}:night_train"
-    choice = night if select == "second" else f"entropy:{target}"
+    choice = f"entropy:{target}" if select == "entropy" else night
+    classes = ["road", "sky", "car"] if select == "classes" else []
     recipe = _recipe(tiny_synth, tmp_path, train__iterations=6, train__val_every=2,
-                     train__val_max_images=2, train__select_on=choice)
+                     train__val_max_images=2, train__select_on=choice,
+                     train__select_classes=classes)
     recipe = from_dict(Recipe, {**to_dict(recipe),
                                 "data": {**to_dict(recipe.data), "val": [day, night]}})
     assert Trainer(recipe, progress=False).run() == 0
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     best = load_checkpoint(tmp_path / "best.pt")
-    if select == "second":
+    if select == "classes":  # the mean IoU of three classes, recomputed from the log
+        scored = [(float(np.nanmean([np.nan if x["per_class"][c] is None else x["per_class"][c]
+                                     for c in classes])), x["iter"])
+                  for x in lines if x["type"] == "val" and x["data"] == night]
+        want = max(scored, key=lambda v: (v[0], -v[1]))
+        assert best["best"]["classes"] == classes
+        assert best["best"]["value"] == pytest.approx(want[0])
+    elif select == "second":
         scored = [(x["miou"], x["iter"]) for x in lines if x["type"] == "val" and x["data"] == night]
         want = max(scored, key=lambda v: (v[0], -v[1]))  # the first of equal scores is kept
         assert (best["best"]["criterion"], best["best"]["data"]) == ("miou", night)

@@ -60,7 +60,8 @@ EXIT_INTERRUPTED = 130
 #: longer be the run its checkpoint belongs to.
 RESUME_CHANGEABLE = (
     "train.iterations", "train.log_every", "train.val_every", "train.ckpt_every",
-    "train.val_max_images", "train.select_on", "train.val_size", "train.threads",
+    "train.val_max_images", "train.select_on", "train.select_classes", "train.val_size",
+    "train.threads",
     "data.workers", "data.val", "data.val_batch_size", "output_dir", "model.pretrained",
     "model.init_from", "method.init_from",
 )
@@ -70,7 +71,8 @@ def describe_best(best: dict[str, Any]) -> str:
     if best.get("criterion") == "entropy":
         return f"lowest entropy {best['value']:.4f} on {best['data']} at iteration {best['iter']}"
     value = best.get("value", best.get("miou", 0.0))
-    return f"{best['data']} mIoU {100 * value:.2f} at iteration {best['iter']}"
+    over = f" over {', '.join(best['classes'])}" if best.get("classes") else ""
+    return f"{best['data']} mIoU{over} {100 * value:.2f} at iteration {best['iter']}"
 
 
 #: files the trainer writes into a run folder (temp files of killed writers are removed)
@@ -216,6 +218,10 @@ class Trainer:
             )
         if self.dist.is_main:
             check_writable_dir(self.run_dir)  # before any work, not at the first checkpoint
+        unknown = [c for c in recipe.train.select_classes if c not in self.label_space.names]
+        if unknown:
+            raise ConfigError(f"train.select_classes: {unknown} are not classes of "
+                              f"{self.label_space.name} ({', '.join(self.label_space.names)})")
         select = recipe.train.select_on
         for spec in [*recipe.data.val, *([select[len("entropy:"):]]
                                           if select.startswith("entropy:") else [])]:
@@ -242,6 +248,7 @@ class Trainer:
         self.streams = build_streams(recipe, self.method, self.label_space, self.dist)
         self.iteration = 0
         self.best: dict[str, Any] = {}
+        self.val_summaries: dict[str, Any] = {}  # the latest validation of each spec
         if ckpt is not None:
             self._resume(str(resume), ckpt)
         if self.dist.enabled:
@@ -407,6 +414,7 @@ class Trainer:
             cm.matrix[:] = matrix
             summary = metrics_of(cm, dataset.label_space)
             results[spec] = summary.miou
+            self.val_summaries[spec] = summary
             self._append_jsonl({"type": "val", "iter": self.iteration, "data": spec,
                                 **summary.to_dict()})
         self.method.train_mode()
@@ -432,11 +440,20 @@ class Trainer:
             if key not in results:
                 return
             value = score = results[key]
+            classes = self.recipe.train.select_classes
+            if classes:  # mIoU over the chosen classes only (absent ones do not count)
+                ious = [self.val_summaries[key].per_class[c] for c in classes]
+                with np.errstate(invalid="ignore"):
+                    value = score = float(np.nanmean(np.asarray(ious, np.float64)))
+                if np.isnan(score):
+                    return
         previous = self.best.get("score", self.best.get("miou", -float("inf")))
         if score > previous:
             self.best = {"criterion": "entropy" if select.startswith("entropy:") else "miou",
                          "data": key, "value": value, "score": score,
                          "iter": self.iteration, "all": results}
+            if self.recipe.train.select_classes and not select.startswith("entropy:"):
+                self.best["classes"] = list(self.recipe.train.select_classes)
             self.save("best.pt")
 
     def mean_entropy(self, spec: str) -> float:
