@@ -365,3 +365,50 @@ def test_per_stream_crop_is_checked_by_mobilenet_uda(tmp_path: Path) -> None:
     ctx = _ctx(rec)
     with pytest.raises(ConfigError, match=r"data.streams.target.crop 30x64: .*multiples of 4"):
         MobileNetUDA(ctx, from_dict(Params, ctx.recipe.method.params))
+
+
+class TranslatorFirst(TinyDeploy):
+    """A fixed segmenter behind a translator (the shape of test-time translation methods)."""
+
+    name = "tiny_translate"
+
+    def build(self) -> None:
+        self.add_network("gen", net_spec("resnet_generator", "translator", ngf=4, n_blocks=0))
+        self.freeze("model")
+        self.optimizer_for("gen", "aux", self.networks["gen"].parameters())
+
+    def deploy(self) -> Deploy:
+        return Deploy("model", ("gen",))
+
+    def train_step(self, batch: dict, iteration: int) -> dict[str, float]:
+        loss = self.net("gen")(batch["source"]["image"]).abs().mean()
+        self.backward(loss)
+        self.step("gen")
+        return {"loss": loss.item()}
+
+
+def test_a_translator_in_front_of_a_frozen_segmenter(
+        tiny_synth: Path, tiny_checkpoint: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(METHODS, TranslatorFirst.name, TranslatorFirst)
+    rec = tiny_recipe(tiny_synth, tmp_path, train__iterations=2)
+    rec["method"] = {"name": "tiny_translate"}
+    rec["model"]["init_from"] = str(tiny_checkpoint)  # a trained segmenter: logits of size
+    trainer = Trainer(from_dict(Recipe, rec), progress=False)
+    m = trainer.method
+    frozen = {k: v.clone() for k, v in m.networks["model"].state_dict().items()}
+    assert not m.trainable["model"] and "model" not in m.optimizers
+    assert trainer.run() == 0
+    assert all(torch.equal(frozen[k], v) for k, v in m.networks["model"].state_dict().items())
+    model, ckpt = ckpt_io.load_model(tmp_path / "last.pt")
+    mean = torch.tensor(ckpt["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(ckpt["std"]).view(1, 3, 1, 1)
+    gen = ckpt_io.load_network(ckpt, "gen", tmp_path / "last.pt")[0]
+    seg = ckpt_io.load_segmenter(ckpt, tmp_path / "last.pt")
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():  # normalised -> [-1, 1] -> G -> back -> segmenter
+        translated = ((gen((x * std + mean) * 2 - 1) + 1) / 2 - mean) / std
+        got, want, plain = model(x), seg(translated), seg(x)
+        scale = want.abs().max().item()
+        assert scale > 0.1 and torch.allclose(got, want, atol=1e-5 * scale, rtol=1e-4)
+        assert (got - plain).abs().max().item() > 1e-2 * scale  # the translator ran

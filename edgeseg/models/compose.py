@@ -22,7 +22,9 @@ class Deploy:
     """A method's deployable graph, by network name (stored in every checkpoint)."""
 
     segmenter: str = "model"  # or e.g. "teacher" (an EMA copy of the segmenter)
-    pre: tuple[str, ...] = ()  # image -> image networks applied first, in order
+    #: image -> image networks applied first, in order: prenets, or translators (adapted
+    #: to the segmenter's input range by `as_prenet`)
+    pre: tuple[str, ...] = ()
     class_bias: tuple[float, ...] | None = None  # added to the logits (log class weights)
 
     @property
@@ -49,6 +51,29 @@ def log_weights(weights: Sequence[float]) -> tuple[float, ...]:
     if any(w <= 0 for w in weights):
         raise ValueError(f"class weights must be > 0 to become a logit bias, got {list(weights)}")
     return tuple(math.log(w) for w in weights)
+
+
+class InSegmenterRange(nn.Module):
+    """A translator (RGB in [-1, 1] -> [-1, 1]) used as a pre-network: the segmenter's
+    normalised input ``(x/255 - mean)/std`` is mapped to [-1, 1], translated and mapped
+    back, so a translator composes in front of the segmenter like a relighting net."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.size_multiple = getattr(net, "size_multiple", 1)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net((x * self.std + self.mean) * 2.0 - 1.0)
+        return ((y + 1.0) * 0.5 - self.mean) / self.std
+
+
+def as_prenet(net: nn.Module, role: str, mean: Sequence[float], std: Sequence[float]
+              ) -> nn.Module:
+    """``net`` as a pre-network in the segmenter's range (translators are adapted)."""
+    return InSegmenterRange(net, mean, std) if role == "translator" else net
 
 
 class DeployedSegmenter(nn.Module):

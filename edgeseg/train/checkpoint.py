@@ -20,7 +20,7 @@ from edgeseg.config import ConfigError, ModelConfig, from_dict, to_dict
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import OUTPUT_ERRNOS, OutputError, atomic_path, describe_os_error, is_disk_full
 from edgeseg.labels import get_label_space
-from edgeseg.models.compose import Deploy, DeployedSegmenter
+from edgeseg.models.compose import Deploy, DeployedSegmenter, as_prenet
 from edgeseg.train.nets.registry import NetSpec, NetSpecError, build_net
 
 FORMAT = "edgeseg-checkpoint/1"
@@ -201,7 +201,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     if deploy.trivial:
         return load_segmenter(ckpt, path).to(device), ckpt
     segmenter = load_network(ckpt, deploy.segmenter, path)[0]
-    pre = [load_network(ckpt, name, path)[0] for name in deploy.pre]
+    pre = []
+    for name in deploy.pre:
+        net, spec = load_network(ckpt, name, path)
+        pre.append(as_prenet(net, spec.role, ckpt["mean"], ckpt["std"]))
     model = DeployedSegmenter(segmenter, pre, deploy.class_bias)
     return model.to(device).eval(), ckpt
 

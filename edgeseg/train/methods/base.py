@@ -36,7 +36,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from edgeseg.config import ConfigError, OptimConfig, Recipe, from_dict, to_dict
-from edgeseg.models.compose import Deploy, DeployedSegmenter
+from edgeseg.models.compose import Deploy, DeployedSegmenter, as_prenet
 from edgeseg.train.checkpoint import INIT_KEYS
 from edgeseg.train.distributed import DistInfo, unwrap
 from edgeseg.train.nets.ema import EMATeacher
@@ -206,6 +206,14 @@ class Method:
             if self.trainable[name]:
                 self.networks[name] = wrap(name, net)
 
+    def freeze(self, name: str) -> None:
+        """Network ``name`` is not trained by this method (e.g. a fixed day segmenter behind
+        a translator): no gradients, eval mode, not wrapped by DDP, no optimiser needed."""
+        self.trainable[name] = False
+        for p in self.networks[name].parameters():
+            p.requires_grad_(False)
+        self.networks[name].eval()
+
     def train_mode(self) -> None:
         """Trainable networks in train mode, teachers (``trainable=False``) in eval mode."""
         for name, net in self.networks.items():
@@ -260,15 +268,20 @@ class Method:
             if name not in self.specs:
                 raise ValueError(f"method {self.name} deploys network {name!r}, which it did "
                                  "not add with a spec")
+        for name in d.pre:
+            if self.specs[name].role not in ("prenet", "translator"):
+                raise ValueError(f"method {self.name} deploys {name!r} in front of the "
+                                 "segmenter, but it is not an image network")
         if self.specs[d.segmenter].role != "segmenter":
             raise ValueError(f"method {self.name} deploys {d.segmenter!r} as its segmenter, "
                              f"but it is a {self.specs[d.segmenter].role or 'training-only'} net")
 
     def deployed(self) -> DeployedSegmenter:
         """The deployed graph over the live networks (validation scores exactly this)."""
-        d = self.deploy()
-        return DeployedSegmenter(unwrap(self.networks[d.segmenter]),
-                                 [unwrap(self.networks[n]) for n in d.pre], d.class_bias)
+        d, data = self.deploy(), self.ctx.recipe.data
+        pre = [as_prenet(unwrap(self.networks[n]), self.specs[n].role, data.mean, data.std)
+               for n in d.pre]
+        return DeployedSegmenter(unwrap(self.networks[d.segmenter]), pre, d.class_bias)
 
     def exportable(self) -> dict[str, NetSpec]:
         """Networks a user may export on their own (``edgeseg export --network NAME``)."""
