@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -327,24 +326,6 @@ def test_init_from_refuses_another_architecture_and_unknown_names(
         Trainer(from_dict(Recipe, rec), progress=False)
 
 
-def test_mobilenet_uda_lr_decay_after_the_warmup(tmp_path: Path) -> None:
-    from edgeseg.train.methods.mobilenet_uda import MobileNetUDA, Params
-
-    def schedule(mode: str) -> list[float]:
-        rec = _uda(tmp_path, tmp_path, params={**UDA, "model_lr_decay": mode,
-                                               "freeze_model_fraction": 0.5})
-        rec["train"]["iterations"] = 10
-        ctx = _ctx(rec)
-        m = MobileNetUDA(ctx, from_dict(Params, ctx.recipe.method.params))
-        return [m.schedules["model"](it) for it in (0, 4, 5, 9)]
-
-    whole = schedule("whole_run")
-    assert whole[:2] == [0.0, 0.0] and whole[2] == pytest.approx(0.5 ** 0.9)
-    after = schedule("after_warmup")
-    assert after[:3] == [0.0, 0.0, 1.0] and after[3] == pytest.approx(0.2 ** 0.9)
-    assert np.isclose(whole[3], 0.1 ** 0.9)
-
-
 def test_runs_saved_before_new_recipe_keys_still_resume(tiny_synth: Path, tmp_path: Path) -> None:
     rec = _uda(tiny_synth, tmp_path)
     assert Trainer(from_dict(Recipe, rec), progress=False).run(until=1) == 0
@@ -355,16 +336,6 @@ def test_runs_saved_before_new_recipe_keys_still_resume(tiny_synth: Path, tmp_pa
     ckpt_io.save_checkpoint(tmp_path / "last.pt", ckpt)
     trainer = Trainer(from_dict(Recipe, rec), resume=str(tmp_path / "last.pt"), progress=False)
     assert trainer.iteration == 1 and trainer.run() == 0
-
-
-def test_per_stream_crop_is_checked_by_mobilenet_uda(tmp_path: Path) -> None:
-    from edgeseg.train.methods.mobilenet_uda import MobileNetUDA, Params
-
-    rec = _uda(tmp_path, tmp_path)
-    rec["data"]["streams"] = {"target": {"crop": [30, 64]}}
-    ctx = _ctx(rec)
-    with pytest.raises(ConfigError, match=r"data.streams.target.crop 30x64: .*multiples of 4"):
-        MobileNetUDA(ctx, from_dict(Params, ctx.recipe.method.params))
 
 
 class TranslatorFirst(TinyDeploy):

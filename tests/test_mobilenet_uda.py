@@ -255,13 +255,17 @@ def test_source_replay_is_ce_on_the_raw_source_and_leaves_the_paper_losses(
     switches = {"use_feature_loss": feature, "use_semantic_loss": semantic}
     paper, replay = _method(**switches), _method(lambda_ce_source=0.5, **switches)
     batch = _batch()
+    batch["source"]["label"][:, :8] = 255  # unlabelled pixels count in no CE
     for m in (paper, replay):
         m.set_model_mode(frozen=True)  # eval mode: no dropout, both see the same M
     paper_losses, paper_cache = paper.generator_losses(batch)
     replay_losses, replay_cache = replay.generator_losses(batch)
     with torch.no_grad():
         logits = replay.networks["model"](batch["source"]["image"])
-    expected = torch.nn.functional.cross_entropy(logits, batch["source"]["label"])
+    labels = batch["source"]["label"]
+    keep = labels != 255
+    per_pixel = -torch.log_softmax(logits, 1).gather(1, labels.clamp(max=18)[:, None])[:, 0]
+    expected = per_pixel[keep].mean()  # mean over the labelled pixels only
     assert replay_losses["loss_seg_src"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert set(replay_losses) - set(paper_losses) == {"loss_seg_src"}
     for key, value in paper_losses.items():  # pseudo-labels and real features are unchanged
@@ -318,6 +322,58 @@ def test_params_and_crop_are_validated() -> None:
         ctx = MethodContext(recipe, build_model(recipe.model), torch.device("cpu"), DistInfo(), False)
         MobileNetUDA(ctx, Params(**TINY))
     assert get_method("mobilenet_uda") is MobileNetUDA
+
+
+@pytest.mark.parametrize(("key", "bad", "good"), [
+    ("ngf", 0, 1), ("ndf", 0, 1), ("feat_ndf", 0, 1), ("n_blocks", -1, 0),
+    ("disc_layers", 1, 2), ("pool_size", -1, 0)])
+def test_architecture_params_bounds(key: str, bad: int, good: int) -> None:
+    with pytest.raises(ConfigError, match=key.split("_")[0]):
+        from_dict(Params, {key: bad}, "method.params")
+    assert getattr(from_dict(Params, {key: good}, "method.params"), key) == good
+
+
+def _method_with(recipe_edit: Any, **params: Any) -> MobileNetUDA:
+    torch.manual_seed(0)
+    rec = _uda_recipe(Path("/x"), Path("/x"), **params)
+    recipe_edit(rec)
+    recipe = from_dict(Recipe, rec)
+    ctx = MethodContext(recipe, build_model(recipe.model), torch.device("cpu"), DistInfo(), False)
+    return MobileNetUDA(ctx, from_dict(Params, recipe.method.params, "method.params"))
+
+
+def test_crops_of_every_stream_fit_the_generators_and_discriminators() -> None:
+    def crop(value: list[int], stream: str | None = None) -> Any:
+        def edit(rec: dict) -> None:
+            if stream:
+                rec["data"]["streams"] = {stream: {"crop": value}}
+            else:
+                rec["data"]["crop"] = value
+        return edit
+
+    with pytest.raises(ConfigError, match=r"^data.streams.target.crop 30x64: .*multiples of 4"):
+        _method_with(crop([30, 64], "target"))
+    with pytest.raises(ConfigError, match=r"^data.crop 28x64: .*5-layer image discriminators "
+                                          r"need sides >= 32"):
+        _method_with(crop([28, 64]), disc_layers=5)
+    _method_with(crop([16, 64]), disc_layers=4)  # 2^4 = 16 fits
+
+
+def test_segmenter_lr_and_its_decay_over_the_run_or_after_the_warmup() -> None:
+    def schedule(mode: str) -> tuple[list[float], MobileNetUDA]:
+        def edit(rec: dict) -> None:
+            rec["train"]["iterations"] = 10
+            rec["optim"]["head_lr_mult"] = 10.0
+        m = _method_with(edit, model_lr_decay=mode, freeze_model_fraction=0.5)
+        return [m.schedules["model"](it) for it in (0, 4, 5, 9)], m
+
+    whole, m = schedule("whole_run")
+    lrs = {g["name"]: g["lr"] for g in m.optimizers["model"].param_groups}
+    assert lrs == {"backbone": pytest.approx(1e-3), "head": pytest.approx(1e-2)}
+    assert whole[:2] == [0.0, 0.0] and whole[2] == pytest.approx(0.5 ** 0.9)
+    assert whole[3] == pytest.approx(0.1 ** 0.9)
+    after, _ = schedule("after_warmup")  # poly over the 5 unfrozen iterations, from 1
+    assert after[:3] == [0.0, 0.0, 1.0] and after[3] == pytest.approx(0.2 ** 0.9)
 
 
 # --- through the trainer ------------------------------------------------------------------
