@@ -3,4 +3,9 @@
 Importing this package registers every network kind with `registry.build_net`.
 """
 
-from edgeseg.train.nets import discriminator, generator, relight  # noqa: F401  (register their kinds)
+from edgeseg.train.nets import (  # noqa: F401  (register their kinds)
+    autoencoder,
+    discriminator,
+    generator,
+    relight,
+)

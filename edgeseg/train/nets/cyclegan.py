@@ -55,13 +55,17 @@ class CycleGAN:
     """Two translators and two image discriminators registered on ``method``.
 
     Every architecture argument is the method's to choose (no defaults: CycleGAN's are
-    ngf 64, 9 blocks, transposed convs, ndf 64, 3 discriminator layers, pool 50, LSGAN).
+    ngf 64, 9 blocks, transposed convs, ndf 64, the 70x70 PatchGAN = 5 convs at strides
+    2, 2, 2, 1, 1 (``disc_layers=5, disc_strides=[2, 2, 2, 1, 1]``), pool 50, LSGAN).
+    ``disc_strides`` gives each discriminator conv its own stride (one per layer); None
+    keeps every conv at stride 2. CycleGAN's 70x70 PatchGAN is 5 convs at strides
+    2, 2, 2, 1, 1 (64, 128, 256, 512 channels, then the logit map).
     Every network gets its own optimiser from the method's optimiser group ``group``
     (CycleGAN: Adam, beta1 0.5, LR 2e-4)."""
 
     def __init__(self, method: Method, *, ngf: int, n_blocks: int, upsample: Upsample, ndf: int,
                  disc_layers: int, pool_size: int, gan_mode: GANMode, seed: int,
-                 group: str = "gan") -> None:
+                 group: str = "gan", disc_strides: Sequence[int] | None = None) -> None:
         self.method = method
         self.gan_loss = GANLoss(gan_mode)
         for name in GENERATORS:
@@ -69,8 +73,9 @@ class CycleGAN:
                                                     n_blocks=n_blocks, upsample=upsample))
             method.optimizer_for(name, group, net.parameters())
         for name in IMAGE_DISCRIMINATORS:
-            net = method.add_network(name, net_spec("patch_discriminator", in_channels=3,
-                                                    ndf=ndf, n_layers=disc_layers, stride=2))
+            net = method.add_network(name, net_spec(
+                "patch_discriminator", in_channels=3, ndf=ndf, n_layers=disc_layers, stride=2,
+                strides=None if disc_strides is None else [int(s) for s in disc_strides]))
             method.optimizer_for(name, group, net.parameters())
         # one pool per domain: D_S sees old G_T->S outputs, D_T old G_S->T outputs
         self.pools = {"s": ImagePool(pool_size, seed=seed), "t": ImagePool(pool_size, seed=seed + 1)}
