@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.edgeseg-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench bench-openvino lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) bench-openvino
 	$(PY) -m pytest -q benchmarks --benchmark-json=benchmarks/results/latest-bench.json
+
+# edgeseg's OpenVINO engine vs raw OpenVINO / benchmark_app / ONNX Runtime, interleaved on one
+# file; stream throughput; CamVid mIoU of the OpenVINO engines (benchmarks/results/openvino.md)
+bench-openvino: $(STAMP)
+	$(PY) benchmarks/openvino_vs_raw.py --threads 2 --rounds 8 --miou \
+		--json benchmarks/results/openvino-latest.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edgeseg tests benchmarks

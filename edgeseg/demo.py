@@ -123,7 +123,8 @@ def deploy(out: Path, checkpoint: Path, synth: Path, fresh: bool, edgeseg: Comma
     from edgeseg.export.build_engine import default_engine_path, resolve_backend
 
     onnx_path = out / "model.onnx"
-    engine = default_engine_path(onnx_path, resolve_backend("auto"))  # .engine or .ort.onnx
+    # .engine (TensorRT), else .ov.blob (OpenVINO) or .ort.onnx (ONNX Runtime) on the CPU
+    engine = default_engine_path(onnx_path, resolve_backend("auto"))
     if fresh or not onnx_path.exists():
         print(f"[4/5] exporting {checkpoint} -> {onnx_path} and building the engine "
               "(--precision auto)")

@@ -104,7 +104,9 @@ def test_shipped_profiles_load(path: Path) -> None:
     profile = load_config(BuildProfile, path)
     assert profile.description
     assert from_dict(BuildProfile, to_dict(profile)) == profile
-    if path.name.startswith("cpu-"):
+    if path.name.startswith("cpu-openvino"):
+        assert profile.backend == "openvino" and profile.ov_device == "CPU"
+    elif path.name.startswith("cpu-"):
         assert profile.backend == "onnxruntime"
     else:
         assert profile.backend == "tensorrt" and profile.shapes is not None
@@ -190,15 +192,18 @@ def test_ort_int8_engine_keeps_labels(models: dict[str, Path], tmp_path: Path) -
     np.testing.assert_array_equal(got, ort_labels(models["int8"], frames))
 
 
-def test_auto_backend_is_onnxruntime_with_notice(models: dict[str, Path], tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_auto_backend_is_a_cpu_backend_with_notice(models: dict[str, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     if trt_with_gpu():
         pytest.skip("TensorRT and a CUDA GPU are present: auto picks TensorRT here")
-    manifest = build_engine(models["fp32"], tmp_path / "m.ort.onnx",
-                            BuildProfile(threads=1), "cmd")
-    assert manifest.backend == "onnxruntime"
+    # OpenVINO when installed (tests/test_openvino.py builds with it), else ONNX Runtime
+    expected = "openvino" if MachineInfo.detect("openvino").backend_version else "onnxruntime"
+    out = tmp_path / ("m.ov.blob" if expected == "openvino" else "m.ort.onnx")
+    manifest = build_engine(models["fp32"], out, BuildProfile(threads=1), "cmd")
+    assert manifest.backend == expected
     notice = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
-    assert len(notice) == 1 and "ONNX Runtime" in notice[0]
+    title = "OpenVINO" if expected == "openvino" else "ONNX Runtime"
+    assert len(notice) == 1 and f"building an {title} engine" in notice[0]
 
 
 def test_precision_mismatch_and_best(models: dict[str, Path], tmp_path: Path) -> None:

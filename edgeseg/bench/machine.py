@@ -20,8 +20,8 @@ from typing import Any
 from edgeseg import __version__
 from edgeseg.runtime.compat import MachineInfo
 
-_PACKAGES = ("numpy", "opencv-python", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt",
-             "cuda-python", "cuda-bindings", "pycuda")
+_PACKAGES = ("numpy", "opencv-python", "onnxruntime", "onnxruntime-gpu", "openvino", "torch",
+             "tensorrt", "cuda-python", "cuda-bindings", "pycuda")
 
 
 def _run(cmd: list[str], timeout: float = 10.0) -> str | None:
@@ -122,6 +122,7 @@ def detect_machine() -> dict[str, Any]:
         info["gpu_note"] = gpu_side.note or "no CUDA GPU visible"
     info["tensorrt"] = gpu_side.backend_version
     info["onnxruntime"] = cpu_side.backend_version
+    info["openvino"] = MachineInfo.detect("openvino").backend_version
     try:
         import onnxruntime
 
@@ -150,7 +151,8 @@ def describe_machine(info: dict[str, Any]) -> list[str]:
         lines.append(f"GPU: none ({info.get('gpu_note', '')})")
     lines.append(f"TensorRT: {info.get('tensorrt') or 'not installed'}; ONNX Runtime: "
                  f"{info.get('onnxruntime') or 'not installed'} "
-                 f"({', '.join(info.get('onnxruntime_providers', [])) or 'no providers'})")
+                 f"({', '.join(info.get('onnxruntime_providers', [])) or 'no providers'}); "
+                 f"OpenVINO: {info.get('openvino') or 'not installed'}")
     if "jetson" in info:
         j = info["jetson"]
         lines.append(f"Jetson: {j.get('model')}, {j.get('l4t')}, power mode {j['power_mode']}")

@@ -60,7 +60,7 @@ def _ms(t0: float, t1: float) -> float:
 class Target(ABC):
     """A loaded model: what it is (for tables) and how to run it (for timing and scoring)."""
 
-    kind: str  # "torch", "onnxruntime" or "tensorrt"
+    kind: str  # "torch", "onnxruntime", "tensorrt" or "openvino"
 
     def __init__(self, path: Path, precision: str, label_space: str,
                  size: tuple[int, int] | None, max_batch: int | None, runs_on: str,
@@ -121,6 +121,16 @@ def _backend_description(backend: Any, threads: int) -> tuple[str, str, str]:
         runs_on = manifest.describe() if manifest else "TensorRT"
         note = ("preprocess/postprocess on the CPU; h2d, infer (GPU compute) and d2h timed "
                 "on the GPU with CUDA events; end_to_end is the wall clock")
+    elif backend.name == "openvino":
+        props = getattr(backend, "properties", {})
+        where = manifest.describe() if manifest else f"OpenVINO {getattr(backend, 'device', '')}"
+        runs_on = (f"{where}, {props.get('PERFORMANCE_HINT', '?')} hint, "
+                   f"{props.get('NUM_STREAMS', '?')} stream(s), "
+                   f"{props.get('INFERENCE_NUM_THREADS', '?')} threads, "
+                   f"{props.get('INFERENCE_PRECISION_HINT', '?')} outside Q/DQ, "
+                   f"{backend.max_in_flight} infer requests")
+        note = ("end_to_end = preprocess + infer + postprocess; infer is an infer request "
+                "(in-graph normalisation and argmax included; on the CPU there are no copies)")
     else:
         providers = ", ".join(getattr(backend, "providers", []) or ["?"])
         version = manifest.backend_version if manifest else _ort_version()
@@ -135,7 +145,8 @@ def _backend_description(backend: Any, threads: int) -> tuple[str, str, str]:
 
 
 class BackendTarget(Target):
-    """An ONNX file or engine, run through the runtime's `SegmentStage` (ORT or TensorRT)."""
+    """An ONNX file or engine, run through the runtime's `SegmentStage` (ORT, TensorRT or
+    OpenVINO)."""
 
     def __init__(self, path: Path, predictor: BackendPredictor, threads: int = 0) -> None:
         backend = predictor.backend

@@ -32,8 +32,10 @@ from edgeseg.fileio import sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST_SUFFIX = ".json"
-BackendName = Literal["tensorrt", "onnxruntime"]
-BACKEND_TITLES = {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime"}
+BackendName = Literal["tensorrt", "onnxruntime", "openvino"]
+BACKEND_TITLES = {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+#: what `build-engine` names an OpenVINO engine: the compiled model (`export_model`) bytes
+OPENVINO_SUFFIX = ".ov.blob"
 #: ORT levels whose saved model holds layouts/kernels specific to the build CPU
 CPU_SPECIFIC_LEVELS = ("layout", "all")
 
@@ -58,7 +60,7 @@ class EngineMismatchError(EdgesegError):
 class DeviceInfo:
     """What an engine is specific to: a GPU (name + compute capability) or a CPU."""
 
-    kind: Literal["gpu", "cpu"]
+    kind: Literal["gpu", "cpu", "npu"]
     name: str
     compute_capability: str = ""  # gpu: sm_87 (Orin), sm_90 (H100)
     arch: str = ""  # platform.machine(): x86_64, aarch64
@@ -82,7 +84,20 @@ class BuildOptions:
     hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
     version_compatible: bool = False
     graph_optimization: Literal["basic", "extended", "layout", "all"] | None = None
-    threads: int = 0  # ONNX Runtime intra-op threads (0 = one per core)
+    threads: int = 0  # ONNX Runtime intra-op / OpenVINO inference threads (0 = one per core)
+    # OpenVINO: the device the model was compiled for and the properties it is loaded with
+    # (a compiled blob keeps the transformed graph; hint, streams, threads and the precision
+    # of the layers outside Q/DQ are applied again at every load, so they are recorded here)
+    ov_device: str | None = None  # CPU, GPU, GPU.1, NPU
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] | None = None
+    streams: int | None = None  # NUM_STREAMS the build resolved (the hint's choice when 0)
+    infer_requests: int | None = None  # asynchronous infer requests the runtime keeps in flight
+    inference_precision: Literal["f32", "bf16", "f16"] | None = None  # INFERENCE_PRECISION_HINT
+
+
+#: BuildOptions keys only OpenVINO engines have (left out of other manifests when unset)
+OPENVINO_BUILD_KEYS = ("ov_device", "performance_hint", "streams", "infer_requests",
+                       "inference_precision")
 
 
 @dataclass
@@ -116,7 +131,13 @@ class EngineManifest:
         return ModelMetadata.from_props(self.metadata, source)
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        data = to_dict(self)
+        # OpenVINO's build keys only where set: manifests of the other backends stay
+        # readable by an edgeseg that predates them (its reader rejects unknown keys)
+        for key in OPENVINO_BUILD_KEYS:
+            if data["build"].get(key) is None:
+                data["build"].pop(key, None)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -143,8 +164,12 @@ def manifest_path(engine_path: str | Path) -> Path:
 
 
 def guess_backend(engine_path: str | Path) -> BackendName:
-    """By suffix, for messages only (the manifest is the authority): .onnx/.ort = ORT."""
-    return "onnxruntime" if Path(engine_path).suffix in (".onnx", ".ort") else "tensorrt"
+    """By suffix, for messages only (the manifest is the authority): .onnx/.ort = ORT,
+    .ov.blob/.blob = OpenVINO, anything else TensorRT."""
+    suffix = Path(engine_path).suffix
+    if suffix in (".onnx", ".ort"):
+        return "onnxruntime"
+    return "openvino" if suffix == ".blob" else "tensorrt"
 
 
 def write_manifest(manifest: EngineManifest, engine_path: str | Path) -> Path:

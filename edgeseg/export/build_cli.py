@@ -17,12 +17,18 @@ from typing import Any
 from edgeseg.argtypes import Device, add_device_argument
 from edgeseg.config import ConfigError
 from edgeseg.contract.metadata import read_metadata
-from edgeseg.export.build_engine import build_engine, default_engine_path, resolve_backend
+from edgeseg.export.build_engine import (
+    build_engine,
+    default_engine_path,
+    default_flavour,
+    resolve_backend,
+)
 from edgeseg.export.outputs import guard_output
 from edgeseg.export.profile import ShapeRange, load_profile
 from edgeseg.export.variants import (
     calib_cache_path,
     choose_precision,
+    default_candidates,
     make_variant,
     variant_path,
 )
@@ -30,8 +36,9 @@ from edgeseg.fileio import check_outputs
 
 #: profile keys settable from the command line: key -> argparse options (flag = --key-with-dashes)
 FLAGS: dict[str, dict[str, Any]] = {
-    "backend": {"choices": ["auto", "tensorrt", "onnxruntime"],
-                "help": "auto = TensorRT if installed with a CUDA GPU, else ONNX Runtime (CPU)"},
+    "backend": {"choices": ["auto", "tensorrt", "onnxruntime", "openvino"],
+                "help": "auto = TensorRT if installed with a CUDA GPU, else OpenVINO if "
+                        "installed (CPU), else ONNX Runtime (CPU)"},
     "precision": {"choices": ["fp32", "fp16", "int8", "auto"],
                   "help": "fp32/fp16/int8: build that precision (an fp32 ONNX is converted "
                           "first; default: the file's own). auto: build fp32, fp16 (TensorRT) "
@@ -53,9 +60,25 @@ FLAGS: dict[str, dict[str, Any]] = {
                                        "HardwareCompatibilityLevel.AMPERE_PLUS"},
     "version_compatible": {"action": "store_true", "default": None,
                            "help": "TensorRT plan that loads on later TensorRT versions"},
-    "threads": {"type": int, "metavar": "N", "help": "ONNX Runtime intra-op threads (0 = all)"},
+    "threads": {"type": int, "metavar": "N",
+                "help": "ONNX Runtime intra-op / OpenVINO inference threads (0 = all)"},
     "graph_optimization": {"choices": ["basic", "extended", "layout", "all"],
                            "help": "ONNX Runtime optimisation level saved into the engine"},
+    "ov_device": {"metavar": "CPU|GPU[.N]|NPU|AUTO", "type": str.upper,
+                  "help": "OpenVINO device to compile for (default CPU; GPU/NPU need Intel "
+                          "hardware and are unverified here; AUTO cannot be exported)"},
+    "performance_hint": {"choices": ["LATENCY", "THROUGHPUT"], "type": str.upper,
+                         "help": "OpenVINO: LATENCY (cameras: one stream, all threads on a "
+                                 "frame) or THROUGHPUT (files: several streams in parallel)"},
+    "streams": {"type": int, "metavar": "N",
+                "help": "OpenVINO NUM_STREAMS (0 = the hint's choice)"},
+    "infer_requests": {"type": int, "metavar": "N",
+                       "help": "OpenVINO asynchronous infer requests kept in flight by "
+                               "`edgeseg run` (0 = max(2, OpenVINO's optimal number))"},
+    "inference_precision": {"choices": ["f32", "bf16", "f16"],
+                            "help": "OpenVINO precision of the layers outside Q/DQ pairs "
+                                    "(default f32: the ONNX file's numbers; bf16 is faster on "
+                                    "AVX512_BF16/AMX CPUs and changes them)"},
 }
 
 
@@ -66,8 +89,8 @@ def _flag(key: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="ONNX file from `edgeseg export` / `edgeseg quantize`")
     parser.add_argument("-o", "--output", metavar="ENGINE",
-                        help="engine to write; default MODEL.engine (TensorRT) or "
-                             "MODEL.ort.onnx (ONNX Runtime)")
+                        help="engine to write; default MODEL.engine (TensorRT), "
+                             "MODEL.ort.onnx (ONNX Runtime) or MODEL.ov.blob (OpenVINO)")
     parser.add_argument("--profile", metavar="YAML",
                         help="build profile, e.g. export/jetson-orin-int8.yaml")
     for key, options in FLAGS.items():
@@ -79,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cal.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
                      help="int8 range calibration")
     cal.add_argument("--flavour", choices=["tensorrt", "onnxruntime"],
-                     help="int8 Q/DQ form (default: the backend's)")
+                     help="int8 Q/DQ form (default: the backend's; OpenVINO: tensorrt, the "
+                          "file a Jetson builds too)")
     cal.add_argument("--accuracy-data", metavar="SPEC|VIDEO",
                      help="auto: source/accuracy set scored besides the --calib frames "
                           "(labelled -> mIoU drop); each set must pass the budget")
@@ -94,7 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                  "(e.g. frame:1x720x1280x3); NAME, if given, must be the "
                                  "ONNX input's")
     add_device_argument(parser, "cuda:N builds the TensorRT plan on GPU N (trtexec --device=N); "
-                        "cpu builds an ONNX Runtime engine; default auto", default=None)
+                        "cpu builds a CPU engine (OpenVINO if installed, else ONNX Runtime; "
+                        "--backend picks one); default auto", default=None)
     parser.add_argument("-f", "--force", action="store_true",
                         help="overwrite -o (or a variant ONNX) even if another stage wrote it")
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -187,7 +212,9 @@ def _outputs(model: Path, out: Path, profile: Any, backend: str) -> list[Path]:
     """Every model file this build writes besides its manifest: engine, variants, caches."""
     paths = [out]
     if profile.precision == "auto":
-        paths += [variant_path(out, p) for p in ("fp16", "int8")]
+        paths += [variant_path(out, p)
+                  for p in default_candidates(backend, profile.calibration.flavour)
+                  if p != "fp32"]
     elif profile.precision not in (None, "auto") and read_metadata(model).precision == "fp32" \
             and profile.precision != "fp32":
         paths.append(variant_path(out, profile.precision))
@@ -201,13 +228,18 @@ def profile_values(flags: dict[str, Any]) -> dict[str, Any]:
 
 
 def device_backend(device: Device | None, backend: str | None) -> str | None:
-    """The backend ``--device`` implies: cpu -> onnxruntime; refuses cpu with tensorrt."""
+    """The backend ``--device`` implies: cpu -> a CPU backend (the one asked for, else
+    OpenVINO when installed, else ONNX Runtime); refuses cpu with tensorrt."""
     if device is None or device.kind != "cpu":
         return backend
     if backend == "tensorrt":
         raise ConfigError("--device cpu with --backend tensorrt: TensorRT builds on a GPU; "
-                          "give --device cuda[:N] or --backend onnxruntime")
-    return "onnxruntime"
+                          "give --device cuda[:N] or --backend openvino/onnxruntime")
+    if backend in ("onnxruntime", "openvino"):
+        return backend
+    from edgeseg.export.build_engine import cpu_backend
+
+    return cpu_backend()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -248,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
             cal = profile.calibration
             make_variant(model, variant, profile.precision, calib=cal.data,
                          calib_frames=cal.frames, method=cal.method,
-                         flavour=cal.flavour or backend, made_by="build-engine")
+                         flavour=cal.flavour or default_flavour(backend), made_by="build-engine")
             print(f"made {variant} ({profile.precision}) from {model}")
             model, profile = variant, replace(profile, precision=None)
         manifest = build_engine(model, out, profile, command,

@@ -1,4 +1,5 @@
-"""ONNX -> engine for one deployment target: a TensorRT plan or an optimised ONNX Runtime model.
+"""ONNX -> engine for one deployment target: a TensorRT plan, an optimised ONNX Runtime model or
+an OpenVINO compiled model.
 
 The precision is already in the ONNX file (fp32, fp16, or int8 Q/DQ; see
 docs/tensorrt.md: TensorRT 11 has no precision flags, so both backends build
@@ -18,12 +19,14 @@ import contextlib
 import errno
 import shlex
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edgeseg import __version__
 from edgeseg.contract.manifest import (
     BACKEND_TITLES,
+    OPENVINO_SUFFIX,
     EngineManifest,
     manifest_path,
     utc_now,
@@ -43,6 +46,16 @@ from edgeseg.runtime.compat import MachineInfo
 #: keys that only mean something to TensorRT, with their defaults (notice when set for ORT)
 _TRT_ONLY = {"dla_core": None, "hardware_compatibility": "none", "version_compatible": False,
              "timing_cache": None}
+#: keys that only mean something to OpenVINO, with their defaults (notice when set elsewhere)
+_OV_ONLY = {"ov_device": "CPU", "performance_hint": "LATENCY", "streams": 0,
+            "infer_requests": 0, "inference_precision": "f32"}
+#: the int8 Q/DQ flavour each backend builds from an fp32 file unless told otherwise: with
+#: OpenVINO the TensorRT-style (symmetric) file serves a Jetson and a CPU alike
+DEFAULT_FLAVOUR = {"tensorrt": "tensorrt", "onnxruntime": "onnxruntime", "openvino": "tensorrt"}
+
+
+def default_flavour(backend: str) -> str:
+    return DEFAULT_FLAVOUR.get(backend, "tensorrt")
 
 
 class PrecisionMismatchError(EdgesegError):
@@ -74,7 +87,7 @@ def quantize_hint(onnx_path: Path, precision: str, profile: BuildProfile, backen
     if precision == "int8":
         cal = profile.calibration
         cmd += ["--calib", cal.data or "SPEC|VIDEO", "--calib-frames", str(cal.frames),
-                "--calib-method", cal.method, "--flavour", cal.flavour or backend]
+                "--calib-method", cal.method, "--flavour", cal.flavour or default_flavour(backend)]
     return shlex.join(cmd)
 
 
@@ -96,24 +109,44 @@ def check_precision(meta: ModelMetadata, profile: BuildProfile, onnx_path: Path,
         requested, meta.precision, onnx_path)
 
 
-def resolve_backend(choice: str, device: int = 0) -> str:
-    """``auto`` -> TensorRT when it imports and CUDA GPU ``device`` is visible, else ONNX
-    Runtime (with a one-line notice saying why)."""
+def cpu_backend() -> str:
+    """The CPU backend ``auto`` picks: OpenVINO when it is installed (int8 Q/DQ runs in its
+    VNNI/AMX kernels, TensorRT-style files included), else ONNX Runtime."""
+    return "openvino" if MachineInfo.detect("openvino").backend_version else "onnxruntime"
+
+
+def resolve_backend(choice: str, device: int = 0, *, cpu: bool = False) -> str:
+    """``auto`` -> TensorRT when it imports and CUDA GPU ``device`` is visible (unless
+    ``cpu``: a CPU target was asked for), else OpenVINO when installed, else ONNX Runtime,
+    with a one-line notice saying why."""
     if choice != "auto":
         return choice
-    machine = MachineInfo.detect("tensorrt", device)
-    if machine.backend_version and machine.device:
-        return "tensorrt"
-    why = "TensorRT is not installed" if not machine.backend_version else "no CUDA GPU is visible"
-    say(f"notice: {why}; building an ONNX Runtime engine for this CPU "
-        "(--backend tensorrt to insist)")
-    return "onnxruntime"
+    if not cpu:
+        machine = MachineInfo.detect("tensorrt", device)
+        if machine.backend_version and machine.device:
+            return "tensorrt"
+        why = ("TensorRT is not installed" if not machine.backend_version
+               else "no CUDA GPU is visible")
+    else:
+        why = "--device cpu"
+    backend = cpu_backend()
+    if backend == "openvino":
+        say(f"notice: {why}; building an OpenVINO engine for this CPU "
+            "(--backend onnxruntime or tensorrt to insist)")
+    else:
+        say(f"notice: {why}; building an ONNX Runtime engine for this CPU (OpenVINO is not "
+            "installed; --backend tensorrt to insist)")
+    return backend
+
+
+ENGINE_SUFFIXES = {"tensorrt": ".engine", "onnxruntime": ".ort.onnx", "openvino": OPENVINO_SUFFIX}
 
 
 def default_engine_path(onnx_path: str | Path, backend: str) -> Path:
-    """model.onnx -> model.engine (TensorRT) or model.ort.onnx (ONNX Runtime, still an ONNX)."""
+    """model.onnx -> model.engine (TensorRT), model.ort.onnx (ONNX Runtime, still an ONNX) or
+    model.ov.blob (OpenVINO's exported compiled model)."""
     path = Path(onnx_path)
-    return path.with_name(path.stem + (".engine" if backend == "tensorrt" else ".ort.onnx"))
+    return path.with_name(path.stem + ENGINE_SUFFIXES.get(backend, ".engine"))
 
 
 def merge_specs(declared: list[TensorSpec], actual: list[TensorSpec]) -> list[TensorSpec]:
@@ -167,12 +200,27 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None, profile: Bu
         if out.suffix != ".onnx":
             raise EngineBuildError(f"{out}: an ONNX Runtime engine is an ONNX file; name it "
                                    f"*.ort.onnx, e.g. {default_engine_path(onnx_path, backend)}")
+    if backend == "openvino" and out.suffix in (".onnx", ".engine"):
+        picked = " (backend auto picked OpenVINO; --backend onnxruntime builds an ONNX " \
+            "Runtime engine)" if profile.backend == "auto" else ""
+        raise EngineBuildError(f"{out}: an OpenVINO engine is a compiled model, not an ONNX "
+                               f"file or a TensorRT plan; name it *{OPENVINO_SUFFIX}, e.g. "
+                               f"{default_engine_path(onnx_path, backend)}{picked}")
+    if backend != "tensorrt":
         ignored = [k for k, d in _TRT_ONLY.items() if getattr(profile, k) != d]
         if ignored:
-            say(f"notice: TensorRT-only settings ignored for ONNX Runtime: {', '.join(ignored)}")
+            say(f"notice: TensorRT-only settings ignored for {BACKEND_TITLES[backend]}: "
+                f"{', '.join(ignored)}")
+    if backend != "openvino":
+        ignored = [k for k, d in _OV_ONLY.items() if getattr(profile, k) != d]
+        if ignored:
+            say(f"notice: OpenVINO-only settings ignored for {BACKEND_TITLES[backend]}: "
+                f"{', '.join(ignored)}")
     say(f"{onnx_path} ({precision}) -> {out} with {BACKEND_TITLES[backend]}")
     if backend == "tensorrt":
         from edgeseg.export.trt_builder import build_tensorrt as build
+    elif backend == "openvino":
+        from edgeseg.export.ov_builder import build_openvino as build
     else:
         from edgeseg.export.ort_builder import build_onnxruntime as build
     with contextlib.ExitStack() as stack:
@@ -193,7 +241,8 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None, profile: Bu
             precision=precision, inputs=merge_specs(meta.inputs, built.inputs),
             outputs=merge_specs(meta.outputs, built.outputs),
             onnx_sha256=sha256_file(onnx_path), engine_sha256=sha256_file(tmp_engine),
-            build_command=command, build=profile.build_options(backend),
+            build_command=command,
+            build=replace(profile.build_options(backend), **built.resolved),
             onnx_path=str(onnx_path), timing_cache_sha256=built.timing_cache_sha256,
             calibration_sha256=calibration.get("frames_sha256") or None,
             metadata=props, notes=built.notes, selection=selection or [], created=utc_now(),

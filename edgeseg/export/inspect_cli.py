@@ -88,7 +88,8 @@ def _prod(dims: Any) -> int:
 
 def describe_engine(engine: Path) -> dict[str, Any]:
     manifest = read_manifest(engine)
-    errors, warnings = compare(manifest, MachineInfo.detect(manifest.backend))
+    machine = MachineInfo.detect(manifest.backend, target=manifest.build.ov_device)
+    errors, warnings = compare(manifest, machine)
     return {"file": str(engine), "kind": "engine", "bytes": engine.stat().st_size,
             "manifest": manifest.to_dict(), "loads_here": not errors,
             "mismatch": errors, "warnings": warnings, "_manifest": manifest}

@@ -1,6 +1,6 @@
 """The build profile and the types `build_engine` shares with the backend builders.
 
-`build_engine` picks a builder (`ort_builder`, `trt_builder`) and each builder
+`build_engine` picks a builder (`ort_builder`, `trt_builder`, `ov_builder`) and each builder
 needs the profile, the result type and the progress line; keeping them here lets
 the builders import them without importing the module that imports the builders.
 Torch-free.
@@ -88,7 +88,7 @@ class BuildProfile:
     """A deployment target (export/*.yaml); every key is also a build-engine flag."""
 
     description: str = ""
-    backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
+    backend: Literal["auto", "tensorrt", "onnxruntime", "openvino"] = "auto"
     precision: Precision | None = None  # None: whatever the ONNX file is
     # TensorRT
     workspace_mb: int = 1024
@@ -101,7 +101,15 @@ class BuildProfile:
     shapes: ShapeRange | None = None  # profile of the (one) dynamic input
     # ONNX Runtime
     graph_optimization: Literal["basic", "extended", "layout", "all"] = "all"
-    threads: int = 0  # intra-op threads, 0 = one per core
+    threads: int = 0  # intra-op threads (OpenVINO: inference threads), 0 = one per core
+    # OpenVINO
+    ov_device: str = "CPU"  # CPU; GPU, GPU.N, NPU (Intel hardware, unverified here)
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
+    streams: int = 0  # NUM_STREAMS; 0 = the hint's choice (LATENCY: 1)
+    infer_requests: int = 0  # asynchronous infer requests in flight; 0 = max(2, optimal)
+    #: precision of the layers outside the Q/DQ pairs; f32 keeps the ONNX file's numbers
+    #: (OpenVINO's CPU default is bf16 where the CPU has AVX512_BF16/AMX)
+    inference_precision: Literal["f32", "bf16", "f16"] = "f32"
     # precision conversion and acceptance
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
@@ -115,6 +123,13 @@ class BuildProfile:
             raise ValueError("dla_core must be null or >= 0")
         if self.threads < 0:
             raise ValueError("threads must be >= 0 (0 = one per core)")
+        if self.streams < 0 or self.infer_requests < 0:
+            raise ValueError("streams and infer_requests must be >= 0 (0 = OpenVINO's choice)")
+        base = self.ov_device.split(".")[0]
+        if base not in ("CPU", "GPU", "NPU", "AUTO") or (base != self.ov_device
+                                                         and base != "GPU"):
+            raise ValueError(f"ov_device {self.ov_device!r}: use CPU, GPU, GPU.N, NPU or AUTO "
+                             "(OpenVINO device names, upper case)")
         if self.dla_core is not None and self.shapes and self.shapes.min != self.shapes.max:
             raise ValueError("DLA needs static shapes: set shapes min = opt = max")
 
@@ -126,6 +141,11 @@ class BuildProfile:
                                 gpu_fallback=self.gpu_fallback and self.dla_core is not None,
                                 hardware_compatibility=self.hardware_compatibility,
                                 version_compatible=self.version_compatible)
+        if backend == "openvino":
+            return BuildOptions(threads=self.threads, ov_device=self.ov_device,
+                                performance_hint=self.performance_hint, streams=self.streams,
+                                infer_requests=self.infer_requests,
+                                inference_precision=self.inference_precision)
         return BuildOptions(graph_optimization=self.graph_optimization, threads=self.threads)
 
 
@@ -149,3 +169,5 @@ class BuiltEngine:
     timing_cache: bytes | None = None  # updated cache to save after a successful build
     timing_cache_sha256: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: BuildOptions fields the builder resolved on this machine (OpenVINO: streams, requests)
+    resolved: dict[str, Any] = field(default_factory=dict)

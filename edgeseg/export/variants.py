@@ -100,6 +100,8 @@ class SetScore:
 class Candidate:
     precision: str
     onnx: str
+    flavour: str = ""  # int8: the Q/DQ flavour (tensorrt / onnxruntime)
+    label: str = ""  # the table's name for it (int8-ort: the onnxruntime flavour on OpenVINO)
     latency_ms_p50: float = float("nan")
     latency_ms_mean: float = float("nan")
     agreement: float = float("nan")  # the lowest pixel agreement over the sets
@@ -112,23 +114,24 @@ class Candidate:
     def rows(self) -> list[str]:
         """One table line per frame set (a candidate fails if any set fails)."""
         out = []
+        name = self.label or self.precision
         for i, sc in enumerate(self.scores or [None]):
             lat = (f"{self.latency_ms_p50:9.2f} {self.latency_ms_mean:9.2f}" if i == 0
                    else " " * 19)
             if sc is None:
-                out.append(f"{self.precision:6s} {'-':8s} {lat} {'':9s} {'':6s} {'':6s}  "
+                out.append(f"{name:9s} {'-':8s} {lat} {'':9s} {'':6s} {'':6s}  "
                            f"FAIL {self.note}")
                 continue
             miou = "   n/a" if sc.miou is None else f"{100 * sc.miou:6.2f}"
             drop = "   n/a" if sc.miou_drop is None else f"{sc.miou_drop:+6.2f}"
             verdict = "pass" if sc.passed else "FAIL"
             note = self.note if i == 0 else ""
-            out.append(f"{self.precision if i == 0 else '':6s} {sc.set:8s} {lat} "
+            out.append(f"{name if i == 0 else '':9s} {sc.set:8s} {lat} "
                        f"{100 * sc.agreement:9.3f} {miou} {drop}  {verdict} {note}".rstrip())
         return out
 
 
-TABLE_HEADER = "precision set        p50 ms   mean ms  agree %   mIoU   drop  verdict"
+TABLE_HEADER = "precision set           p50 ms   mean ms  agree %   mIoU   drop  verdict"
 
 
 @dataclass
@@ -239,6 +242,24 @@ def _summarise(cand: Candidate, fp32: Candidate | None, gate: Any) -> None:
         cand.miou, cand.miou_drop = worst.miou, worst.miou_drop
 
 
+#: the variant name of the onnxruntime-flavour int8 file an OpenVINO ``auto`` build also tries
+INT8_ORT = "int8-ort"
+
+
+def default_candidates(backend: str, flavour: str | None) -> list[str]:
+    """What ``auto`` builds and measures for ``backend``: ONNX Runtime's CPU kernels run
+    fp16 through casts (slower than fp32), so no fp16 there nor on OpenVINO's CPU (whose
+    fp32 layers can run in bf16 instead, `inference_precision`). OpenVINO runs both int8
+    flavours with its int8 kernels: the TensorRT-style file (the one a Jetson builds) is the
+    default, and the onnxruntime flavour (uint8 activations) is also measured, unless the
+    profile pins a flavour, so it is kept only where it still wins within the budget."""
+    if backend == "onnxruntime":
+        return ["fp32", "int8"]
+    if backend == "openvino":
+        return ["fp32", "int8"] + ([INT8_ORT] if flavour is None else [])
+    return ["fp32", "fp16", "int8"]
+
+
 def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, command: str,
                      candidates: Sequence[str] | None = None, device: int = 0) -> Any:
     """Build every candidate precision, keep the fastest that passes the accuracy gate on
@@ -246,9 +267,15 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
 
     Variant ONNX files are kept beside ``out`` (`variant_path`); the winner is
     built to ``out`` and its manifest carries the whole comparison table, one
-    score per set, in ``selection``.
+    score per set, in ``selection``. ``int8-ort`` (OpenVINO) is the int8 file in the
+    onnxruntime flavour, measured beside the backend's TensorRT-style one.
     """
-    from edgeseg.export.build_engine import build_engine, resolve_backend
+    from edgeseg.export.build_engine import (
+        ENGINE_SUFFIXES,
+        build_engine,
+        default_flavour,
+        resolve_backend,
+    )
 
     fp32_onnx, out = Path(fp32_onnx), Path(out)
     meta = read_metadata(fp32_onnx)
@@ -256,11 +283,10 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
         raise EdgesegError(f"{fp32_onnx}: --precision auto starts from the fp32 ONNX "
                            f"(this file is {meta.precision})")
     backend = resolve_backend(profile.backend, device)
-    if candidates is None:
-        # ONNX Runtime's CPU kernels run fp16 through casts (slower than fp32): skip it there.
-        candidates = ["fp32", "int8"] if backend == "onnxruntime" else ["fp32", "fp16", "int8"]
     cal, gate = profile.calibration, profile.parity
-    flavour = cal.flavour or backend
+    if candidates is None:
+        candidates = default_candidates(backend, cal.flavour)
+    flavour = cal.flavour or default_flavour(backend)
     spec = meta.input
     hw = spec.shape[1:3] if spec.format == "uint8-nhwc-bgr" else spec.shape[2:4]
     fallback = (int(hw[0] or 256), int(hw[1] or 512))
@@ -272,23 +298,26 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
     print(f"choosing the precision on this machine ({backend}), accuracy on {where}; "
           f"thresholds per set: {budget.describe()}:\n  {TABLE_HEADER}")
     with tempfile.TemporaryDirectory(prefix="edgeseg-auto-") as tmp:
-        for precision in candidates:
-            onnx_path = fp32_onnx if precision == "fp32" else variant_path(out, precision)
+        for label in candidates:
+            precision = "int8" if label == INT8_ORT else label
+            kind = "onnxruntime" if label == INT8_ORT else flavour
+            onnx_path = fp32_onnx if precision == "fp32" else variant_path(out, label)
             note = ""
             try:
                 if precision != "fp32":
                     make_variant(fp32_onnx, onnx_path, precision, calib=cal.data,
-                                 calib_frames=cal.frames, method=cal.method, flavour=flavour,
+                                 calib_frames=cal.frames, method=cal.method, flavour=kind,
                                  cache=calib_cache_path(out) if precision == "int8" else None,
                                  made_by="build-engine")
-                suffix = ".ort.onnx" if backend == "onnxruntime" else ".engine"
-                engine = Path(tmp) / f"{precision}{suffix}"
+                engine = Path(tmp) / f"{label}{ENGINE_SUFFIXES[backend]}"
                 build_engine(onnx_path, engine, replace(profile, precision=None), command,
                              device=device)
                 cand, preds = _score(engine, sets, references, gate.iterations, device)
             except EdgesegError as exc:
                 cand, preds, note = Candidate(precision, str(onnx_path)), None, f"({exc})"
             cand.precision, cand.onnx, cand.note = precision, str(onnx_path), note[:300]
+            cand.flavour = kind if precision == "int8" else ""
+            cand.label = label
             if precision == "fp32":
                 if preds is None:
                     raise EdgesegError(f"{fp32_onnx}: the fp32 reference failed to build: {note}")
@@ -299,9 +328,11 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
             results.append(cand)
             print("\n".join(f"  {row}" for row in cand.rows()), flush=True)
     winner = min((c for c in results if c.passed), key=lambda c: c.latency_ms_p50)
-    rejected = [f"{c.precision} (over budget on {', '.join(s.set for s in c.scores if not s.passed)})"
+    rejected = [f"{c.label or c.precision} (over budget on "
+                f"{', '.join(s.set for s in c.scores if not s.passed)})"
                 for c in results if not c.passed and c.scores]
-    print(f"auto: fastest within budget on this machine: {winner.precision} ({winner.latency_ms_p50:.2f} ms p50)"
+    print(f"auto: fastest within budget on this machine: {winner.label or winner.precision} "
+          f"({winner.latency_ms_p50:.2f} ms p50)"
           + (f"; rejected {', '.join(rejected)}" if rejected else ""))
     manifest = build_engine(winner.onnx, out, replace(profile, precision=None), command,
                             selection=[_json_safe(asdict(c)) for c in results], device=device)

@@ -69,11 +69,40 @@ def _gpu_device(index: int) -> tuple[DeviceInfo | None, str]:
 
 
 def _backend_version(backend: str) -> tuple[str | None, str]:
-    module = "tensorrt" if backend == "tensorrt" else "onnxruntime"
     try:
-        return str(__import__(module).__version__), ""
+        return str(__import__(backend).__version__), ""
     except Exception as exc:  # ImportError, or a wheel whose shared libraries are missing
-        return None, f"{BACKEND_TITLES[backend]} is not installed here ({exc})"
+        return None, f"{BACKEND_TITLES[backend]} is not installed here ({exc}){_INSTALL[backend]}"
+
+
+#: how to install each backend, appended to "not installed" notes
+_INSTALL = {"tensorrt": "", "onnxruntime": "; pip install onnxruntime",
+            "openvino": "; pip install 'edgeseg[openvino]'"}
+
+
+def _openvino_device(target: str) -> tuple[DeviceInfo | None, tuple[str, ...], str]:
+    """(this machine's device for OpenVINO device name ``target``, the devices OpenVINO
+    sees, why the device is None). The CPU is described as for ONNX Runtime (model, arch,
+    ISA flags), so a manifest compares the same way; other devices by OpenVINO's name."""
+    try:
+        import openvino
+
+        core = openvino.Core()
+        available = tuple(core.available_devices)
+    except Exception as exc:  # noqa: BLE001 - a plugin that fails to load: say so, never raise
+        return None, (), f"OpenVINO cannot list its devices ({exc})"
+    base = target.split(".")[0].upper()
+    if base in ("CPU", "AUTO"):  # AUTO starts on the CPU (and cannot export a compiled model)
+        return _cpu_device(), available, ""
+    if target not in available and base not in available:
+        return None, available, (f"OpenVINO sees no {target} device here (available: "
+                                 f"{', '.join(available) or 'none'})")
+    try:
+        name = str(core.get_property(target, "FULL_DEVICE_NAME"))
+    except Exception:  # noqa: BLE001
+        name = target
+    kind = "npu" if base == "NPU" else "gpu"
+    return DeviceInfo(kind, name, arch=platform.machine()), available, ""
 
 
 @dataclass(frozen=True)
@@ -82,26 +111,35 @@ class MachineInfo:
 
     backend: BackendName
     backend_version: str | None  # None: not installed
-    device: DeviceInfo | None  # None: no CUDA GPU visible (TensorRT)
+    device: DeviceInfo | None  # None: no CUDA GPU visible (TensorRT), no such OpenVINO device
     note: str = ""  # why version/device is None
+    available: tuple[str, ...] = ()  # OpenVINO: the device names its plugins see here
 
     @classmethod
-    def detect(cls, backend: BackendName, device_index: int = 0) -> MachineInfo:
-        """Ask the installed libraries; never raises (what is missing goes into ``note``)."""
+    def detect(cls, backend: BackendName, device_index: int = 0,
+               target: str | None = None) -> MachineInfo:
+        """Ask the installed libraries; never raises (what is missing goes into ``note``).
+
+        ``target`` is OpenVINO's device name (``CPU`` when None; ``GPU``, ``GPU.1``, ``NPU``)."""
         if backend not in BACKEND_TITLES:
             raise EdgesegError(f"unknown backend {backend!r}; use one of {list(BACKEND_TITLES)}")
         version, note = _backend_version(backend)
+        available: tuple[str, ...] = ()
         if backend == "tensorrt":
             device, gpu_note = _gpu_device(device_index)
             note = "; ".join(n for n in (note, gpu_note) if n)
+        elif backend == "openvino" and version is not None:
+            device, available, ov_note = _openvino_device(target or "CPU")
+            note = "; ".join(n for n in (note, ov_note) if n)
         else:
             device = _cpu_device()
-        return cls(backend, version, device, note)
+        return cls(backend, version, device, note, available)
 
     def describe(self) -> str:
         title = BACKEND_TITLES[self.backend]
         version = f"{title} {self.backend_version}" if self.backend_version else f"no {title}"
-        device = self.device.describe() if self.device else "no CUDA GPU"
+        missing = "no CUDA GPU" if self.backend == "tensorrt" else "no such device"
+        device = self.device.describe() if self.device else missing
         return f"{version} on {device}"
 
 
@@ -161,6 +199,35 @@ def _compare_onnxruntime(m: EngineManifest, machine: MachineInfo) -> tuple[list[
     return errors, warnings
 
 
+def _compare_openvino(m: EngineManifest, machine: MachineInfo) -> tuple[list[str], list[str]]:
+    """A compiled OpenVINO model loads only on the OpenVINO build that exported it and on its
+    device; on a CPU the layer precisions and kernels it gets follow the ISA (bf16 on
+    AVX512_BF16/AMX, VNNI for int8), so the CPU features must match too."""
+    errors, warnings = [], []
+    if machine.backend_version != m.backend_version:
+        errors.append(f"OpenVINO version: engine compiled by {m.backend_version}, this machine "
+                      f"has {machine.backend_version} (a compiled model loads only on the "
+                      "OpenVINO build that exported it)")
+    target = m.build.ov_device or "CPU"
+    here = machine.device
+    if here is None:
+        errors.append(f"OpenVINO device: engine compiled for {target} "
+                      f"({m.device.describe()}); {machine.note or 'no such device here'}")
+        return errors, warnings
+    if here.kind != m.device.kind:
+        errors.append(f"OpenVINO device: engine compiled for {target} ({m.device.describe()}), "
+                      f"this machine's {target} is {here.describe()}")
+    elif here.kind == "cpu":
+        if here.arch != m.device.arch or here.cpu_isa != m.device.cpu_isa:
+            errors.append(f"CPU: engine compiled for {m.device.describe()}, this machine has "
+                          f"{here.describe()}; OpenVINO picks kernels and layer precisions by "
+                          "the CPU features")
+    elif here.name != m.device.name:
+        warnings.append(f"OpenVINO {target}: engine compiled on {m.device.name}, this machine "
+                        f"has {here.name}; rebuild here if it fails to load")
+    return errors, warnings
+
+
 def compare(manifest: EngineManifest, machine: MachineInfo,
             onnx_path: str | Path | None = None) -> tuple[list[str], list[str]]:
     """(blocking differences, warnings) between an engine's manifest and this machine."""
@@ -171,6 +238,8 @@ def compare(manifest: EngineManifest, machine: MachineInfo,
         return [f"backend: {machine.note or BACKEND_TITLES[machine.backend] + ' missing'}"], []
     if manifest.backend == "tensorrt":
         errors, warnings = _compare_tensorrt(manifest, machine)
+    elif manifest.backend == "openvino":
+        errors, warnings = _compare_openvino(manifest, machine)
     else:
         errors, warnings = _compare_onnxruntime(manifest, machine)
     if onnx_path is not None:
@@ -191,12 +260,11 @@ def ensure_compatible(manifest: EngineManifest, machine: MachineInfo,
                       engine_path: str | Path, onnx_path: str | Path | None = None) -> list[str]:
     """Raise `EngineMismatchError` on blocking differences; log and return the warnings."""
     errors, warnings = compare(manifest, machine, onnx_path)
-    if errors:
-        lines = "\n".join(f"  - {e}" for e in errors)
+    if errors:  # one line, so a log or a systemd journal keeps the cause and the fix together
         raise EngineMismatchError(
-            f"{engine_path}: refusing to load an engine built for another machine:\n{lines}\n"
-            f"engine built for {manifest.describe()}, this machine has {machine.describe()}.\n"
-            f"Rebuild it on this machine: {manifest.build_command}", errors)
+            f"{engine_path}: refusing to load an engine built for another machine "
+            f"(engine built for {manifest.describe()}, this machine has {machine.describe()}): "
+            f"{'; '.join(errors)}. Rebuild it on this machine: {manifest.build_command}", errors)
     for warning in warnings:
         logger.warning("%s: %s", engine_path, warning)
     return warnings

@@ -42,8 +42,8 @@ def open_engine(path: str | Path, device: Device | str | None = "auto", *, threa
                 cuda_graphs: bool = False) -> Backend:
     """Any ONNX file or engine placed on ``device`` (``cpu``, ``cuda[:N]``, ``auto``): the one
     opener eval, compare, bench and ``--precision auto`` share, so a file scores the same in
-    each. ``threads`` > 0 sets ONNX Runtime's intra-op threads (0: the manifest's or the
-    library's default). Raises `BackendUnavailableError` where this machine cannot run it
+    each. ``threads`` > 0 sets ONNX Runtime's intra-op threads or OpenVINO's inference
+    threads (0: the manifest's or the library's default). Raises `BackendUnavailableError` where this machine cannot run it
     (a TensorRT plan without TensorRT or a GPU), `EdgesegError` for what is wrong with the
     file (an engine built for another machine included: rebuild it)."""
     from edgeseg.contract.manifest import manifest_path, read_manifest
@@ -57,7 +57,10 @@ def open_engine(path: str | Path, device: Device | str | None = "auto", *, threa
         raise EdgesegError(f"{p}: is a folder; give an engine, an ONNX file or a checkpoint")
     placed = device_options(p, device)
     if manifest_path(p).is_file():
-        if read_manifest(p).backend == "tensorrt":
+        kind = read_manifest(p).backend
+        if kind == "openvino":
+            return load_backend(p, **({"threads": threads} if threads > 0 else {}), **placed)
+        if kind == "tensorrt":
             machine = MachineInfo.detect("tensorrt", int(placed.get("device", 0)))
             if machine.backend_version is None or machine.device is None:
                 raise BackendUnavailableError(f"{p}: TensorRT engine not run here: "
@@ -72,8 +75,10 @@ def open_engine(path: str | Path, device: Device | str | None = "auto", *, threa
 
 def load_backend(path: str | Path, backend: str = "auto", *, manifest_check: bool = True,
                  **options: object) -> Backend:
-    """A plain exported ``.onnx`` runs in ONNX Runtime directly; anything with a manifest
-    beside it (TensorRT plan, optimised ONNX Runtime model) goes through the engine loader.
+    """A plain exported ``.onnx`` runs in ONNX Runtime directly (``backend="openvino"``:
+    compiled by OpenVINO for the CPU at load); anything with a manifest beside it (TensorRT
+    plan, optimised ONNX Runtime model, OpenVINO compiled model) goes through the engine
+    loader.
 
     An engine (``.ort.onnx``) whose manifest is missing is refused: without it nothing says
     which CPU its fused kernels were built for. ``manifest_check=False`` runs it anyway as a
@@ -91,6 +96,13 @@ def load_backend(path: str | Path, backend: str = "auto", *, manifest_check: boo
                           "results may be wrong or it may crash; rebuild it with "
                           f"`edgeseg build-engine MODEL.onnx -o {p} --backend onnxruntime`",
                           EngineWithoutManifestWarning, stacklevel=2)
+        if p.suffix == ".onnx" and backend == "openvino":  # compiled here, on the CPU
+            from edgeseg.runtime.backends.openvino import OvBackend
+
+            threads = options.get("threads") or options.get("intra_op_threads") or 0
+            requests = options.get("infer_requests") or 2
+            return OvBackend.from_onnx(p, threads=int(str(threads)),
+                                       infer_requests=int(str(requests)))
         if p.suffix == ".onnx":
             from edgeseg.runtime.backends.onnxruntime import OrtBackend
 
@@ -121,7 +133,7 @@ class BackendPredictor:
 
     @property
     def kind(self) -> str:
-        """The backend that runs it: ``onnxruntime`` or ``tensorrt``."""
+        """The backend that runs it: ``onnxruntime``, ``tensorrt`` or ``openvino``."""
         return self.backend.name
 
     @property
@@ -148,7 +160,8 @@ def device_options(path: str | Path, device: Device | str | None) -> dict[str, o
     A TensorRT plan gets the GPU index (its CUDA context); a plain ONNX file on
     ``cuda[:N]`` gets ONNX Runtime's CUDA provider with ``device_id`` N; an ONNX
     Runtime engine (``.ort.onnx``, built for this CPU) and ``cpu``/``auto`` ONNX files
-    run on the CPU provider. A TensorRT plan cannot run on ``cpu``.
+    run on the CPU provider. A TensorRT plan cannot run on ``cpu``; an OpenVINO engine
+    runs on the OpenVINO device it was compiled for (``auto``/``cpu`` for a CPU one).
     """
     from edgeseg.argtypes import parse_device
     from edgeseg.contract.manifest import manifest_path, read_manifest
@@ -163,6 +176,12 @@ def device_options(path: str | Path, device: Device | str | None) -> dict[str, o
             raise EdgesegError(f"{p}: a TensorRT engine runs on a GPU, not --device cpu "
                                "(build an ONNX Runtime engine for the CPU)")
         return {"device": dev.index}
+    if kind == "openvino":
+        if dev.is_cuda:
+            raise EdgesegError(f"{p}: an OpenVINO engine runs on the OpenVINO device it was "
+                               f"compiled for ({read_manifest(p).build.ov_device or 'CPU'}), "
+                               f"not --device {dev}; build a TensorRT engine for a CUDA GPU")
+        return {}
     if dev.is_cuda and not manifest_path(p).is_file():
         return {"device": dev.index, "providers": ["cuda"]}
     return {}

@@ -57,6 +57,7 @@ class StreamConfig:
     fps: float | None = None  # output video frame rate; default: the source's
     max_frames: int = 0
     threads: int | None = None
+    infer_requests: int | None = None  # OpenVINO: requests in flight (None: the manifest's)
     providers: list[str] | None = None
     cuda_graphs: bool = False
     # ONNX Runtime threads busy-waiting between ops: fastest for inference alone, but they take
@@ -80,7 +81,14 @@ def backend_options(path: str | Path, cfg: StreamConfig) -> dict[str, Any]:
     kind = read_manifest(path).backend if manifest_path(path).exists() else "onnxruntime"
     if kind == "tensorrt":
         return {**placed, "cuda_graphs": cfg.cuda_graphs}
-    options: dict[str, Any] = {**placed, "spin": cfg.spin}
+    if kind == "openvino":
+        options: dict[str, Any] = dict(placed)
+        if cfg.threads is not None:
+            options["threads"] = cfg.threads
+        if cfg.infer_requests:
+            options["infer_requests"] = cfg.infer_requests
+        return options
+    options = {**placed, "spin": cfg.spin}
     if cfg.threads is not None:
         options["intra_op_threads"] = cfg.threads
     if cfg.providers:
@@ -181,8 +189,9 @@ def run_stream(engine: str | Path, cfg: StreamConfig) -> RunSummary:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("engine", help="engine from `edgeseg build-engine` (TensorRT plan or "
-                                       "ONNX Runtime model with its .json manifest), or an ONNX")
+    parser.add_argument("engine", help="engine from `edgeseg build-engine` (TensorRT plan, "
+                                       "ONNX Runtime model or OpenVINO compiled model, with its "
+                                       ".json manifest), or an ONNX")
     parser.add_argument("--source", required=True,
                         help="video file, image folder, camera index or /dev/videoN, rtsp://URL, "
                              "GStreamer pipeline, preset:NAME (runtime/cameras/NAME.yaml), "
@@ -195,7 +204,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image-to-image engine run before the segmenter: a translator "
                              "(night->day) or relighting net, exported with `edgeseg export "
                              "CKPT --network NAME`")
-    parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"])
+    parser.add_argument("--backend", default="auto",
+                        choices=["auto", "tensorrt", "onnxruntime", "openvino"],
+                        help="auto: the engine's (its manifest says); a plain ONNX runs in "
+                             "ONNX Runtime")
     add_device_argument(parser, "GPU N for a TensorRT engine (its CUDA context) or a plain ONNX "
                         "(ONNX Runtime's CUDA provider, device_id N); cpu for ONNX Runtime "
                         "on the CPU; default auto (TensorRT: GPU 0, ONNX: CPU)")
@@ -214,7 +226,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, help="output video frame rate (default: source's)")
     parser.add_argument("--max-frames", type=int, default=0)
     parser.add_argument("--summary", metavar="JSON", help="write the run summary here")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int,
+                        help="ONNX Runtime intra-op threads / OpenVINO inference threads "
+                             "(default: the engine's)")
+    parser.add_argument("--infer-requests", type=int, metavar="N",
+                        help="OpenVINO: asynchronous infer requests in flight (default: the "
+                             "engine's, from build-engine --infer-requests)")
     parser.add_argument("--providers", help="ONNX Runtime providers, e.g. cuda,cpu")
     parser.add_argument("--spin", action="store_true",
                         help="ONNX Runtime: idle threads busy-wait between ops (faster inference "
@@ -250,6 +267,7 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         policy=args.policy, queue_size=args.queue_size, aspect=args.aspect,
         style=OverlayStyle(args.alpha, args.side_by_side, not args.no_hud, not args.no_legend),
         fps=args.fps, max_frames=args.max_frames, threads=args.threads,
+        infer_requests=args.infer_requests,
         providers=args.providers.split(",") if args.providers else None,
         cuda_graphs=args.cuda_graphs, spin=args.spin, baseline=args.baseline,
         reconnect=Reconnect(attempts=args.reconnect_attempts), progress=not args.no_progress,

@@ -31,11 +31,12 @@ from edgeseg.contract.metadata import ModelMetadata, TensorSpec
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.compat import MachineInfo, ensure_compatible
 
-BackendChoice = Literal["auto", "tensorrt", "onnxruntime"]
+BackendChoice = Literal["auto", "tensorrt", "onnxruntime", "openvino"]
 #: backend name -> (module, class), imported only when asked for
 BACKEND_CLASSES: dict[str, tuple[str, str]] = {
     "onnxruntime": ("edgeseg.runtime.backends.onnxruntime", "OrtBackend"),
     "tensorrt": ("edgeseg.runtime.backends.tensorrt", "TrtBackend"),
+    "openvino": ("edgeseg.runtime.backends.openvino", "OvBackend"),
 }
 
 
@@ -90,7 +91,9 @@ class Backend(ABC):
 
     `infer` is synchronous. `submit`/`collect` is the streaming form: a backend
     that can overlap work (TensorRT: the next frame's copy during this frame's
-    inference) accepts up to `max_in_flight` batches before the first `collect`.
+    inference; OpenVINO: several asynchronous infer requests) accepts up to
+    `max_in_flight` batches before the first `collect`, and `collect` returns them in
+    the order they were submitted.
     """
 
     name: ClassVar[BackendName]
@@ -116,7 +119,7 @@ class Backend(ABC):
         """
         path = Path(engine_path)
         manifest = manifest or read_manifest(path)
-        machine = machine or MachineInfo.detect(cls.name, device)
+        machine = machine or MachineInfo.detect(cls.name, device, manifest.build.ov_device)
         ensure_compatible(manifest, machine, path, onnx_path)
         if verify_hash:
             verify_engine_file(manifest, path)
@@ -177,6 +180,10 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module), attr)
 
 
+def _article(title: str) -> str:
+    return f"{'an' if title[0] in 'AEIOU' else 'a'} {title}"
+
+
 def open_backend(engine_path: str | Path, backend: BackendChoice = "auto",
                  **options: Any) -> Backend:
     """Open an engine with the backend its manifest names (``auto``) or the one asked for."""
@@ -186,8 +193,9 @@ def open_backend(engine_path: str | Path, backend: BackendChoice = "auto",
                            f"{list(BACKEND_CLASSES)}")
     if backend != "auto" and backend != manifest.backend:
         raise EdgesegError(
-            f"{engine_path}: its manifest {manifest_path(engine_path)} says it is a "
-            f"{BACKEND_TITLES[manifest.backend]} engine, not {BACKEND_TITLES[backend]}; "
+            f"{engine_path}: its manifest {manifest_path(engine_path)} says it is "
+            f"{_article(BACKEND_TITLES[manifest.backend])} engine, not "
+            f"{BACKEND_TITLES[backend]}; "
             f"use --backend {manifest.backend} (or auto), or build one: "
             f"edgeseg build-engine MODEL.onnx --backend {backend}")
     cls = backend_class(manifest.backend)

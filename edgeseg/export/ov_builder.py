@@ -1,0 +1,116 @@
+"""ONNX -> OpenVINO engine: the model compiled for one device, exported, re-imported and verified.
+
+OpenVINO reads the same ONNX files as ONNX Runtime and TensorRT (uint8 NHWC frame in,
+pre/post-processing in the graph, fp32 or int8 Q/DQ in either flavour) and runs Q/DQ
+int8 with its int8 kernels (VNNI/AMX on x86). ``compile_model`` with the profile's
+properties (performance hint, streams, threads, the precision of the layers outside
+Q/DQ) compiles it; ``export_model`` gives the bytes saved as the engine. The engine is
+imported again with the same properties, run once on a zero frame (output name, dtype
+and shape checked), and its resolved stream count and optimal number of infer requests
+go into the manifest. A compiled model is specific to the OpenVINO build and the device
+(on a CPU, to its ISA: bf16 and VNNI kernels), which the manifest records and the runtime
+checks before it loads one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.contract.metadata import ModelMetadata, TensorSpec
+from edgeseg.export.profile import BuildProfile, BuiltEngine, EngineBuildError, say
+from edgeseg.runtime.backends.openvino import (
+    import_openvino,
+    load_properties,
+    ov_error,
+    port_spec,
+)
+from edgeseg.runtime.compat import MachineInfo
+
+
+def _smoke_shape(spec: TensorSpec, declared: TensorSpec, profile: BuildProfile
+                 ) -> list[int] | None:
+    if None not in spec.shape:
+        return [int(d) for d in spec.shape]
+    opt = profile.shapes.opt if profile.shapes else declared.profile.get("opt")
+    return list(opt) if opt and len(opt) == len(spec.shape) else None
+
+
+def _specs(compiled: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    return [port_spec(p) for p in compiled.inputs], [port_spec(p) for p in compiled.outputs]
+
+
+def build_openvino(onnx_path: Path, engine_path: Path, meta: ModelMetadata,
+                   profile: BuildProfile, verbose: bool = False, device: int = 0
+                   ) -> BuiltEngine:
+    """Compile ``onnx_path`` for ``profile.ov_device`` and write the exported model to
+    ``engine_path``; import it back and run one frame through it."""
+    ov = import_openvino()
+    target = profile.ov_device
+    machine = MachineInfo.detect("openvino", target=target)
+    if machine.device is None:
+        raise EngineBuildError(f"{onnx_path}: cannot build for OpenVINO {target}: "
+                               f"{machine.note}")
+    core = ov.Core()
+    props = load_properties(target, hint=profile.performance_hint, threads=profile.threads,
+                            streams=profile.streams, precision=profile.inference_precision)
+    if verbose:
+        props["LOG_LEVEL"] = "LOG_INFO"
+    say(f"compiling for OpenVINO {ov.__version__} {target} ({machine.device.describe()}): "
+        + ", ".join(f"{k}={v}" for k, v in props.items()))
+    try:
+        compiled = core.compile_model(str(onnx_path), target, props)
+    except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with C++ traces
+        raise EngineBuildError(f"{onnx_path}: OpenVINO {ov.__version__} cannot compile it for "
+                               f"{target} ({ov_error(exc)})") from None
+    try:
+        blob = compiled.export_model()
+    except Exception as exc:  # noqa: BLE001 - AUTO and some plugins cannot export
+        raise EngineBuildError(f"{onnx_path}: OpenVINO {target} cannot export a compiled model "
+                               f"({ov_error(exc)}); build for a concrete device: --ov-device "
+                               "CPU, GPU or NPU") from None
+    data = blob.getvalue() if hasattr(blob, "getvalue") else bytes(blob)
+    with open(engine_path, "wb") as f:
+        f.write(data)
+    streams = int(compiled.get_property("NUM_STREAMS")) if target != "NPU" else 1
+    optimal = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    requests = profile.infer_requests or max(2, optimal)
+    # what a load does: import with the same properties (pinning the resolved streams)
+    load = load_properties(target, hint=profile.performance_hint, threads=profile.threads,
+                           streams=streams, precision=profile.inference_precision)
+    try:
+        loaded = core.import_model(engine_path.read_bytes(), target, load)
+    except Exception as exc:  # noqa: BLE001
+        raise EngineBuildError(f"{engine_path}: the exported model does not import again "
+                               f"({ov_error(exc)})") from None
+    inputs, outputs = _specs(loaded)
+    if [t.name for t in inputs] != [t.name for t in meta.inputs] or \
+            [t.name for t in outputs] != [t.name for t in meta.outputs]:
+        raise EngineBuildError(f"{onnx_path}: graph I/O {[t.name for t in inputs]} -> "
+                               f"{[t.name for t in outputs]} disagrees with its metadata; "
+                               "re-export it")
+    shape = _smoke_shape(inputs[0], meta.input, profile)
+    if shape is not None:
+        frame = np.zeros(shape, np.dtype(inputs[0].dtype))
+        result = loaded.create_infer_request().infer({0: frame})[loaded.outputs[0]]
+        if result.dtype != np.dtype(outputs[0].dtype):
+            raise EngineBuildError(f"{engine_path}: output {outputs[0].name} is {result.dtype}, "
+                                   f"the graph declares {outputs[0].dtype}")
+        say(f"verified: {inputs[0].name}{shape} -> {outputs[0].name}{list(result.shape)}")
+    precision = str(loaded.get_property("INFERENCE_PRECISION_HINT").get_type_name()) \
+        if target.startswith(("CPU", "GPU")) else "?"
+    threads = int(loaded.get_property("INFERENCE_NUM_THREADS")) if target == "CPU" else 0
+    caps = ", ".join(str(c) for c in core.get_property(target, "OPTIMIZATION_CAPABILITIES"))
+    notes = [f"OpenVINO {target}: {profile.performance_hint} hint, {streams} stream(s), "
+             f"{threads or 'default'} threads, layers outside Q/DQ in {precision}, "
+             f"optimal infer requests {optimal} (the runtime keeps {requests} in flight); "
+             f"device capabilities: {caps}",
+             "a compiled OpenVINO model loads only with the same OpenVINO build, on the same "
+             "device type and (CPU) the same ISA features (cpu_isa)"]
+    if target != "CPU":
+        notes.append(f"OpenVINO {target} builds are not verified on the development machines "
+                     "(no Intel GPU/NPU there)")
+    return BuiltEngine(ov.__version__, machine.device, inputs, outputs, notes=notes,
+                       resolved={"streams": streams, "infer_requests": requests})
