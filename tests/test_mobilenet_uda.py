@@ -23,6 +23,10 @@ from edgeseg.train.methods.mobilenet_uda import MobileNetUDA, Params, semantic_c
 from edgeseg.train.nets.cyclegan import ImageRange, cycle_loss
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
+from tests.net_checks import has_grad as _has_grad
+from tests.net_checks import no_grad as _no_grad
+from tests.net_checks import same as _same
+from tests.net_checks import snapshot as _snapshot
 
 TINY = {"ngf": 8, "n_blocks": 1, "ndf": 8, "feat_ndf": 8, "pool_size": 3}
 GENERATORS = ("gen_s2t", "gen_t2s")
@@ -50,22 +54,6 @@ def _batch(seed: int = 0, n: int = 2) -> dict[str, dict[str, torch.Tensor]]:
     return {"source": {"image": torch.randn(n, 3, 32, 64, generator=g),
                        "label": torch.randint(0, 19, (n, 32, 64), generator=g)},
             "target": {"image": torch.randn(n, 3, 32, 64, generator=g)}}
-
-
-def _snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
-
-
-def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _no_grad(net: nn.Module) -> bool:
-    return all(p.grad is None or not p.grad.any() for p in net.parameters())
-
-
-def _has_grad(net: nn.Module) -> bool:
-    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -35,6 +35,9 @@ from edgeseg.train.methods.mutual_gan import (
 from edgeseg.train.nets.registry import build_net, net_spec
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
+from tests.net_checks import has_grad as _has_grad
+from tests.net_checks import same as _same
+from tests.net_checks import snapshot as _snapshot
 
 TINY = {"ngf": 8, "n_blocks": 1, "ndf": 8, "ae_ngf": 8, "enc_blocks": 1, "dec_blocks": 1,
         "pool_size": 3}
@@ -77,22 +80,6 @@ def _batch(seed: int = 0, n: int = 2) -> dict[str, dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return {"source": {"image": torch.randn(n, 3, 32, 48, generator=g)},
             "target": {"image": torch.randn(n, 3, 32, 48, generator=g)}}
-
-
-def _snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
-
-
-def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _no_grad(net: nn.Module) -> bool:
-    return all(p.grad is None or not p.grad.any() for p in net.parameters())
-
-
-def _has_grad(net: nn.Module) -> bool:
-    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
 def _to_gan(m: MutualGAN, x: torch.Tensor) -> torch.Tensor:
