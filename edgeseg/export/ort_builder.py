@@ -14,11 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeseg.contract.manifest import CPU_SPECIFIC_LEVELS, EngineLoadError
 from edgeseg.contract.metadata import ModelMetadata, TensorSpec
-from edgeseg.export.profile import BuildProfile, BuiltEngine, EngineBuildError, say
+from edgeseg.export.profile import (
+    BuildProfile,
+    BuiltEngine,
+    EngineBuildError,
+    say,
+    verify_engine_io,
+)
 from edgeseg.runtime.backends.onnxruntime import (
     create_session,
     import_onnxruntime,
@@ -35,15 +39,6 @@ def _spec(value: Any) -> TensorSpec:
     elem = value.type.removeprefix("tensor(").removesuffix(")")
     dims = [d if isinstance(d, int) and d >= 0 else None for d in value.shape]
     return TensorSpec(value.name, _ORT_TYPES.get(elem, elem), dims)
-
-
-def _smoke_shape(spec: TensorSpec, declared: TensorSpec, profile: BuildProfile
-                 ) -> list[int] | None:
-    """A concrete input shape to run once: static dims, else the profile's opt shape."""
-    if None not in spec.shape:
-        return [int(d) for d in spec.shape]
-    opt = profile.shapes.opt if profile.shapes else declared.profile.get("opt")
-    return list(opt) if opt and len(opt) == len(spec.shape) else None
 
 
 def build_onnxruntime(onnx_path: Path, engine_path: Path, meta: ModelMetadata,
@@ -66,19 +61,8 @@ def build_onnxruntime(onnx_path: Path, engine_path: Path, meta: ModelMetadata,
         raise EngineBuildError(str(exc)) from None
     inputs = [_spec(v) for v in session.get_inputs()]
     outputs = [_spec(v) for v in session.get_outputs()]
-    if [t.name for t in inputs] != [t.name for t in meta.inputs] or \
-            [t.name for t in outputs] != [t.name for t in meta.outputs]:
-        raise EngineBuildError(f"{onnx_path}: graph I/O {[t.name for t in inputs]} -> "
-                               f"{[t.name for t in outputs]} disagrees with its metadata; "
-                               "re-export it")
-    shape = _smoke_shape(inputs[0], meta.input, profile)
-    if shape is not None:
-        frame = np.zeros(shape, np.dtype(inputs[0].dtype))
-        result = session.run([outputs[0].name], {inputs[0].name: frame})[0]
-        if result.dtype != np.dtype(outputs[0].dtype):
-            raise EngineBuildError(f"{engine_path}: output {outputs[0].name} is {result.dtype}, "
-                                   f"the graph declares {outputs[0].dtype}")
-        say(f"verified: {inputs[0].name}{shape} -> {outputs[0].name}{list(result.shape)}")
+    verify_engine_io(onnx_path, engine_path, meta, profile, inputs, outputs,
+                     lambda frame: session.run([outputs[0].name], {inputs[0].name: frame})[0])
     notes = []
     if level in CPU_SPECIFIC_LEVELS:
         notes.append(f"ONNX Runtime level {level}: the saved model may hold fused kernels and "

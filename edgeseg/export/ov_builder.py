@@ -17,10 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeseg.contract.metadata import ModelMetadata, TensorSpec
-from edgeseg.export.profile import BuildProfile, BuiltEngine, EngineBuildError, say
+from edgeseg.export.profile import (
+    BuildProfile,
+    BuiltEngine,
+    EngineBuildError,
+    say,
+    verify_engine_io,
+)
 from edgeseg.runtime.backends.openvino import (
     import_openvino,
     load_properties,
@@ -28,14 +32,6 @@ from edgeseg.runtime.backends.openvino import (
     port_spec,
 )
 from edgeseg.runtime.compat import MachineInfo
-
-
-def _smoke_shape(spec: TensorSpec, declared: TensorSpec, profile: BuildProfile
-                 ) -> list[int] | None:
-    if None not in spec.shape:
-        return [int(d) for d in spec.shape]
-    opt = profile.shapes.opt if profile.shapes else declared.profile.get("opt")
-    return list(opt) if opt and len(opt) == len(spec.shape) else None
 
 
 def _specs(compiled: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -86,19 +82,9 @@ def build_openvino(onnx_path: Path, engine_path: Path, meta: ModelMetadata,
         raise EngineBuildError(f"{engine_path}: the exported model does not import again "
                                f"({ov_error(exc)})") from None
     inputs, outputs = _specs(loaded)
-    if [t.name for t in inputs] != [t.name for t in meta.inputs] or \
-            [t.name for t in outputs] != [t.name for t in meta.outputs]:
-        raise EngineBuildError(f"{onnx_path}: graph I/O {[t.name for t in inputs]} -> "
-                               f"{[t.name for t in outputs]} disagrees with its metadata; "
-                               "re-export it")
-    shape = _smoke_shape(inputs[0], meta.input, profile)
-    if shape is not None:
-        frame = np.zeros(shape, np.dtype(inputs[0].dtype))
-        result = loaded.create_infer_request().infer({0: frame})[loaded.outputs[0]]
-        if result.dtype != np.dtype(outputs[0].dtype):
-            raise EngineBuildError(f"{engine_path}: output {outputs[0].name} is {result.dtype}, "
-                                   f"the graph declares {outputs[0].dtype}")
-        say(f"verified: {inputs[0].name}{shape} -> {outputs[0].name}{list(result.shape)}")
+    verify_engine_io(onnx_path, engine_path, meta, profile, inputs, outputs,
+                     lambda frame: loaded.create_infer_request().infer({0: frame})[
+                         loaded.outputs[0]])
     precision = str(loaded.get_property("INFERENCE_PRECISION_HINT").get_type_name()) \
         if target.startswith(("CPU", "GPU")) else "?"
     threads = int(loaded.get_property("INFERENCE_NUM_THREADS")) if target == "CPU" else 0

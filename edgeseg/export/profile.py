@@ -9,13 +9,14 @@ Torch-free.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from edgeseg.config import from_dict, load_config, to_dict
 from edgeseg.contract.manifest import BuildOptions, DeviceInfo
-from edgeseg.contract.metadata import TensorSpec
+from edgeseg.contract.metadata import ModelMetadata, TensorSpec
 from edgeseg.errors import EdgesegError
 from edgeseg.metrics import Thresholds
 
@@ -171,3 +172,31 @@ class BuiltEngine:
     notes: list[str] = field(default_factory=list)
     #: BuildOptions fields the builder resolved on this machine (OpenVINO: streams, requests)
     resolved: dict[str, Any] = field(default_factory=dict)
+
+
+def verify_engine_io(onnx_path: Path, engine_path: Path, meta: ModelMetadata,
+                     profile: BuildProfile, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                     run_once: Callable[[Any], Any]) -> None:
+    """The check every CPU builder runs on the engine it saved and loaded back: graph I/O
+    names equal to the metadata's, then one zero frame through ``run_once`` (static
+    dims, else the profile's opt shape) with the declared output dtype."""
+    import numpy as np
+
+    if [t.name for t in inputs] != [t.name for t in meta.inputs] or \
+            [t.name for t in outputs] != [t.name for t in meta.outputs]:
+        raise EngineBuildError(f"{onnx_path}: graph I/O {[t.name for t in inputs]} -> "
+                               f"{[t.name for t in outputs]} disagrees with its metadata; "
+                               "re-export it")
+    spec, declared = inputs[0], meta.input
+    if None not in spec.shape:
+        shape: list[int] | None = [int(d) for d in spec.shape]
+    else:
+        opt = profile.shapes.opt if profile.shapes else declared.profile.get("opt")
+        shape = list(opt) if opt and len(opt) == len(spec.shape) else None
+    if shape is None:
+        return
+    result = run_once(np.zeros(shape, np.dtype(spec.dtype)))
+    if result.dtype != np.dtype(outputs[0].dtype):
+        raise EngineBuildError(f"{engine_path}: output {outputs[0].name} is {result.dtype}, "
+                               f"the graph declares {outputs[0].dtype}")
+    say(f"verified: {spec.name}{shape} -> {outputs[0].name}{list(result.shape)}")

@@ -73,7 +73,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from edgeseg.config import ConfigError, OptimConfig
+from edgeseg.config import OptimConfig
 from edgeseg.labels import IGNORE_INDEX
 from edgeseg.train.methods.base import (
     Method,
@@ -82,9 +82,15 @@ from edgeseg.train.methods.base import (
     recipe_schedule,
     set_requires_grad,
 )
-from edgeseg.train.nets.cyclegan import GENERATORS, CycleGAN, ImageRange, cycle_loss
+from edgeseg.train.nets.cyclegan import (
+    GENERATORS,
+    CycleGAN,
+    ImageRange,
+    check_crops,
+    cycle_loss,
+)
 from edgeseg.train.nets.gan_loss import GANMode
-from edgeseg.train.nets.generator import ResnetGenerator, Upsample
+from edgeseg.train.nets.generator import Upsample
 from edgeseg.train.nets.registry import net_spec
 
 
@@ -181,20 +187,9 @@ class MobileNetUDA(Method):
         }
 
     def _check_crop(self) -> None:
-        d = self.ctx.recipe.data
-        for stream in self.streams:
-            h, w = d.stream(stream).crop
-            own = d.streams.get(stream)
-            key = f"data.streams.{stream}.crop" if own and own.crop else "data.crop"
-            multiple = ResnetGenerator.size_multiple
-            if h % multiple or w % multiple:
-                raise ConfigError(f"{key} {h}x{w}: {self.name} needs sides that are multiples "
-                                  f"of {multiple} (the generators downsample twice)")
-            smallest = 2 ** self.params.disc_layers
-            if min(h, w) < smallest:
-                raise ConfigError(f"{key} {h}x{w}: the {self.params.disc_layers}-layer image "
-                                  f"discriminators need sides >= {smallest}; lower "
-                                  "method.params.disc_layers or enlarge the crop")
+        n = self.params.disc_layers
+        check_crops(self, 2 ** n, f"{n}-layer image discriminators",
+                    "; lower method.params.disc_layers or enlarge the crop")
 
     def model_frozen(self, iteration: int) -> bool:
         return iteration < self.warmup_iters

@@ -81,12 +81,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from edgeseg.config import ConfigError, OptimConfig
+from edgeseg.config import OptimConfig
 from edgeseg.models.compose import Deploy
 from edgeseg.train.methods.base import Method, set_requires_grad
-from edgeseg.train.nets.cyclegan import GENERATORS, IMAGE_DISCRIMINATORS, CycleGAN, ImageRange
+from edgeseg.train.nets.cyclegan import (
+    GENERATORS,
+    IMAGE_DISCRIMINATORS,
+    CycleGAN,
+    ImageRange,
+    check_crops,
+)
 from edgeseg.train.nets.gan_loss import GANMode
-from edgeseg.train.nets.generator import ResnetGenerator, Upsample
+from edgeseg.train.nets.generator import Upsample
 from edgeseg.train.nets.registry import net_spec
 
 ENCODERS = ("enc_s", "enc_t")
@@ -179,19 +185,9 @@ class MutualGAN(Method):
         }
 
     def _check_crop(self) -> None:
-        d = self.ctx.recipe.data
-        smallest = 2 ** sum(s == 2 for s in self.params.disc_strides)
-        for stream in self.streams:
-            h, w = d.stream(stream).crop
-            own = d.streams.get(stream)
-            key = f"data.streams.{stream}.crop" if own and own.crop else "data.crop"
-            multiple = ResnetGenerator.size_multiple
-            if h % multiple or w % multiple:
-                raise ConfigError(f"{key} {h}x{w}: {self.name} needs sides that are multiples "
-                                  f"of {multiple} (the generators downsample twice)")
-            if min(h, w) < smallest:
-                raise ConfigError(f"{key} {h}x{w}: the image discriminators (strides "
-                                  f"{list(self.params.disc_strides)}) need sides >= {smallest}")
+        strides = list(self.params.disc_strides)
+        check_crops(self, 2 ** sum(s == 2 for s in strides),
+                    f"image discriminators (strides {strides})")
 
     def deploy(self) -> Deploy:
         return Deploy("model", ("gen_t2s",))  # target -> day, then the day segmenter

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from edgeseg.config import ConfigError
 from edgeseg.train.nets.gan_loss import GANLoss, GANMode
-from edgeseg.train.nets.generator import Upsample
+from edgeseg.train.nets.generator import ResnetGenerator, Upsample
 from edgeseg.train.nets.image_pool import ImagePool
 from edgeseg.train.nets.registry import net_spec
 
@@ -49,6 +50,24 @@ class ImageRange:
 def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """CycleGAN Eq. 2, one direction: mean absolute error of the round trip."""
     return F.l1_loss(reconstructed.float(), original.float())
+
+
+def check_crops(method: Method, smallest: int, discriminators: str, fix: str = "") -> None:
+    """Every stream's crop must suit the translators (sides a multiple of their
+    ``size_multiple``) and the image discriminators (sides >= ``smallest``); one line
+    naming the recipe key that set the crop."""
+    d = method.ctx.recipe.data
+    multiple = ResnetGenerator.size_multiple
+    for stream in method.streams:
+        h, w = d.stream(stream).crop
+        own = d.streams.get(stream)
+        key = f"data.streams.{stream}.crop" if own and own.crop else "data.crop"
+        if h % multiple or w % multiple:
+            raise ConfigError(f"{key} {h}x{w}: {method.name} needs sides that are multiples "
+                              f"of {multiple} (the generators downsample twice)")
+        if min(h, w) < smallest:
+            raise ConfigError(f"{key} {h}x{w}: the {discriminators} need sides >= "
+                              f"{smallest}{fix}")
 
 
 class CycleGAN:
