@@ -260,8 +260,21 @@ class StreamConfig:
     #: a folder written by ``edgeseg derive pseudo-label`` for this stream's dataset: the
     #: stream's ``label`` (255 below the threshold) and ``confidence`` come from it
     pseudo_labels: str | None = None
+    #: ``homography``: each day/night pair gets ``homography`` (night -> day pixel
+    #: coordinates, from feature matches with RANSAC; identity where that fails), carried
+    #: through augmentation; ``none`` (or unset): no alignment. Per stream only.
+    align: Literal["homography", "none"] | None = None
+    #: the features the homography is estimated from (default orb)
+    align_features: Literal["orb", "sift"] | None = None
+    #: the JSON cache of the alignments (default ``<output_dir>/alignment-<stream>.json``)
+    align_cache: str | None = None
 
     def validate(self) -> None:
+        if self.align != "homography":
+            for key in ("align_features", "align_cache"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}={getattr(self, key)!r} applies only with "
+                                     "align: homography; set align or remove it")
         check_range(self, "crop", 16)
         check_range(self, "resize", 16)
         check_range(self, "scale_range", 0, low_open=True)

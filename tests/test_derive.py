@@ -296,3 +296,86 @@ def test_cli_derive(translator_ckpt: Path, tiny_synth: Path, tmp_path: Path,
         main(["derive", "pseudo-label", str(translator_ckpt), "--data", "x:y", "-o", str(out),
               "--threshold", "2"])
     assert "expected a probability" in capsys.readouterr().err
+
+
+# --- pairs by retrieval -----------------------------------------------------------------------
+
+
+def _camvid_frames(root: Path, split: str, frames: dict[str, np.ndarray]) -> str:
+    """A CamVid-layout split of unlabelled frames; returns its spec."""
+    (root / "images" / "train").mkdir(parents=True, exist_ok=True)
+    for name, image in frames.items():
+        cv2.imwrite(str(root / "images" / "train" / f"{name}.png"), _bgr(image))
+    (root / "splits").mkdir(exist_ok=True)
+    (root / "splits" / f"{split}.txt").write_text("".join(f"train/{n}\n" for n in frames))
+    return f"camvid:{root}:{split}"
+
+
+def test_derive_pairs_finds_the_true_day_frames_and_a_stream_reads_them(
+        tmp_path: Path, tiny_synth: Path, capsys: pytest.CaptureFixture) -> None:
+    from edgeseg.data.align import AlignmentError
+    from tests.test_align import SHIFT, corner_error, shifted_pair, texture
+
+    root = tmp_path / "camvid"
+    day = _camvid_frames(root, "day", {f"day_{s}": shifted_pair(seed=s)[0] for s in range(20, 26)})
+    night = _camvid_frames(root, "night", {
+        "dusk_a": shifted_pair(seed=22)[1], "dusk_b": shifted_pair(seed=24)[1],
+        "dusk_c": (texture(240, 320, 99) * 0.3).astype(np.uint8)})  # no day view of it
+    out = tmp_path / "pairs"
+    manifest = derive.pairs(day, night, out, progress=False)
+    by_night = {p["night"]: p for p in manifest["pairs"]}
+    assert (by_night["dusk_a"]["day"], by_night["dusk_b"]["day"]) == ("day_22", "day_24")
+    for name in ("dusk_a", "dusk_b"):
+        pair = by_night[name]
+        assert pair["passed"] and pair["ok"] and pair["inlier_rate"] >= 0.5
+        assert corner_error(np.array(pair["matrix"]), SHIFT, 240, 320) < 1.5
+        assert Path(pair["night_path"]).is_file() and Path(pair["day_path"]).is_file()
+    assert not by_night["dusk_c"]["passed"] and by_night["dusk_c"]["matrix"] == np.eye(3).tolist()
+    assert manifest["passed"] == manifest["summary"]["passed"] == 2
+    assert len(manifest["control"]) == 3 and manifest["summary"]["control_passing"] == 0
+    assert all(c["day"] not in ("day_22", "day_24") or c["night"] == "dusk_c"
+               for c in manifest["control"])
+    assert (out / "splits" / "pairs.txt").read_text() == "dusk_a\ndusk_b\n"
+    assert (out / "splits" / "all.txt").read_text() == "dusk_a\ndusk_b\ndusk_c\n"
+    assert "2 of 3 night frames paired" in derive.pairs_summary(manifest)
+
+    pairs = open_dataset(f"derived_pairs:{out}")
+    assert len(pairs) == 2 and pairs.label_space.name == "camvid11" and not pairs.has_labels
+    sample = pairs[0]
+    assert sorted(sample) == ["homography", "image", "label", "name", "night"]
+    assert sample["name"] == "dusk_a" and sample["label"] is None
+    assert sample["homography"].dtype == np.float32
+    assert corner_error(sample["homography"].astype(float), SHIFT, 240, 320) < 1.5
+    assert np.array_equal(open_dataset(f"derived_pairs:{out}:all")[2]["homography"],
+                          np.eye(3, dtype=np.float32))
+
+    # a pairs stream reads the folder: the homography reaches the batch without align
+    rec = tiny_recipe(tiny_synth, tmp_path / "run")
+    rec["data"]["pairs"] = f"derived_pairs:{out}"
+
+    class Probe:
+        streams = ("source", "pairs")
+        labelled_streams = ("source",)
+        wants_crop_box = False
+
+    batch = next(build_streams(from_dict(Recipe, rec), Probe(), CITYSCAPES19,  # type: ignore[arg-type]
+                               DistInfo()))
+    assert sorted(batch["pairs"]) == ["homography", "image", "night"]
+    assert batch["pairs"]["homography"].shape == (2, 3, 3)
+
+    # the command line, a rerun with other settings, and a folder where nothing passed
+    from argparse import ArgumentParser
+
+    parser = ArgumentParser()
+    derive.add_arguments(parser)
+    assert derive.run(parser.parse_args(["pairs", "--day", day, "--night", night, "-o",
+                                         str(out), "--no-progress"])) == 0
+    assert "2 of 3 night frames paired" in capsys.readouterr().out
+    with pytest.raises(DeriveError, match="min_inlier_rate 0.5 -> 0.9"):
+        derive.pairs(day, night, out, min_inlier_rate=0.9, progress=False)
+    strict = tmp_path / "strict"
+    derive.pairs(day, night, strict, min_inliers=10_000, progress=False)
+    with pytest.raises(AlignmentError, match=f"no pair of {strict} passed.*:all"):
+        open_dataset(f"derived_pairs:{strict}")
+    with pytest.raises(AlignmentError, match="not a finished `edgeseg derive pairs` output"):
+        open_dataset(f"derived_pairs:{tmp_path}")

@@ -5,6 +5,7 @@ crop geometry through augmentation and the loader."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,9 @@ def _sample() -> dict[str, Any]:
     return {"image": image, "label": label, "pseudo_label": label.copy(),
             "road_mask": (label == 0).astype(np.uint8),
             "confidence": (0.3 + 0.5 * np.sin(xx / 7.0) * np.cos(yy / 5.0)).astype(np.float32),
-            "homography": np.array([[1.0, 0.1, 3.0], [0.0, 0.9, -2.0], [1e-4, 0.0, 1.0]]),
+            "pose_matrix": np.array([[1.0, 0.1, 3.0], [0.0, 0.9, -2.0], [1e-4, 0.0, 1.0]]),
+            "homography": np.array([[1.0, 0.02, 3.0], [0.0, 0.9, -2.0], [1e-4, 0.0, 1.0]],
+                                   np.float32),
             "name": "x"}
 
 
@@ -268,7 +271,16 @@ def test_extra_arrays_follow_the_label_and_image_geometry(crop: tuple[int, int])
             sample["confidence"], *geometry, cv2.INTER_LINEAR, 0.0), atol=1e-6)
         assert np.array_equal(out["image"], _by_hand(sample["image"], *geometry,
                                                      cv2.INTER_LINEAR, 0))
-        assert out["homography"] is sample["homography"]
+        assert out["pose_matrix"] is sample["pose_matrix"]  # *_matrix: passed unchanged
+        # the homography (no night here: image -> image) follows scale, crop and flip
+        moved = np.array([[ws / W, 0, ws / W / 2 - 0.5], [0, hs / H, hs / H / 2 - 0.5], [0, 0, 1]])
+        moved = np.array([[1, 0, -left], [0, 1, -top], [0, 0, 1]]) @ moved
+        if flipped:
+            moved = np.array([[-1, 0, crop[1] - 1], [0, 1, 0], [0, 0, 1]]) @ moved
+        expected = moved @ sample["homography"].astype(np.float64) @ np.linalg.inv(moved)
+        assert out["homography"].dtype == np.float32
+        np.testing.assert_allclose(out["homography"], expected / expected[2, 2], rtol=1e-4,
+                                   atol=1e-4)
         assert out["name"] == "x"
     if crop[0] > H * 1.25:  # padding: ignore for int maps, 0 for float maps
         assert np.all(out["pseudo_label"][-1] == 255) and np.all(out["road_mask"][-1] == 255)
@@ -308,7 +320,8 @@ def test_loader_converts_each_kind(crop_box: bool) -> None:
     out = dataset[(0, 2)]
     reference = transform(_sample(), np.random.default_rng([7, 0, 2]))
     assert sorted(out) == sorted(["image", "label", "pseudo_label", "road_mask", "confidence",
-                                  "homography"] + (["crop_box"] if crop_box else []))
+                                  "pose_matrix", "homography"]
+                                 + (["crop_box"] if crop_box else []))
     assert out["image"].shape == (3, 16, 24) and out["image"].dtype == torch.float32
     expected = (reference["image"].astype(np.float32) / 255 - 0.5) / 0.25
     np.testing.assert_allclose(out["image"].numpy(), expected.transpose(2, 0, 1), atol=1e-5)
@@ -317,8 +330,96 @@ def test_loader_converts_each_kind(crop_box: bool) -> None:
         assert np.array_equal(out[key].numpy(), reference[key])
     assert out["confidence"].dtype == torch.float32 and out["confidence"].shape == (16, 24)
     assert np.array_equal(out["confidence"].numpy(), reference["confidence"])
-    assert out["homography"].dtype == torch.float64
-    assert np.array_equal(out["homography"].numpy(), _sample()["homography"])
+    assert out["pose_matrix"].dtype == torch.float64
+    assert np.array_equal(out["pose_matrix"].numpy(), _sample()["pose_matrix"])
+    assert out["homography"].dtype == torch.float32 and out["homography"].shape == (3, 3)
+    assert np.array_equal(out["homography"].numpy(), reference["homography"])
     if crop_box:
         assert out["crop_box"].dtype == torch.float32 and out["crop_box"].shape == (6,)
         assert out["crop_box"].tolist() == reference["crop_box"].tolist()
+
+
+# --- day/night alignment ------------------------------------------------------------------
+
+
+def test_a_pairs_stream_gets_homographies_from_a_cache_computed_once(synth: Path,
+                                                                     tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    recipe = _recipe(synth, run, pairs=f"synthetic_pairs:{synth}", batch_size=2,
+                     streams={"pairs": {"align": "homography"}})
+    ms = _build(recipe, Probe(("source", "pairs")))
+    batch = next(ms)
+    assert sorted(batch["pairs"]) == ["homography", "image", "night"]
+    assert batch["pairs"]["homography"].shape == (2, 3, 3)
+    assert batch["pairs"]["homography"].dtype == torch.float32
+    cache = run / "alignment-pairs.json"  # the default: the run folder
+    data = json.loads(cache.read_text())
+    assert data["count"] == 4 and data["settings"]["features"] == "orb"
+    assert ms.provenance["pairs"]["alignment"] == {
+        "method": "homography", "features": "orb", "cache": str(cache), "ok": data["ok"],
+        "pairs": 4}
+    assert "alignment" not in ms.provenance["source"]
+    stamp = (cache.stat().st_ino, cache.stat().st_mtime_ns)
+    _build(recipe, Probe(("source", "pairs")))  # a second start reads the cache
+    assert (cache.stat().st_ino, cache.stat().st_mtime_ns) == stamp
+    sift = _recipe(synth, run, pairs=f"synthetic_pairs:{synth}", batch_size=2,
+                   streams={"pairs": {"align": "homography", "align_features": "sift",
+                                      "align_cache": str(tmp_path / "elsewhere.json")}})
+    _build(sift, Probe(("source", "pairs")))
+    assert json.loads((tmp_path / "elsewhere.json").read_text())["settings"]["features"] == "sift"
+    moved = _recipe(synth, run, pairs=f"synthetic_pairs:{synth}", batch_size=2,
+                    streams={"pairs": {"align": "homography", "align_features": "sift"}})
+    _build(moved, Probe(("source", "pairs")))  # another setting: the default cache again
+    assert (cache.stat().st_ino, cache.stat().st_mtime_ns) != stamp
+    assert json.loads(cache.read_text())["settings"]["features"] == "sift"
+    # without align the pairs stream has no homography
+    plain = next(_build(_recipe(synth, run, pairs=f"synthetic_pairs:{synth}"),
+                        Probe(("source", "pairs"))))
+    assert sorted(plain["pairs"]) == ["image", "night"]
+
+
+def test_the_batch_homography_follows_the_stream_augmentation(tmp_path: Path, synth: Path) -> None:
+    from tests.test_align import SHIFT, corner_error, shifted_pair, write_pairs_folder
+
+    root = write_pairs_folder(tmp_path / "pairs", [shifted_pair(seed=s) for s in (10, 11)])
+    recipe = _recipe(synth, tmp_path / "run", pairs=f"synthetic_pairs:{root}",
+                     streams={"pairs": {"align": "homography", "crop": [96, 128],
+                                        "scale_range": [0.6, 1.5], "batch_size": 1}})
+    ms = _build(recipe, Probe(("source", "pairs"), wants_crop_box=True))
+    dataset = ms.streams["pairs"].loader.dataset
+    flips = set()
+    for epoch in range(6):
+        out = dataset[(epoch, epoch % 2)]
+        top, left, _, _, factor, flipped = out["crop_box"].tolist()
+        flips.add(flipped)
+        hs, ws = round(240 * factor), round(320 * factor)
+        moved = np.array([[1, 0, -left], [0, 1, -top], [0, 0, 1]]) @ np.array(
+            [[ws / 320, 0, ws / 640 - 0.5], [0, hs / 240, hs / 480 - 0.5], [0, 0, 1]])
+        if flipped:
+            moved = np.array([[-1, 0, 127], [0, 1, 0], [0, 0, 1]]) @ moved
+        expected = moved @ SHIFT @ np.linalg.inv(moved)  # the true shift, augmented
+        assert out["homography"].shape == (3, 3)
+        assert corner_error(out["homography"].numpy().astype(float), expected, 96, 128) < 2.0
+    assert flips == {0.0, 1.0}
+
+
+def test_alignment_config_errors_name_the_key(synth: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data.streams.pairs.align: 'homograpy' is not one "
+                                          r"of \['homography', 'none'\]"):
+        _recipe(synth, tmp_path, streams={"pairs": {"align": "homograpy"}})
+    with pytest.raises(ConfigError, match=r"data.streams.pairs.align_features: 'surf' is not "
+                                          r"one of \['orb', 'sift'\]"):
+        _recipe(synth, tmp_path, streams={"pairs": {"align": "homography",
+                                                    "align_features": "surf"}})
+    with pytest.raises(ConfigError, match="data.streams.pairs: align_features='sift' applies "
+                                          "only with align: homography"):
+        _recipe(synth, tmp_path, streams={"pairs": {"align_features": "sift"}})
+    recipe = _recipe(synth, tmp_path, target=f"synthetic:{synth}:night_train",
+                     streams={"target": {"align": "homography"}})
+    with pytest.raises(ConfigError, match="data.streams.target.align: homography needs a "
+                                          "day/night pairs dataset") as err:
+        _build(recipe, Probe(("source", "target")))
+    assert "\n" not in str(err.value)
+    none = _recipe(synth, tmp_path, pairs=f"synthetic_pairs:{synth}",
+                   streams={"pairs": {"align": "none"}})
+    assert sorted(next(_build(none, Probe(("source", "pairs"))))["pairs"]) == ["image", "night"]

@@ -151,3 +151,129 @@ def test_to_chw_float():
     np.testing.assert_allclose(out[0], 1.0)
     np.testing.assert_allclose(out[1], -2.0)
     np.testing.assert_allclose(out[2], -1.0)
+
+
+# --- homographies follow the geometry -----------------------------------------------------
+
+
+def _smooth(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A smooth RGB pattern defined everywhere (periods of 30-60 px): bilinear resampling
+    keeps it to within about a grey level, a 0.5 px misplacement changes it by several."""
+    channels = [128 + 45 * np.sin(x / 6.0 + 0.3 + c) + 45 * np.cos(y / 5.0 + 0.7 * c)
+                + 20 * np.sin((x + y) / 9.0 + c) for c in range(3)]
+    return np.clip(np.rint(np.stack(channels, -1)), 0, 255).astype(np.uint8)
+
+
+def _render(matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The image whose pixel p shows the pattern at ``matrix`` p (pixel centres)."""
+    yy, xx = np.mgrid[0:size[0], 0:size[1]].astype(np.float64)
+    p = np.stack([xx, yy, np.ones_like(xx)], -1) @ matrix.T
+    return _smooth(p[..., 0] / p[..., 2], p[..., 1] / p[..., 2])
+
+
+def _pair(night_to_day: np.ndarray, size: tuple[int, int] = (60, 96),
+          night_size: tuple[int, int] | None = None) -> dict:
+    """A day image, a night image showing the same pattern through ``night_to_day`` and
+    that homography; ``night_size``: the night image stored at another size."""
+    from edgeseg.data.transforms import resize_matrix
+
+    moved = np.eye(3) if night_size is None else resize_matrix(night_size, size)
+    matrix = night_to_day @ moved  # stored night pixel -> night pixel at the day size -> day
+    return {"image": _render(np.eye(3), size), "night": _render(matrix, night_size or size),
+            "mask": np.zeros(size, np.uint8), "homography": matrix.astype(np.float32),
+            "name": "pair"}
+
+
+def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    im = image.astype(np.float64)
+    return ((1 - fx) * (1 - fy) * im[y0, x0] + fx * (1 - fy) * im[y0, x0 + 1]
+            + (1 - fx) * fy * im[y0 + 1, x0] + fx * fy * im[y0 + 1, x0 + 1])
+
+
+def _content_error(out: dict, matrix: np.ndarray) -> np.ndarray:
+    """|night'(p) - day'(matrix p)| over night pixels whose day point lies inside the
+    unpadded day image (``mask`` 0 around it)."""
+    h, w = out["mask"].shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    x, y = xx.ravel().astype(np.float64), yy.ravel().astype(np.float64)
+    q = np.stack([x, y, np.ones_like(x)], -1) @ matrix.astype(np.float64).T
+    qx, qy = q[:, 0] / q[:, 2], q[:, 1] / q[:, 2]
+    inside = (qx >= 0) & (qx < w - 1) & (qy >= 0) & (qy < h - 1)
+    valid = (out["mask"].ravel() == 0) & inside
+    x0, y0 = np.floor(qx[inside]).astype(int), np.floor(qy[inside]).astype(int)
+    corners_valid = np.ones(inside.sum(), bool)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            corners_valid &= out["mask"][y0 + dy, x0 + dx] == 0
+    valid[np.flatnonzero(inside)[~corners_valid]] = False
+    assert valid.mean() > 0.3  # most of the window is compared
+    day = _bilinear(out["image"], qx[valid], qy[valid])
+    return np.abs(out["night"].reshape(-1, 3)[valid].astype(np.float64) - day)
+
+
+_SHIFT = np.array([[1.0, 0.0, -7.0], [0.0, 1.0, -3.0], [0.0, 0.0, 1.0]])
+_CENTRE = np.array([[1.0, 0.0, 47.5], [0.0, 1.0, 29.5], [0.0, 0.0, 1.0]])
+_ZOOM = _CENTRE @ np.diag([1.1, 1.1, 1.0]) @ np.linalg.inv(_CENTRE) @ _SHIFT
+_TILT = np.array([[1.02, 0.01, -4.0], [0.005, 0.98, 2.0], [2e-4, 1e-4, 1.0]])
+
+
+@pytest.mark.parametrize("night_to_day,night_size", [
+    (_SHIFT, None), (_ZOOM, None), (_TILT, None), (_SHIFT, (90, 144)), (_TILT, (45, 70))],
+    ids=["shift", "zoom", "perspective", "night-larger", "night-smaller"])
+def test_the_homography_maps_augmented_night_pixels_to_the_same_day_content(
+        night_to_day: np.ndarray, night_size: tuple[int, int] | None) -> None:
+    t = TrainTransform(crop=(40, 56), scale_range=(0.7, 1.4), flip=True, resize=(48, 80))
+    flips, pads, unchanged_fits = set(), 0, 0
+    for seed in range(8):
+        sample = _pair(night_to_day, night_size=night_size)
+        out = t(sample, np.random.default_rng(seed))
+        flips.add(bool(out["crop_box"][5]))
+        pads += int((out["mask"] == 255).any())
+        assert out["homography"].dtype == np.float32 and out["homography"].shape == (3, 3)
+        error = _content_error(out, out["homography"])
+        assert error.mean() < 1.0 and np.percentile(error, 99) < 4.0
+        # a matrix half a pixel off does not fit; the untransformed one mostly does not
+        off = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+        assert _content_error(out, off @ out["homography"]).mean() > 2.0
+        unchanged_fits += int(_content_error(out, sample["homography"]).mean() < 2.0)
+        assert np.array_equal(sample["homography"], _pair(night_to_day,
+                                                          night_size=night_size)["homography"])
+    assert flips == {True, False} and pads > 0 and unchanged_fits <= 2
+    # resize alone, with the night image still at its own size: each image's own map
+    out = resize(_pair(night_to_day, night_size=night_size), (50, 70))
+    assert out["night"].shape == out["image"].shape == (50, 70, 3)
+    assert _content_error(out, out["homography"]).mean() < 1.0
+
+
+def test_resize_matrix_is_where_cv2_resize_samples() -> None:
+    from edgeseg.data.transforms import resize_matrix
+
+    ramp = np.tile(np.arange(40, dtype=np.float32), (8, 1))  # value = x
+    for width in (13, 40, 97):
+        out = cv2.resize(ramp, (width, 8), interpolation=cv2.INTER_LINEAR)
+        source_x = np.linalg.inv(resize_matrix((8, 40), (8, width)))[0] @ np.stack(
+            [np.arange(width), np.zeros(width), np.ones(width)])
+        inside = (source_x >= 0) & (source_x <= 39)
+        np.testing.assert_allclose(out[0, inside], source_x[inside], atol=1e-3)
+
+
+def test_homography_kind_needs_a_3x3_matrix_and_matrix_keys_pass_unchanged() -> None:
+    sample = block_sample()
+    sample["homography"] = np.eye(2)
+    with pytest.raises(ValueError, match="'homography': a homography is a 3x3 matrix"):
+        TrainTransform(crop=(16, 16))(sample, np.random.default_rng(0))
+    sample = block_sample()
+    shift = np.array([[1.0, 0.0, -7.0], [0.0, 1.0, -3.0], [0.0, 0.0, 1.0]])
+    sample["pose_matrix"] = shift.copy()
+    sample["reference"] = sample["image"].copy()
+    sample["reference_homography"] = shift.copy()  # reference -> image
+    out = resize(sample, (2 * H, 2 * W))
+    assert out["pose_matrix"] is sample["pose_matrix"]
+    np.testing.assert_allclose(out["reference_homography"],
+                               [[1, 0, -14], [0, 1, -6], [0, 0, 1]], atol=1e-9)
+    out = hflip(sample)  # a shift left becomes a shift right
+    np.testing.assert_allclose(out["reference_homography"],
+                               [[1, 0, 7], [0, 1, -3], [0, 0, 1]], atol=1e-9)
+    assert out["reference_homography"].dtype == np.float64

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.data import readers
+from edgeseg.data.align import DerivedPairs
 from edgeseg.data.base import DatasetError, DatasetSpec, SegDataset, parse_spec
 from edgeseg.labels import CITYSCAPES19, LabelSpace, cityscapes_to, get_label_space, remap_labels
 
@@ -48,6 +49,7 @@ DATASETS: dict[str, Factory] = {
     "camvid": readers.CamVidDataset,
     "synthetic": _synthetic("SyntheticDataset"),
     "synthetic_pairs": _synthetic("SyntheticPairs"),
+    "derived_pairs": DerivedPairs,  # an `edgeseg derive pairs` folder
 }
 
 

@@ -4,25 +4,37 @@ Every array of a sample has a *kind*, which says how the geometry (resize, scale
 pad, crop, flip) treats it; all spatial kinds get the same geometry, so aligned
 day/night pairs, the label and any per-pixel extras stay aligned:
 
-=============  ===================  =====================================================
-kind           value                resize/scale, pad, colour jitter
-=============  ===================  =====================================================
-``image``      (H, W, 3) uint8 RGB  bilinear, pad 0, jittered (each image on its own draw)
-``label``      (H, W) int ids       nearest, pad 255 (ignore), never jittered: labels,
-               or masks             pseudo-labels, masks
-``float_map``  (H, W) float         bilinear, pad 0, never jittered: confidences, weights
-``array``      any shape            passed unchanged (a 3x3 ``homography``, ``crop_box``)
-=============  ===================  =====================================================
+==============  ===================  ====================================================
+kind            value                resize/scale, pad, colour jitter
+==============  ===================  ====================================================
+``image``       (H, W, 3) uint8 RGB  bilinear, pad 0, jittered (each image on its own draw)
+``label``       (H, W) int ids       nearest, pad 255 (ignore), never jittered: labels,
+                or masks             pseudo-labels, masks
+``float_map``   (H, W) float         bilinear, pad 0, never jittered: confidences, weights
+``homography``  (3, 3) float         conjugated by every op that moves pixels (see below)
+``array``       any shape            passed unchanged (``crop_box``, ``*_matrix``)
+==============  ===================  ====================================================
 
 The kind of a key is looked up, never guessed from the array's shape: first in
 `SAMPLE_KINDS` (``image``, ``night``, ``reference``, ``day``: image; ``label``,
-``pseudo_label``, ``mask``: label; ``confidence``: float_map; ``homography``,
-``crop_box``: array), then by the key's suffix (`SUFFIX_KINDS`: ``*_image``,
-``*_label``, ``*_mask``, ``*_confidence``, ``*_weight``, ``*_matrix``). An array
-under any other key is an error that names it; values that are not arrays (the
+``pseudo_label``, ``mask``: label; ``confidence``: float_map; ``homography``:
+homography; ``crop_box``: array), then by the key's suffix (`SUFFIX_KINDS`: ``*_image``,
+``*_label``, ``*_mask``, ``*_confidence``, ``*_weight``, ``*_homography``, ``*_matrix``).
+An array under any other key is an error that names it; values that are not arrays (the
 sample ``name``, a ``None`` label of unlabelled data) pass through. A spatial array
 must have the image's height and width (an extra *image* of another size is
 resized to it first).
+
+A homography maps pixel coordinates (x, y; integers at pixel centres) of one image of
+the sample to those of ``image``: ``homography`` from ``night``, ``X_homography`` from
+``X`` (`homography_source`). Every op that moves pixels is an affine map A of pixel
+coordinates (`resize_matrix`: ``x' = (x + 0.5) * w'/w - 0.5`` as ``cv2.resize`` samples;
+pad: identity, as it only adds rows/columns at the bottom/right; crop: translation by
+(-left, -top); hflip: ``x' = W - 1 - x``), and both images get the same op, so the
+matrix becomes ``A · H · A^-1``: after augmentation it still maps the augmented source
+image to the augmented ``image``. The source image resized to the ``image`` size
+first (an extra image of another size) gives ``H · R^-1`` (R: that resize). The matrix
+keeps its float dtype (float64 for anything else).
 
 Labels use ``INTER_NEAREST_EXACT``: plain ``INTER_NEAREST`` samples at pixel corners,
 not centres, and drifts up to half a pixel from the bilinear image at non-integer
@@ -55,6 +67,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 IMAGE, LABEL, FLOAT_MAP, ARRAY = "image", "label", "float_map", "array"
+HOMOGRAPHY = "homography"
 #: the kinds the geometry applies to
 SPATIAL = (IMAGE, LABEL, FLOAT_MAP)
 #: the kind of each known sample key (extend it for a new key of a reader or method)
@@ -62,12 +75,12 @@ SAMPLE_KINDS: dict[str, str] = {
     "image": IMAGE, "night": IMAGE, "reference": IMAGE, "day": IMAGE,
     "label": LABEL, "pseudo_label": LABEL, "mask": LABEL,
     "confidence": FLOAT_MAP,
-    "homography": ARRAY, "crop_box": ARRAY,
+    "homography": HOMOGRAPHY, "crop_box": ARRAY,
 }
 #: the kind of a key not in SAMPLE_KINDS, by its suffix
 SUFFIX_KINDS: tuple[tuple[str, str], ...] = (
     ("_image", IMAGE), ("_label", LABEL), ("_mask", LABEL), ("_confidence", FLOAT_MAP),
-    ("_weight", FLOAT_MAP), ("_matrix", ARRAY),
+    ("_weight", FLOAT_MAP), ("_homography", HOMOGRAPHY), ("_matrix", ARRAY),
 )
 _NDIM = {IMAGE: 3, LABEL: 2, FLOAT_MAP: 2}
 
@@ -83,20 +96,76 @@ def kind_of(key: str, value: Any) -> str | None:
         raise ValueError(
             f"sample key {key!r} (a {value.shape} array) has no known kind; add it to "
             "edgeseg.data.transforms.SAMPLE_KINDS or name it *_image, *_label, *_mask, "
-            "*_confidence, *_weight (per pixel) or *_matrix (passed unchanged)")
+            "*_confidence, *_weight (per pixel), *_homography (3x3, follows the geometry) or "
+            "*_matrix (passed unchanged)")
+    if kind == HOMOGRAPHY and value.shape != (3, 3):
+        raise ValueError(f"sample key {key!r}: a homography is a 3x3 matrix, got shape "
+                         f"{value.shape}")
     if kind in _NDIM and value.ndim != _NDIM[kind]:
         raise ValueError(f"sample key {key!r}: a {kind} needs {_NDIM[kind]} dimensions, got "
                          f"shape {value.shape}")
     return kind
 
 
-def _map_arrays(sample: Sample, fn: Callable[[np.ndarray, str], np.ndarray]) -> Sample:
-    """A new sample with ``fn(array, kind)`` applied to every spatial array."""
+#: the affine map (3x3) of pixel coordinates an op applies to an array of size (h, w)
+Affine = Callable[[Size], np.ndarray]
+
+
+def homography_source(key: str) -> str:
+    """The sample key of the image whose pixel coordinates homography ``key`` maps to
+    those of ``image``: ``night`` for ``homography``, ``X`` for ``X_homography``."""
+    return "night" if key == HOMOGRAPHY else key[: -len("_homography")]
+
+
+def resize_matrix(src: Size, dst: Size) -> np.ndarray:
+    """The pixel-coordinate map of resizing (h, w) ``src`` to ``dst`` as ``cv2.resize``
+    samples it (pixel centres: ``x' = (x + 0.5) * w'/w - 0.5``)."""
+    sx, sy = dst[1] / src[1], dst[0] / src[0]
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def translation_matrix(dx: float, dy: float) -> np.ndarray:
+    """The pixel-coordinate map of moving an image by (dx, dy) (a crop: -left, -top)."""
+    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
+
+
+def hflip_matrix(width: int) -> np.ndarray:
+    """The pixel-coordinate map of mirroring an image ``width`` pixels wide."""
+    return np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def conjugate(matrix: np.ndarray, dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """``dst · matrix · src^-1``: homography ``matrix`` after its source image moved by
+    ``src`` and its target image by ``dst``, normalised to ``[2, 2] = 1``, in its own
+    float dtype (float64 for anything else)."""
+    dtype = matrix.dtype if np.issubdtype(matrix.dtype, np.floating) else np.float64
+    out = dst @ matrix.astype(np.float64) @ np.linalg.inv(src)
+    if abs(out[2, 2]) > 1e-12:
+        out = out / out[2, 2]
+    return out.astype(dtype)
+
+
+def _size_of(sample: Sample, key: str) -> Size:
+    """(h, w) of image ``key`` of ``sample``, or of ``image`` when it has no such image."""
+    value = sample.get(key)
+    if isinstance(value, np.ndarray) and value.ndim >= 2 and key != "image":
+        h, w = value.shape[:2]
+        return h, w
+    return _shape(sample)
+
+
+def _map_arrays(sample: Sample, fn: Callable[[np.ndarray, str], np.ndarray],
+                affine: Affine | None = None) -> Sample:
+    """A new sample with ``fn(array, kind)`` applied to every spatial array and, with
+    ``affine`` (the op's map of an array of a given size), every homography conjugated."""
     out = {}
     for key, value in sample.items():
         kind = kind_of(key, value)
         if kind in SPATIAL:
             value = fn(value, kind)
+        elif kind == HOMOGRAPHY and affine is not None:
+            value = conjugate(value, affine(_shape(sample)),
+                              affine(_size_of(sample, homography_source(key))))
         out[key] = value
     return out
 
@@ -126,7 +195,7 @@ def resize(sample: Sample, size: Size, labels: bool = True) -> Sample:
             return a
         return _cv_resize(a, size, _interpolation(kind))
 
-    return _map_arrays(sample, fn)
+    return _map_arrays(sample, fn, lambda shape: resize_matrix(shape, size))
 
 
 def scaled_size(size: Size, factor: float) -> Size:
@@ -151,7 +220,7 @@ def pad_to(sample: Sample, size: Size) -> Sample:
         widths = ((0, ph), (0, pw)) + ((0, 0),) * (a.ndim - 2)
         return np.pad(a, widths, constant_values=IGNORE_INDEX if kind == LABEL else 0)
 
-    return _map_arrays(sample, fn)
+    return _map_arrays(sample, fn)  # bottom/right padding moves no pixel: H unchanged
 
 
 def crop(sample: Sample, top: int, left: int, size: Size) -> Sample:
@@ -161,7 +230,7 @@ def crop(sample: Sample, top: int, left: int, size: Size) -> Sample:
     def fn(a: np.ndarray, kind: str) -> np.ndarray:
         return np.ascontiguousarray(a[top:top + h, left:left + w])
 
-    return _map_arrays(sample, fn)
+    return _map_arrays(sample, fn, lambda shape: translation_matrix(-left, -top))
 
 
 def hflip(sample: Sample) -> Sample:
@@ -170,7 +239,7 @@ def hflip(sample: Sample) -> Sample:
     def fn(a: np.ndarray, kind: str) -> np.ndarray:
         return np.ascontiguousarray(a[:, ::-1])
 
-    return _map_arrays(sample, fn)
+    return _map_arrays(sample, fn, lambda shape: hflip_matrix(shape[1]))
 
 
 def draw_scale(rng: np.random.Generator, scale_range: tuple[float, float]) -> float:
@@ -227,17 +296,25 @@ def to_chw_float(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
 
 def _align_to_image(sample: Sample) -> Sample:
     """Bring extra images (e.g. a reference frame of another size) to the ``image``
-    size so one geometry fits all; a label or float map of another size is a reader bug."""
+    size so one geometry fits all; a label or float map of another size is a reader bug.
+    A homography from a resized image becomes ``H · R^-1`` (R: that resize; ``image``
+    itself never moves here)."""
     size = _shape(sample)
     out = dict(sample)
+    moved: dict[str, np.ndarray] = {}
     for key, value in sample.items():
         kind = kind_of(key, value)
         if kind == IMAGE and value.shape[:2] != size:
             out[key] = _cv_resize(value, size, cv2.INTER_LINEAR)
+            moved[key] = resize_matrix(value.shape[:2], size)
         elif kind in (LABEL, FLOAT_MAP) and value.shape != size:
             raise ValueError(
                 f"{sample.get('name', '?')}: {key} size {value.shape} differs from image {size}"
             )
+    for key, value in sample.items():
+        source = homography_source(key) if kind_of(key, value) == HOMOGRAPHY else None
+        if source in moved:
+            out[key] = conjugate(value, np.eye(3), moved[source])
     return out
 
 

@@ -30,7 +30,21 @@ A training stream reads them with ``data.streams.NAME.pseudo_labels: DIR`` (see
 `open_pseudo_labels`). ``<name>`` is the sample's name (characters other than letters,
 digits, ``.``, ``_``, ``-`` become ``_``; a repeated name gets ``_<index>``).
 
-Both commands: ``DIR/preview/<name>.png`` for the first ``--preview`` images (original
+``edgeseg derive pairs --day SPEC --night SPEC -o DIR [--min-inlier-rate R]`` pairs each
+night frame with a day frame of another dataset that has no aligned pairs (CamVid day
+vs dusk): a cheap global descriptor (`edgeseg.data.align.global_descriptor`) retrieves
+the ``--top-k`` most similar day frames, the one whose homography has the most RANSAC
+inliers wins, and a pair passes when that homography is ok (enough inliers, not
+degenerate) with an inlier rate >= R. A control pairs every night frame with a random
+day frame outside its candidates: its inlier rates are what chance gives, so R should
+lie above them (both distributions are in the manifest and printed). The folder holds
+``DIR/manifest.json`` (each pair: night and day name and file, similarity, inliers,
+inlier rate, ok, passed, matrix; the control; the summary), ``DIR/splits/pairs.txt``
+(passed night names) and ``DIR/splits/all.txt``; a recipe reads it as
+``derived_pairs:DIR`` (`edgeseg.data.align.DerivedPairs`). Images are not copied: the
+manifest names the dataset files.
+
+Both checkpoint commands: ``DIR/preview/<name>.png`` for the first ``--preview`` images (original
 | translated, or original | colourised pseudo-labels), ``DIR/params.json`` (what the
 folder is being derived with, written first: a re-run with other settings is
 refused) and ``DIR/manifest.json``, written last: format, command, the command line,
@@ -52,9 +66,20 @@ import numpy as np
 
 from edgeseg import __version__
 from edgeseg.data import DatasetError, SegDataset, open_dataset, parse_spec
+from edgeseg.data.align import (
+    DERIVE_FORMAT,
+    FEATURES,
+    Alignment,
+    AlignSettings,
+    Features,
+    detect_features,
+    global_descriptor,
+    match_features,
+    work_size,
+)
 from edgeseg.data.base import DatasetSpec, read_image, read_label
 from edgeseg.errors import EdgesegError
-from edgeseg.fileio import check_writable_dir, sha256_file, write_image, write_json
+from edgeseg.fileio import check_writable_dir, sha256_file, write_image, write_json, write_text
 from edgeseg.labels import (
     CAMVID11,
     CAMVID_MAX_ID,
@@ -66,12 +91,19 @@ from edgeseg.labels import (
     palette_lut,
 )
 
-FORMAT = "edgeseg-derive/1"
+FORMAT = DERIVE_FORMAT
 MANIFEST = "manifest.json"
 PARAMS = "params.json"
 PREVIEW = "preview"
 DEFAULT_THRESHOLD = 0.9
 DEFAULT_PREVIEW = 8
+#: derive pairs: the inlier rate a pair needs besides the homography's own checks (at least
+#: AlignSettings.min_inliers inliers). On CamVid, random day frames (the control) reach
+#: 4-6 inliers of 2-17 matches, so any rate up to 1.0, but never 15 inliers; true
+#: neighbouring frames reach 19-716 inliers at rates 0.71-0.99. The count separates them;
+#: the rate only drops large, loose fits.
+DEFAULT_MIN_INLIER_RATE = 0.5
+DEFAULT_TOP_K = 5
 #: roles of the networks ``translate`` runs (frame -> frame)
 IMAGE_ROLES = ("translator", "prenet")
 
@@ -430,6 +462,135 @@ def open_pseudo_labels(folder: str | Path, reader: Any, spec: str, label_space: 
     return PseudoLabelled(reader, folder, manifest), manifest
 
 
+# --- pairs by retrieval --------------------------------------------------------------------
+
+
+def _image_files(dataset: SegDataset, spec: str) -> list[tuple[str, Path]]:
+    """(name, image file) of every sample: pairing reads images only, never labels."""
+    items = getattr(dataset, "items", None)
+    if not items or len(items) != len(dataset) or not all(hasattr(it, "image") for it in items):
+        raise DeriveError(f"{spec}: derive pairs needs a dataset read from image files "
+                          "(a NAME:ROOT[:SPLIT] of a folder reader)")
+    return [(str(it.name), Path(it.image)) for it in items]
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    v = np.asarray(values, np.float64)
+    return {k: round(float(np.quantile(v, q)), 4) for k, q in
+            (("min", 0.0), ("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("p95", 0.95),
+             ("max", 1.0))}
+
+
+def _entry(alignment: Alignment) -> dict[str, Any]:
+    return {"ok": alignment.ok, "inliers": alignment.inliers, "matches": alignment.matches,
+            "inlier_rate": round(alignment.inlier_rate, 4), "reason": alignment.reason}
+
+
+def pairs(day: str, night: str, out: str | Path, *,
+          min_inlier_rate: float = DEFAULT_MIN_INLIER_RATE, features: str = "orb",
+          min_inliers: int = AlignSettings.min_inliers, top_k: int = DEFAULT_TOP_K,
+          seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Pair every night frame of ``night`` with its most similar day frame of ``day`` and
+    write the pairs folder ``out``; returns the manifest."""
+    if not 0.0 <= min_inlier_rate <= 1.0:
+        raise DeriveError(f"--min-inlier-rate {min_inlier_rate}: expected a rate in [0, 1]")
+    if top_k < 1:
+        raise DeriveError(f"--top-k {top_k}: expected at least 1")
+    settings = AlignSettings(features=features, min_inliers=min_inliers)
+    out = Path(out)
+    day_set, night_set = open_dataset(day), open_dataset(night)
+    day_files, night_files = _image_files(day_set, day), _image_files(night_set, night)
+    if len(day_files) < 2:
+        raise DeriveError(f"{day}: {len(day_files)} day frame(s); pairing needs at least 2 "
+                          "(one candidate and one control)")
+    params = {"command": "pairs", "day": normalise_spec(day), "night": normalise_spec(night),
+              "min_inlier_rate": min_inlier_rate, "top_k": top_k, "seed": seed,
+              "settings": settings.to_dict()}
+    _claim(out, params)
+    with _progress(len(day_files), "derive pairs: day descriptors", progress) as bar:
+        descriptors = []
+        for _, path in day_files:
+            descriptors.append(global_descriptor(read_image(path), settings))
+            bar.update(1)
+    table = np.stack(descriptors)
+    day_features: dict[tuple[int, tuple[int, int]], Features] = {}
+
+    def features_of(index: int, size: tuple[int, int]) -> Features:
+        key = (index, size)
+        if key not in day_features:
+            day_features[key] = detect_features(read_image(day_files[index][1]), size, settings)
+        return day_features[key]
+
+    rng = np.random.default_rng(seed)
+    found, control = [], []
+    with _progress(len(night_files), "derive pairs: matching", progress) as bar:
+        for name, path in night_files:
+            image = read_image(path)
+            similarity = table @ global_descriptor(image, settings)
+            candidates = [int(j) for j in np.argsort(-similarity, kind="stable")[:top_k]]
+            size = work_size(image.shape[:2], settings.max_side)
+            night_features = detect_features(image, size, settings)
+            tried = [(match_features(night_features, features_of(j, size), settings), rank, j)
+                     for rank, j in enumerate(candidates)]
+            best, rank, j = max(tried, key=lambda t: (t[0].ok, t[0].inliers, -t[1]))
+            passed = best.ok and best.inlier_rate >= min_inlier_rate
+            found.append({"night": name, "day": day_files[j][0], "night_path": str(path.resolve()),
+                          "day_path": str(day_files[j][1].resolve()),
+                          "similarity": round(float(similarity[j]), 4), "rank": rank,
+                          **_entry(best), "passed": passed,
+                          "matrix": best.matrix.tolist()})
+            others = [k for k in range(len(day_files)) if k not in candidates] or \
+                [k for k in range(len(day_files)) if k != j]
+            k = int(others[int(rng.integers(len(others)))])
+            wrong = match_features(night_features, features_of(k, size), settings)
+            control.append({"night": name, "day": day_files[k][0], **_entry(wrong)})
+            bar.update(1)
+    passed = [p["night"] for p in found if p["passed"]]
+    write_text(out / "splits" / "pairs.txt", "".join(f"{n}\n" for n in passed))
+    write_text(out / "splits" / "all.txt", "".join(f"{p['night']}\n" for p in found))
+    summary = {
+        "passed": len(passed), "count": len(found),
+        "best_inlier_rate": _quantiles([p["inlier_rate"] for p in found]),
+        "best_inliers": _quantiles([p["inliers"] for p in found]),
+        "control_inlier_rate": _quantiles([c["inlier_rate"] for c in control]),
+        "control_inliers": _quantiles([c["inliers"] for c in control]),
+        "control_ok": sum(c["ok"] for c in control),
+        "control_passing": sum(c["ok"] and c["inlier_rate"] >= min_inlier_rate
+                               for c in control),
+    }
+    manifest = {
+        "format": FORMAT, "command": "pairs",
+        "command_line": f"edgeseg derive pairs --day {day} --night {night} -o {out} "
+                        f"--min-inlier-rate {min_inlier_rate} --features {features} "
+                        f"--min-inliers {min_inliers} --top-k {top_k}",
+        **{k: v for k, v in params.items() if k != "command"},
+        "label_space": day_set.label_space.name, "count": len(found), "passed": len(passed),
+        "summary": summary, "pairs": found, "control": control,
+        "edgeseg_version": __version__,
+    }
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def pairs_summary(manifest: dict[str, Any]) -> str:
+    """The printed summary of a pairs manifest: how many passed, both distributions."""
+    s = manifest["summary"]
+
+    def dist(q: dict[str, float], digits: int) -> str:
+        return (f"median {q['median']:.{digits}f}, p95 {q['p95']:.{digits}f}, max "
+                f"{q['max']:.{digits}f}" if q else "none")
+
+    return (f"{s['passed']} of {s['count']} night frames paired with a day frame (homography "
+            f"ok: >= {manifest['settings']['min_inliers']} inliers, not degenerate; inlier "
+            f"rate >= {manifest['min_inlier_rate']}); best match: inliers "
+            f"{dist(s['best_inliers'], 0)}, inlier rate {dist(s['best_inlier_rate'], 2)}; "
+            f"control (random day frames): inliers {dist(s['control_inliers'], 0)}, inlier "
+            f"rate {dist(s['control_inlier_rate'], 2)}; {s['control_passing']} of "
+            f"{s['count']} control pairs would pass")
+
+
 # --- the command ---------------------------------------------------------------------------
 
 
@@ -441,7 +602,7 @@ def _threshold(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from edgeseg.argtypes import add_device_argument, non_negative_int
+    from edgeseg.argtypes import add_device_argument, non_negative_int, positive_int
 
     sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
     t = sub.add_parser("translate", allow_abbrev=False,
@@ -475,11 +636,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="only the first N images (default 0 = all)")
         add_device_argument(q, "where the network runs (default auto)")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = sub.add_parser("pairs", allow_abbrev=False,
+                       help="pair night frames with day frames of another dataset "
+                            "(retrieval + homography)",
+                       description="For each night frame retrieve the most similar day frames "
+                                   "(global gradient descriptor), keep the one whose "
+                                   "homography has the most RANSAC inliers, and write a "
+                                   "folder a recipe reads as derived_pairs:DIR. A control "
+                                   "with random day frames shows what chance gives.")
+    r.add_argument("--day", required=True, metavar="SPEC",
+                   help="day frames, e.g. camvid:/data/camvid:day_train")
+    r.add_argument("--night", required=True, metavar="SPEC",
+                   help="night/dusk frames, e.g. camvid:/data/camvid:dusk_train")
+    r.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    r.add_argument("--min-inlier-rate", type=_threshold, default=DEFAULT_MIN_INLIER_RATE,
+                   metavar="R", help="inlier rate a pair needs besides --min-inliers "
+                                     f"(default {DEFAULT_MIN_INLIER_RATE}); the manifest's "
+                                     "control shows what random day frames reach")
+    r.add_argument("--features", choices=FEATURES, default="orb",
+                   help="features the homography is estimated from (default orb)")
+    r.add_argument("--min-inliers", type=positive_int, default=AlignSettings.min_inliers,
+                   metavar="N", help="RANSAC inliers a homography needs (default "
+                                     f"{AlignSettings.min_inliers}): with fewer, chance "
+                                     "matches reach any inlier rate")
+    r.add_argument("--top-k", type=positive_int, default=DEFAULT_TOP_K, metavar="K",
+                   help=f"day candidates re-ranked by inliers (default {DEFAULT_TOP_K})")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from edgeseg.argtypes import torch_device
 
+    if args.what == "pairs":
+        manifest = pairs(args.day, args.night, args.output,
+                         min_inlier_rate=args.min_inlier_rate, features=args.features,
+                         min_inliers=args.min_inliers, top_k=args.top_k,
+                         progress=not args.no_progress)
+        print(f"{pairs_summary(manifest)}; wrote {args.output} (read it as "
+              f"derived_pairs:{args.output})")
+        return 0
     device = torch_device(args.device)
     common = {"device": device, "max_images": args.max_frames, "preview": args.preview,
               "progress": not args.no_progress}

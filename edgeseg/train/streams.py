@@ -9,18 +9,26 @@ batch is made, so they cannot reach a loss. A stream with ``pseudo_labels: DIR``
 takes ``label`` and ``confidence`` from that ``edgeseg derive pseudo-label`` folder
 instead (a model made them from the images alone). Stream ``i`` of
 ``method.streams`` is seeded ``recipe.seed + 1000 * i``.
+
+A pairs stream with ``align: homography`` gets each pair's ``homography`` (night ->
+day pixel coordinates, `edgeseg.data.align`), from a JSON cache the main process
+computes before any loader worker starts (``align_cache``, by default
+``<output_dir>/alignment-<stream>.json``); the other ranks wait for it and read it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
-from edgeseg.config import ConfigError, Recipe, StreamConfig
+from edgeseg.config import ConfigError, DataConfig, Recipe, StreamConfig
 from edgeseg.data import open_dataset
+from edgeseg.data.align import AlignedPairs, AlignSettings, compute_alignments, load_alignments
 from edgeseg.data.transforms import TrainTransform
 from edgeseg.labels import LabelSpace
-from edgeseg.train.derive import open_pseudo_labels
-from edgeseg.train.distributed import DistInfo
+from edgeseg.train.derive import normalise_spec, open_pseudo_labels
+from edgeseg.train.distributed import DistInfo, barrier
 from edgeseg.train.loader import AugmentedDataset, MultiStream, Stream
 from edgeseg.train.methods.base import Method
 
@@ -79,6 +87,46 @@ def open_stream_reader(recipe: Recipe, method: Method, name: str, cfg: StreamCon
     return Unlabelled(open_dataset(spec)), provenance  # labels never reach a loss
 
 
+def stream_config(d: DataConfig, name: str) -> StreamConfig:
+    """`DataConfig.stream` with the stream's own alignment keys (they have no global
+    ``data.*`` counterpart)."""
+    own = d.streams.get(name, StreamConfig())
+    return dataclasses.replace(d.stream(name), align=own.align,
+                               align_features=own.align_features, align_cache=own.align_cache)
+
+
+def alignment_cache(recipe: Recipe, name: str, cfg: StreamConfig) -> Path:
+    """Where stream ``name`` keeps its alignments: ``align_cache``, or the run folder (the
+    datasets may be read-only; the run folder is checked writable before this)."""
+    if cfg.align_cache:
+        return Path(cfg.align_cache)
+    return Path(recipe.output_dir.format(name=recipe.name)) / f"alignment-{name}.json"
+
+
+def align_stream(reader: Any, recipe: Recipe, name: str, cfg: StreamConfig,
+                 dist: DistInfo) -> tuple[AlignedPairs, dict[str, Any]]:
+    """``reader`` with each pair's homography: rank 0 computes (or reuses) the cache,
+    the others wait and read it. Returns the view and its provenance entry."""
+    key = f"data.streams.{name}.align"
+    if len(reader) == 0 or "night" not in reader[0]:
+        raise ConfigError(f"{key}: homography needs a day/night pairs dataset (samples with "
+                          f"'night'), {cfg.data} has none; use darkzurich_pairs, "
+                          "synthetic_pairs or derived_pairs, or remove the key")
+    path = alignment_cache(recipe, name, cfg)
+    settings = AlignSettings(features=cfg.align_features or "orb")
+    assert cfg.data is not None
+    data = normalise_spec(cfg.data)
+    alignments = (compute_alignments(reader, path, settings, data=data, progress=True)
+                  if dist.is_main else None)
+    barrier(dist)
+    if alignments is None:
+        alignments = load_alignments(path, settings, data)
+    ok = sum(a.ok for a in alignments.values())
+    return AlignedPairs(reader, alignments, path), {
+        "method": "homography", "features": settings.features, "cache": str(path),
+        "ok": ok, "pairs": len(alignments)}
+
+
 def build_streams(recipe: Recipe, method: Method, label_space: LabelSpace,
                   dist: DistInfo) -> MultiStream:
     d = recipe.data
@@ -87,8 +135,10 @@ def build_streams(recipe: Recipe, method: Method, label_space: LabelSpace,
     streams = {}
     provenance = {}
     for i, name in enumerate(method.streams):
-        cfg = d.stream(name)
+        cfg = stream_config(d, name)
         reader, provenance[name] = open_stream_reader(recipe, method, name, cfg, label_space)
+        if cfg.align == "homography":
+            reader, provenance[name]["alignment"] = align_stream(reader, recipe, name, cfg, dist)
         transform = TrainTransform(crop=cfg.crop, scale_range=cfg.scale_range, flip=cfg.flip,
                                    color_jitter=cfg.color_jitter, resize=cfg.resize)
         dataset = AugmentedDataset(reader, transform, d.mean, d.std, recipe.seed + 1000 * i,
