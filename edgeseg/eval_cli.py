@@ -29,8 +29,8 @@ def load_predictor(model: str, device: Device | str = "auto", translator: str | 
     image-to-image engine run on every frame first (`TranslatedPredictor`, the chain of
     ``edgeseg run --translator``).
     """
-    from edgeseg.bench.targets import open_translator
     from edgeseg.export.predictors import open_predictor
+    from edgeseg.runtime.predictor import open_translator
     from edgeseg.runtime.stages import TranslatedPredictor
 
     predictor = open_predictor(model, device)

@@ -348,3 +348,64 @@ class Thresholds:
         if self.max_abs_logit_diff is not None:
             parts.append(f"max |dlogit| <= {self.max_abs_logit_diff:.0e}")
         return ", ".join(parts) or "no thresholds"
+
+
+# --- image fidelity (image networks: translator, relighting) ----------------------------------
+
+#: SSIM as Wang, Bovik, Sheikh & Simoncelli (2004) define it: an 11x11 Gaussian window of
+#: sigma 1.5, K1 = 0.01, K2 = 0.03, statistics over the windows that lie inside the image
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+
+
+def _image_pair(a: Any, b: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(a), np.asarray(b)
+    if x.shape != y.shape:
+        raise ValueError(f"{what}: images of shape {x.shape} and {y.shape}; compare images "
+                         "of one size")
+    if x.size == 0:
+        raise ValueError(f"{what}: empty images")
+    return x.astype(np.float64), y.astype(np.float64)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB, 10 log10(peak^2 / MSE), the MSE over every value of
+    every channel; ``inf`` for identical images (no noise at all, not a large number that
+    would bias a mean)."""
+    x, y = _image_pair(a, b, "psnr")
+    mse = float(np.mean(np.square(x - y)))
+    return math.inf if mse == 0.0 else 10.0 * math.log10(peak * peak / mse)
+
+
+def _ssim_plane(x: np.ndarray, y: np.ndarray, peak: float) -> float:
+    h, w = x.shape
+    if h < SSIM_WINDOW or w < SSIM_WINDOW:
+        raise ValueError(f"ssim: {w}x{h} (WxH) images are smaller than its {SSIM_WINDOW}x"
+                         f"{SSIM_WINDOW} window")
+    g = cv2.getGaussianKernel(SSIM_WINDOW, SSIM_SIGMA, cv2.CV_64F)
+    r = SSIM_WINDOW // 2
+
+    def mean(z: np.ndarray) -> np.ndarray:  # separable, so direct sums: no DFT rounding
+        return cv2.sepFilter2D(z, cv2.CV_64F, g, g, borderType=cv2.BORDER_REFLECT)[r:h - r,
+                                                                                   r:w - r]
+
+    mx, my = mean(x), mean(y)
+    vx, vy, cxy = mean(x * x) - mx * mx, mean(y * y) - my * my, mean(x * y) - mx * my
+    c1, c2 = (SSIM_K1 * peak) ** 2, (SSIM_K2 * peak) ** 2
+    ssim_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(ssim_map.mean())
+
+
+def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    """Mean structural similarity (Wang et al. 2004; `SSIM_WINDOW`, `SSIM_SIGMA`, `SSIM_K1`,
+    `SSIM_K2`) of two (H, W) images, or of (H, W, C) images as the mean over channels: per
+    channel, so a colour shift shows (a luma SSIM would hide it) and BGR and RGB score the
+    same. 1 for identical images; sides must be >= the 11 px window."""
+    x, y = _image_pair(a, b, "ssim")
+    if x.ndim == 2:
+        return _ssim_plane(x, y, peak)
+    if x.ndim != 3:
+        raise ValueError(f"ssim: expected (H, W) or (H, W, C) images, got shape {x.shape}")
+    return float(np.mean([_ssim_plane(x[..., c], y[..., c], peak) for c in range(x.shape[2])]))

@@ -1,4 +1,5 @@
-"""Tests for edgeseg.metrics: hand-computed IoUs, Cityscapes parity, boundary bands."""
+"""Tests for edgeseg.metrics: hand-computed IoUs, Cityscapes parity, boundary bands, and the
+image fidelity scores (PSNR, SSIM) of image networks."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from edgeseg.metrics import (
     boundary_mask,
     compare_summaries,
     format_table,
+    psnr,
+    ssim,
 )
 
 # 4 classes; class 3 appears only in the prediction at an ignored pixel, so it
@@ -264,3 +267,87 @@ def test_ground_truth_without_ignore_or_top_classes() -> None:
     cm.update(pred, gt)
     assert cm.matrix.shape == (19, 19)
     assert cm.matrix[0, 0] == 2 and cm.matrix[1, 1] == 1 and cm.matrix[1, 18] == 1
+
+
+# --- PSNR / SSIM -------------------------------------------------------------------------------
+
+
+def _noise_image(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_psnr_of_identical_images_is_inf_and_ssim_one() -> None:
+    img = _noise_image(0, (24, 20, 3))
+    assert psnr(img, img.copy()) == math.inf
+    assert ssim(img, img.copy()) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 16, 128])
+def test_psnr_of_a_constant_offset_is_20_log10_255_over_k(k: int) -> None:
+    base = _noise_image(1, (16, 12, 3)) // 2  # 0..127: + k <= 255 never clips
+    shifted = (base + np.uint8(k)).astype(np.uint8)
+    assert psnr(base, shifted) == pytest.approx(20 * math.log10(255 / k), rel=1e-12)
+    assert psnr(shifted, base) == psnr(base, shifted)  # symmetric
+    assert psnr(np.zeros((8, 8), np.uint8), np.full((8, 8), 255, np.uint8)) == 0.0
+
+
+def test_psnr_peak_and_shape_checks() -> None:
+    a, b = np.zeros((4, 4)), np.full((4, 4), 0.1)
+    assert psnr(a, b, peak=1.0) == pytest.approx(20.0, rel=1e-12)  # MSE 0.01
+    with pytest.raises(ValueError, match="shape"):
+        psnr(a, np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="empty"):
+        psnr(np.zeros((0, 3)), np.zeros((0, 3)))
+
+
+def test_ssim_of_two_constant_images_is_the_luminance_term() -> None:
+    """No variance, no covariance: SSIM = (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01 * 255)^2."""
+    c1 = (0.01 * 255) ** 2
+    a, b = np.full((20, 16), 100, np.uint8), np.full((20, 16), 120, np.uint8)
+    assert ssim(a, b) == pytest.approx((2 * 100 * 120 + c1) / (100**2 + 120**2 + c1), rel=1e-9)
+    # (H, W, C): the mean of each channel's SSIM
+    pa = np.dstack([np.full((12, 12), v, np.uint8) for v in (0, 50, 200)])
+    pb = np.dstack([np.full((12, 12), v, np.uint8) for v in (255, 50, 150)])
+    want = np.mean([(2 * x * y + c1) / (x * x + y * y + c1)
+                    for x, y in ((0, 255), (50, 50), (200, 150))])
+    assert ssim(pa, pb) == pytest.approx(want, rel=1e-9)
+
+
+def _reference_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """Wang et al. by the definition: every 11x11 window inside the image, weighted by a
+    Gaussian of sigma 1.5 built here (no OpenCV), statistics summed one window at a time."""
+    r = 5
+    offsets = np.arange(-r, r + 1, dtype=np.float64)
+    w = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * 1.5**2))
+    w /= w.sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    values = []
+    for i in range(r, x.shape[0] - r):
+        for j in range(r, x.shape[1] - r):
+            px, py = x[i - r:i + r + 1, j - r:j + r + 1], y[i - r:i + r + 1, j - r:j + r + 1]
+            mx, my = (w * px).sum(), (w * py).sum()
+            vx, vy = (w * (px - mx) ** 2).sum(), (w * (py - my) ** 2).sum()
+            cxy = (w * (px - mx) * (py - my)).sum()
+            values.append((2 * mx * my + c1) * (2 * cxy + c2)
+                          / ((mx * mx + my * my + c1) * (vx + vy + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_matches_a_direct_window_by_window_computation() -> None:
+    x = _noise_image(2, (15, 18, 3))
+    noisy = x.astype(np.int16) + np.random.default_rng(3).integers(-30, 31, x.shape)
+    y = np.clip(noisy, 0, 255).astype(np.uint8)
+    for c in range(3):
+        assert ssim(x[..., c], y[..., c]) == pytest.approx(_reference_ssim(x[..., c], y[..., c]),
+                                                           abs=1e-10)
+    want = np.mean([_reference_ssim(x[..., c], y[..., c]) for c in range(3)])
+    assert ssim(x, y) == pytest.approx(want, abs=1e-10)
+    assert 0.0 < ssim(x, y) < 0.99 and ssim(x, y) == pytest.approx(ssim(y, x), abs=1e-12)
+
+
+def test_ssim_needs_the_whole_window() -> None:
+    with pytest.raises(ValueError, match="11x11 window"):
+        ssim(np.zeros((10, 40)), np.zeros((10, 40)))
+    with pytest.raises(ValueError, match=r"\(H, W\) or \(H, W, C\)"):
+        ssim(np.zeros((2, 12, 12, 3)), np.zeros((2, 12, 12, 3)))

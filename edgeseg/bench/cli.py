@@ -41,12 +41,12 @@ from edgeseg.bench.targets import (
     TargetSkipped,
     TranslatorTarget,
     open_target,
-    open_translator,
 )
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.base import BackendUnavailableError, InputShapeError
 from edgeseg.runtime.frames import SYNTHETIC_SIZE, open_frames
 from edgeseg.runtime.latency import measure
+from edgeseg.runtime.predictor import open_translator
 from edgeseg.runtime.stages import fit_frame
 
 

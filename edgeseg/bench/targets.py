@@ -33,7 +33,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.export.predictors import open_predictor
 from edgeseg.runtime.backends.base import BackendUnavailableError
 from edgeseg.runtime.latency import RunFn, StageClock
-from edgeseg.runtime.predictor import BackendPredictor, open_engine
+from edgeseg.runtime.predictor import BackendPredictor
 from edgeseg.runtime.sources import SourceFrame
 from edgeseg.runtime.stages import (
     Packet,
@@ -290,18 +290,6 @@ class TorchTarget(Target):
             return {"preprocess": _ms(t0, t1), "infer": _ms(t1, t2), "postprocess": _ms(t2, t3)}
 
         return run_batch
-
-
-def open_translator(path: str | Path, device: Device | str = "auto", threads: int = 0
-                    ) -> TranslateStage:
-    """A translator / relighting engine (ONNX or engine) as the runtime's `TranslateStage`,
-    opened by `open_engine` as every model is (``edgeseg eval`` and ``bench --translator``)."""
-    backend = open_engine(path, device, threads=threads)
-    try:
-        return TranslateStage(backend)
-    except BaseException:
-        backend.close()
-        raise
 
 
 class TranslatorTarget(Target):

@@ -2,6 +2,9 @@
 
 fp16 needs no data. int8 needs calibration frames (``--calib`` video or
 dataset spec) unless ``--calib-cache`` already holds ranges for this exact ONNX.
+A translator or relighting net (uint8 frame in and out) is calibrated through the same
+frame input and keeps its output layer and output conversion in float (`int8`, `fp16`);
+``edgeseg compare FP32 VARIANT`` measures what its variant costs (PSNR, SSIM, mIoU after).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from edgeseg.fileio import check_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="fp32 ONNX from `edgeseg export`")
+    parser.add_argument("model", help="fp32 ONNX from `edgeseg export` (a segmenter, or an "
+                        "image network exported with --network)")
     parser.add_argument("-o", "--output", required=True, help="ONNX file to write")
     parser.add_argument("--precision", choices=("fp16", "int8"), required=True)
     parser.add_argument("--calib", metavar="SPEC|VIDEO",

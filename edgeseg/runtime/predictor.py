@@ -18,7 +18,7 @@ from edgeseg.contract.metadata import ModelMetadata
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.base import Backend, open_backend
 from edgeseg.runtime.sources import SourceFrame
-from edgeseg.runtime.stages import AspectPolicy, Packet, SegmentStage
+from edgeseg.runtime.stages import AspectPolicy, Packet, SegmentStage, TranslateStage
 
 __all__ = ["AspectPolicy", "BackendPredictor", "is_checkpoint", "load_backend", "open_engine"]
 
@@ -185,3 +185,15 @@ def device_options(path: str | Path, device: Device | str | None) -> dict[str, o
     if dev.is_cuda and not manifest_path(p).is_file():
         return {"device": dev.index, "providers": ["cuda"]}
     return {}
+
+
+def open_translator(path: str | Path, device: Device | str = "auto", threads: int = 0
+                    ) -> TranslateStage:
+    """A translator / relighting engine (ONNX or engine) as the runtime's `TranslateStage`,
+    opened by `open_engine` as every model is (``edgeseg eval`` and ``bench --translator``)."""
+    backend = open_engine(path, device, threads=threads)
+    try:
+        return TranslateStage(backend)
+    except BaseException:
+        backend.close()
+        raise
