@@ -282,3 +282,36 @@ def test_tensorrt_build_and_load(models: dict[str, Path], tmp_path: Path) -> Non
         got = np.stack([backend.infer(f) for f in frames])
     agreement = (got == ort_labels(models["fp32"], frames)).mean()
     assert agreement > 0.99  # TF32 tactics may flip a few near-tied pixels
+
+
+def test_tensorrt_build_survives_a_corrupt_timing_cache(models: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    pytest.importorskip("tensorrt", reason="TensorRT not installed")
+    if not trt_with_gpu():
+        pytest.skip("no CUDA GPU")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"\x00not a timing cache" * 64)
+    profile = BuildProfile(backend="tensorrt", timing_cache=str(cache))
+    manifest = build_engine(models["fp32"], tmp_path / "t.engine", profile, "cmd")
+    err = capsys.readouterr().err
+    assert f"timing cache {cache}" in err and "fresh cache" in err
+    assert cache.read_bytes()[:19] != b"\x00not a timing cache"  # replaced by a real one
+    assert manifest.timing_cache_sha256 == hashlib.sha256(cache.read_bytes()).hexdigest()
+    capsys.readouterr()
+    build_engine(models["fp32"], tmp_path / "t2.engine", profile, "cmd")
+    assert "fresh cache" not in capsys.readouterr().err  # the rewritten cache loads
+
+
+def test_tensorrt_manifest_records_the_build(models: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt", reason="TensorRT not installed")
+    if not trt_with_gpu():
+        pytest.skip("no CUDA GPU")
+    import platform
+
+    from edgeseg.runtime.compat import cuda_build_of, tensorrt_cuda_major
+
+    manifest = build_engine(models["fp32"], tmp_path / "m.engine",
+                            BuildProfile(backend="tensorrt"), "cmd")
+    assert manifest.device.arch == platform.machine()
+    assert cuda_build_of(manifest.backend_version) == tensorrt_cuda_major()

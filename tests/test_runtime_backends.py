@@ -171,26 +171,27 @@ def _trt_manifest(**build: object) -> EngineManifest:
         build=BuildOptions(**build))  # type: ignore[arg-type]
 
 
-def _gpu(version: str, cc: str, name: str = "H100") -> MachineInfo:
-    return MachineInfo("tensorrt", version, DeviceInfo("gpu", name, cc, "x86_64"))
+def _gpu(version: str, cc: str, name: str = "H100", arch: str = "aarch64") -> MachineInfo:
+    return MachineInfo("tensorrt", version, DeviceInfo("gpu", name, cc, arch))
 
 
 def test_tensorrt_compatibility_rules() -> None:
     plain = _trt_manifest()
     with pytest.raises(EngineMismatchError) as info:
-        ensure_compatible(plain, _gpu("11.4.0", "sm_90"), "m.engine")
+        ensure_compatible(plain, _gpu("11.4.0", "sm_90", arch="x86_64"), "m.engine")
     text = str(info.value)
     assert ("engine built for TensorRT 10.8.0 on sm_87 (Orin), this machine has TensorRT 11.4.0 "
             "on sm_90 (H100)") in text
     assert "Rebuild it on this machine: edgeseg build-engine m-int8.onnx" in text
-    assert len(info.value.differences) == 2
+    assert [d.split(":")[0] for d in info.value.differences] == \
+        ["TensorRT version", "platform", "compute capability"]
     assert check_compatible(plain, _gpu("10.8.0.43", "sm_87", "Orin")) == []
     assert check_compatible(plain, _gpu("10.8.1", "sm_87", "Orin"))  # patch differs
     assert ensure_compatible(plain, _gpu("10.8.0", "sm_87", "Orin NX"), "m.engine")  # warning
     versioned = _trt_manifest(version_compatible=True)
     assert check_compatible(versioned, _gpu("10.9.0", "sm_87")) == []
     assert check_compatible(versioned, _gpu("10.7.0", "sm_87"))
-    assert check_compatible(versioned, _gpu("11.0.0", "sm_87"))
+    assert check_compatible(versioned, _gpu("11.0.0", "sm_87")) == []  # 10 -> 11 is documented
     ampere = _trt_manifest(hardware_compatibility="ampere_plus")
     assert check_compatible(ampere, _gpu("10.8.0", "sm_90")) == []
     assert check_compatible(ampere, _gpu("10.8.0", "sm_75"))
@@ -339,3 +340,47 @@ def test_tensorrt_backend_refuses_out_of_profile_shapes(models: dict[str, Path],
             assert backend.infer(frames[:n]).shape == (n, 64, 96)
         with pytest.raises(InputShapeError, match="max \\[3,64,96,3\\]"):
             backend.infer(frames)
+
+
+def _trt_gpu() -> None:
+    pytest.importorskip("tensorrt", reason="TensorRT not installed")
+    _cuda_api()
+
+
+def test_tensorrt_cuda_graphs_follow_shape_changes(models: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    """A graph captured for one batch size must not replay for another (the context is
+    replanned on a shape change): outputs with graphs equal those without, shape by shape."""
+    _trt_gpu()
+    from edgeseg.export.profile import ShapeRange
+    from edgeseg.runtime.backends.tensorrt import TrtBackend
+
+    out = tmp_path / "dyn.engine"
+    profile = BuildProfile(backend="tensorrt",
+                           shapes=ShapeRange([1, 64, 96, 3], [2, 64, 96, 3], [3, 64, 96, 3]))
+    build_engine(models["dynamic"], out, profile, "cmd")
+    frames = scene_frames(3, seed=4)[:, 0]
+    sizes = [1, 1, 3, 3, 2, 1, 3]
+    with TrtBackend.load(out) as plain:
+        expected = [plain.infer(frames[:n]) for n in sizes]
+    with TrtBackend.load(out, cuda_graphs=True) as graphed:
+        got = [graphed.infer(frames[:n]) for n in sizes]
+        stage = graphed.stage
+        assert stage is not None and (stage.captures > 2 or stage.graphs.failures)
+    for n, a, b in zip(sizes, expected, got, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=f"batch {n}")
+
+
+def test_tensorrt_version_compatible_plan_needs_trust(models: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    _trt_gpu()
+    from edgeseg.runtime.backends.tensorrt import TRUST_ENV, TrtBackend
+
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    out = tmp_path / "vc.engine"
+    build_engine(models["fp32"], out, BuildProfile(backend="tensorrt", version_compatible=True),
+                 "cmd")
+    with pytest.raises(EngineLoadError, match=f"{TRUST_ENV}=1"):
+        TrtBackend.load(out)
+    with TrtBackend.load(out, trust_engine_code=True) as backend:
+        assert backend.infer(scene_frames(1)[0]).shape == (1, 64, 96)

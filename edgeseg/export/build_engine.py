@@ -115,6 +115,32 @@ def cpu_backend() -> str:
     return "openvino" if MachineInfo.detect("openvino").backend_version else "onnxruntime"
 
 
+def gpu_problem(note: str) -> str:
+    """The part of a failed GPU query worth a one-line notice: the CUDA error with its name
+    and code and the fix (a CUDA-13 wheel on a CUDA-12 driver is not "no GPU")."""
+    text = note.split("; install a CUDA binding")[0].strip()
+    return text or "none visible"
+
+
+def tensorrt_unusable(machine: MachineInfo) -> str:
+    """Why ``auto`` does not pick TensorRT on ``machine`` ('' when it does).
+
+    Raises when TensorRT is installed but the CUDA driver query failed with an error
+    other than "no device" (a driver too old for the CUDA binding, a broken install):
+    building a CPU engine then would hide a setup the user meant to be a GPU one.
+    """
+    if not machine.backend_version:
+        return "TensorRT is not installed"
+    if machine.device:
+        return ""
+    problem = gpu_problem(machine.note)
+    if "cudaError" in problem and "cudaErrorNoDevice" not in problem:
+        raise EngineBuildError(
+            f"TensorRT {machine.backend_version} is installed but CUDA fails: {problem}; fix "
+            "the driver or the CUDA binding, or build for the CPU with --device cpu")
+    return f"no usable CUDA GPU ({problem})"
+
+
 def resolve_backend(choice: str, device: int = 0, *, cpu: bool = False) -> str:
     """``auto`` -> TensorRT when it imports and CUDA GPU ``device`` is visible (unless
     ``cpu``: a CPU target was asked for), else OpenVINO when installed, else ONNX Runtime,
@@ -122,11 +148,9 @@ def resolve_backend(choice: str, device: int = 0, *, cpu: bool = False) -> str:
     if choice != "auto":
         return choice
     if not cpu:
-        machine = MachineInfo.detect("tensorrt", device)
-        if machine.backend_version and machine.device:
+        why = tensorrt_unusable(MachineInfo.detect("tensorrt", device))
+        if not why:
             return "tensorrt"
-        why = ("TensorRT is not installed" if not machine.backend_version
-               else "no CUDA GPU is visible")
     else:
         why = "--device cpu"
     backend = cpu_backend()

@@ -7,19 +7,29 @@ antialiased Resize, asymmetric or INT32-bias Q/DQ nodes, INT64 outputs, dynamic
 dims without a profile, layers DLA cannot run. ``lint`` reports each as a
 `Finding` naming the node and the fix. Torch-free and onnxruntime-free.
 
-The op list follows onnx-tensorrt's docs/operators.md (TensorRT 8.5 table) plus
-the importers added in TensorRT 10 (LayerNormalization, GroupNormalization,
-Gelu, IsInf, Hardmax); it is an allow-list, so an op missing from it is
-reported as an error even if a newer parser has learned it: check the
-parser's release notes before silencing one.
+The op list follows onnx-tensorrt's docs/operators.md (the TensorRT 10 table,
+Mish and DeformConv included) plus the importers added since (Swish in 11.0); it
+is an allow-list, so an op missing from it is reported as an error even if a newer
+parser has learned it: check the parser's release notes before silencing one.
+
+The target TensorRT version may be a major (``10``, ``11``) or exact (``11.4.1``):
+some limits depend on the minor release (opset 25 parses from 11.5 on, DeformConv
+from 10.1, DLA is absent from 10.8-11.3); with a major only they are warnings that
+say which version they need.
+
+With ``dla=True`` the linter estimates how much of the graph DLA can run
+(`dla_coverage`): DLA runs fp16 and int8 layers only, so in a strongly typed
+network every fp32 layer falls back to the GPU, however many Q/DQ nodes the graph
+has elsewhere.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,8 +43,13 @@ from edgeseg.errors import EdgesegError
 Severity = Literal["error", "warning"]
 
 #: highest default-domain opset TensorRT's ONNX parser reads, by TensorRT major version
+#: (onnx-tensorrt docs/operators.md for 10.x; the TensorRT 11 ONNX opset guide for 11.x)
 MAX_OPSET = {10: 20, 11: 25}
 MIN_OPSET = 9
+#: opsets a major's parser reads only from a minor release on (the 11.5 parser added 25)
+OPSET_FROM = {25: (11, 5)}
+#: ops whose importer arrived in a minor release: DeformConv in 10.1, Swish in 11.0
+OPS_FROM = {"DeformConv": (10, 1), "Swish": (11, 0)}
 
 TRT_OPS = frozenset("""
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast
@@ -44,13 +59,13 @@ Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMa
 GreaterOrEqual GridSample GroupNormalization GRU HardSigmoid HardSwish Hardmax Identity If
 ImageScaler InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log
 LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean
-MeanVarianceNormalization Min Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad
+MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad
 ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform
 RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax
 ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RNN
 RoiAlign Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign
-Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
-ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
+Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Swish Tan
+Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor DeformConv
 """.split())
 
 #: ops with a DLA layer (TensorRT DLA docs); the rest run on the GPU with GPU_FALLBACK
@@ -69,6 +84,57 @@ RESIZE_COORD_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asym
 DLA_COORD_MODES = ("half_pixel", "pytorch_half_pixel")  # equal unless an output dim is 1
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 SMALL_INT_TYPES = (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32)
+#: zero-point types TensorRT quantises to (onnxOpImporters.cpp: INT8, FP8, INT4); UINT8 is
+#: read as INT8 with a parser warning
+QDQ_TYPES = (TensorProto.INT8, TensorProto.FLOAT8E4M3FN, TensorProto.INT4)
+
+
+@dataclass(frozen=True)
+class TrtTarget:
+    """The TensorRT a graph is checked for: a major (``11``) or an exact version
+    (``11.4.1``; ``trt.__version__`` strings such as ``10.8.0.43+cu12`` work too)."""
+
+    major: int
+    minor: int | None = None
+    patch: int | None = None
+
+    @classmethod
+    def parse(cls, version: str | int) -> TrtTarget:
+        match = re.fullmatch(r"\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:[.+].*)?\s*", str(version))
+        if not match or int(match.group(1)) not in MAX_OPSET:
+            raise EdgesegError(f"--trt {version}: unknown TensorRT version; use a major "
+                               f"({', '.join(map(str, MAX_OPSET))}) or an exact version such "
+                               "as 11.4.1")
+        major, minor, patch = (int(g) if g is not None else None for g in match.groups())
+        return cls(major, minor, patch)  # type: ignore[arg-type]
+
+    def at_least(self, major: int, minor: int) -> bool | None:
+        """Whether this TensorRT is ``major.minor`` or newer; None when the minor is unknown."""
+        if self.major != major:
+            return self.major > major
+        return None if self.minor is None else self.minor >= minor
+
+    def __str__(self) -> str:
+        return ".".join(str(p) for p in (self.major, self.minor, self.patch) if p is not None)
+
+
+def dla_support(version: str | int | TrtTarget) -> tuple[Severity | None, str]:
+    """(severity, why) when TensorRT ``version`` has no DLA or may not: the last 10.x with DLA
+    is 10.7; 11.0-11.3 have none; 11.4.0 only on Windows on ARM; 11.4.1 and later on Jetson
+    AGX Orin with JetPack 7.2.2 or later (TensorRT's "Working with DLA", 11.4.1)."""
+    t = version if isinstance(version, TrtTarget) else TrtTarget.parse(version)
+    jetson = "Jetson AGX Orin has DLA with TensorRT <= 10.7, or 11.4.1+ on JetPack 7.2.2+"
+    if t.major == 10:
+        if t.minor is None:
+            return "warning", f"DLA: TensorRT 10.7 was the last 10.x with DLA ({jetson})"
+        return ("error", f"TensorRT {t} has no DLA ({jetson})") if t.minor > 7 else (None, "")
+    if t.minor is None:
+        return "warning", f"DLA: TensorRT 11.0-11.3 have none ({jetson})"
+    if t.minor < 4 or (t.minor == 4 and t.patch == 0):
+        return "error", f"TensorRT {t} has no DLA on Jetson ({jetson})"
+    if t.minor == 4 and t.patch is None:
+        return "warning", f"DLA: TensorRT 11.4.0 has it on Windows on ARM only ({jetson})"
+    return None, ""
 
 
 @dataclass(frozen=True)
@@ -168,11 +234,13 @@ def _type_name(elem: int) -> str:
 
 
 def validate_trt_qdq(model: str | Path | onnx.ModelProto) -> list[Finding]:
-    """Q/DQ nodes TensorRT rejects: a zero point that is not int8 0, or an INT32 DequantizeLinear.
+    """Q/DQ nodes TensorRT rejects (errors) or reads differently from ONNX (warnings).
 
-    TensorRT implements only symmetric int8 quantisation; a missing zero point
-    means uint8 by the ONNX spec, so it is reported too. An INT32 DQ is how
-    onnxruntime quantises biases (QuantizeBias); the parser cannot import it.
+    TensorRT implements only symmetric quantisation: every zero point must be 0,
+    every constant scale positive, and an INT32 DQ (how onnxruntime quantises biases,
+    QuantizeBias) does not import. A missing or UINT8 zero point parses, but as INT8
+    (-128..127) where ONNX and ONNX Runtime use UINT8 (0..255), so every accuracy
+    figure measured on the CPU would describe other numbers than TensorRT computes.
     """
     proto = load_onnx(model)
     return _check_qdq(proto, GraphIndex(proto))
@@ -183,53 +251,91 @@ def _check_qdq(proto: onnx.ModelProto, index: GraphIndex) -> list[Finding]:
     for node in iter_nodes(proto.graph):
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        if node.op_type == "DequantizeLinear" and index.dtype(node.input[0]) == TensorProto.INT32:
+        name, op = node.name, node.op_type
+        if op == "DequantizeLinear" and index.dtype(node.input[0]) == TensorProto.INT32:
             findings.append(Finding(
-                "error", node.name, node.op_type,
+                "error", name, op,
                 f"INT32 input {node.input[0]!r} (a quantised bias): TensorRT cannot parse INT32 DQ",
                 "quantise with QuantizeBias=False (edgeseg quantize --flavour tensorrt)"))
             continue
-        zp = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-        if not zp:
+        scale = index.constants.get(node.input[1]) if len(node.input) > 1 else None
+        if scale is not None and not np.all(scale > 0):
             findings.append(Finding(
-                "error", node.name, node.op_type, "no zero point: the ONNX default is uint8",
-                "use int8 zero points (symmetric quantisation, --flavour tensorrt)"))
+                "error", name, op, f"scale {node.input[1]!r} has values <= 0 or NaN "
+                f"({scale.ravel()[:4].tolist()}): TensorRT needs every scale positive",
+                "quantise again; a zero scale comes from a tensor that was constant 0 on the "
+                "calibration frames: keep that node in float (--keep-fp32 NODE)"))
+        zp = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        int8_by_type = (attr(node, "output_dtype", 0) in QDQ_TYPES if op == "QuantizeLinear"
+                        else index.dtype(node.input[0]) in QDQ_TYPES)
+        if not zp:
+            if not int8_by_type:
+                findings.append(Finding(
+                    "warning", name, op, "no zero point: ONNX reads it as UINT8 (0..255), "
+                    "TensorRT as INT8 (-128..127), so ONNX Runtime's numbers (every CPU "
+                    "accuracy check) do not predict TensorRT's",
+                    "add an INT8 zero point of 0 (symmetric quantisation, --flavour tensorrt)"))
             continue
         elem = index.dtype(zp)
-        if elem != TensorProto.INT8:
+        if elem == TensorProto.UINT8:
             findings.append(Finding(
-                "error", node.name, node.op_type,
-                f"zero point {zp!r} is {_type_name(elem)}; TensorRT needs INT8",
-                "quantise with QInt8 activations and weights (--flavour tensorrt)"))
+                "warning", name, op, f"zero point {zp!r} is UINT8: TensorRT reads it as INT8 "
+                "(-128..127) where ONNX Runtime computes 0..255, so CPU accuracy checks do not "
+                "predict TensorRT", "quantise with QInt8 activations and weights "
+                "(--flavour tensorrt)"))
+        elif elem not in QDQ_TYPES:
+            findings.append(Finding(
+                "error", name, op,
+                f"zero point {zp!r} is {_type_name(elem)}; TensorRT quantises to INT8 "
+                "(or FP8/INT4)", "quantise with QInt8 activations and weights "
+                "(--flavour tensorrt)"))
         value = index.constants.get(zp)
         if value is None:
-            findings.append(Finding("error", node.name, node.op_type,
-                                    f"zero point {zp!r} is not a constant", "fold it to 0"))
+            findings.append(Finding("warning", name, op, f"zero point {zp!r} is not a constant: "
+                                    "nothing can check it is 0 before the build",
+                                    "fold it to a constant 0"))
         elif np.any(value != 0):
             findings.append(Finding(
-                "error", node.name, node.op_type,
+                "error", name, op,
                 f"zero point {zp!r} is {value.ravel()[:4].tolist()}, not 0 (asymmetric)",
                 "quantise symmetrically (ActivationSymmetric/WeightSymmetric, --flavour tensorrt)"))
+        elif scale is not None and value.size != scale.size:
+            findings.append(Finding(
+                "error", name, op, f"zero point {zp!r} has {value.size} values, scale "
+                f"{node.input[1]!r} {scale.size}: TensorRT needs one zero point per scale",
+                "give the zero point the scale's shape"))
     return findings
 
 
-def _check_opset(proto: onnx.ModelProto, trt_major: int) -> list[Finding]:
-    max_opset = MAX_OPSET.get(trt_major)
-    if max_opset is None:
-        raise EdgesegError(f"--trt {trt_major}: unknown TensorRT major; use one of "
-                           f"{list(MAX_OPSET)}")
+def _check_opset(proto: onnx.ModelProto, target: TrtTarget) -> list[Finding]:
+    max_opset = MAX_OPSET[target.major]
     findings = []
     for imp in proto.opset_import:
-        if imp.domain in ("", "ai.onnx") and not MIN_OPSET <= imp.version <= max_opset:
+        if imp.domain not in ("", "ai.onnx"):
+            continue
+        fix = "export with opset_version=17 (edgeseg export --opset 17)"
+        if not MIN_OPSET <= imp.version <= max_opset:
             findings.append(Finding(
-                "error", "model", "opset",
-                f"opset {imp.version}; the TensorRT {trt_major} parser reads "
-                f"{MIN_OPSET}-{max_opset}",
-                "export with opset_version=17 (edgeseg export --opset 17)"))
+                "error", "model", "opset", f"opset {imp.version}; the TensorRT {target.major} "
+                f"parser reads {MIN_OPSET}-{max_opset}", fix))
+        elif imp.version in OPSET_FROM:
+            first = OPSET_FROM[imp.version]
+            since = f"{first[0]}.{first[1]}"
+            new_enough = target.at_least(*first)
+            if new_enough is False:
+                findings.append(Finding(
+                    "error", "model", "opset", f"opset {imp.version}: the TensorRT {target} "
+                    f"parser reads up to {imp.version - 1} (opset {imp.version} from {since})",
+                    fix))
+            elif new_enough is None:
+                findings.append(Finding(
+                    "warning", "model", "opset", f"opset {imp.version} parses only from "
+                    f"TensorRT {since} on; older {target.major}.x parsers reject it",
+                    f"{fix}, or lint with --trt {since} or the target's exact version"))
     return findings
 
 
-def _check_ops(proto: onnx.ModelProto) -> list[Finding]:
+def _check_ops(proto: onnx.ModelProto, target: TrtTarget) -> list[Finding]:
     findings = []
     for node in iter_nodes(proto.graph):
         if node.domain not in ("", "ai.onnx"):
@@ -243,6 +349,19 @@ def _check_ops(proto: onnx.ModelProto) -> list[Finding]:
                 "error", node.name, node.op_type,
                 f"{node.op_type} has no TensorRT ONNX importer",
                 "replace it in the model (or move it out of the graph into pre/post-processing)"))
+        elif node.op_type in OPS_FROM:
+            first = OPS_FROM[node.op_type]
+            since = f"{first[0]}.{first[1]}"
+            new_enough = target.at_least(*first)
+            if new_enough is False:
+                findings.append(Finding(
+                    "error", node.name, node.op_type, f"{node.op_type} imports from TensorRT "
+                    f"{since} on, not in {target}", "replace it with elementary ops, or target "
+                    f"TensorRT {since} or newer"))
+            elif new_enough is None:
+                findings.append(Finding(
+                    "warning", node.name, node.op_type, f"{node.op_type} imports from TensorRT "
+                    f"{since} on", f"lint with the target's exact version (--trt {since})"))
     return findings
 
 
@@ -388,15 +507,104 @@ def _check_profile(name: str, dims: list[int | None],
     return findings
 
 
-def _check_dla_ops(proto: onnx.ModelProto, index: GraphIndex) -> list[Finding]:
+#: ops TensorRT fuses into the convolution before them (one DLA layer together)
+FUSED_INTO_CONV = frozenset({"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh",
+                             "BatchNormalization"})
+#: nodes that are no layer of their own on DLA or GPU (folded, fused or shape arithmetic)
+NOT_LAYERS = frozenset({"QuantizeLinear", "DequantizeLinear", "Constant", "Identity",
+                        *SHAPE_OPS})
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+@dataclass
+class DlaCoverage:
+    """How many of a graph's layers DLA can run; ``gpu`` names the others and why."""
+
+    layers: int = 0
+    dla: int = 0
+    gpu: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op, why)
+
+    @property
+    def fraction(self) -> float:
+        return self.dla / self.layers if self.layers else 0.0
+
+    def __str__(self) -> str:
+        fp32 = sum(why == "fp32" for _, _, why in self.gpu)
+        return (f"DLA can run {self.dla}/{self.layers} layers ({self.fraction:.0%}); on the GPU: "
+                f"{fp32} fp32, {len(self.gpu) - fp32} without a DLA layer")
+
+
+def dla_coverage(model: str | Path | onnx.ModelProto) -> DlaCoverage:
+    """Estimate which layers a DLA build keeps on DLA.
+
+    A layer counts for DLA when its op has a DLA layer and it runs in fp16 or int8:
+    in a strongly typed network that is when its data inputs (and weights) are fp16
+    tensors or come out of a DequantizeLinear. Everything else falls back to the GPU
+    (with GPU_FALLBACK), an fp32 layer included even if its op has a DLA layer.
+    Activations and BatchNormalization right after a convolution count as fused.
+    """
+    proto = load_onnx(model)
+    return _dla_coverage(proto, GraphIndex(proto))
+
+
+def _low_precision(name: str, index: GraphIndex) -> bool:
+    producer = index.producer.get(name)
+    return index.dtype(name) in (TensorProto.FLOAT16, TensorProto.BFLOAT16) or (
+        producer is not None and producer.op_type == "DequantizeLinear")
+
+
+def _dla_coverage(proto: onnx.ModelProto, index: GraphIndex) -> DlaCoverage:
+    coverage = DlaCoverage()
+    on_dla: set[str] = set()  # output names of convolutions counted for DLA
+    for node in iter_nodes(proto.graph):
+        if node.op_type in NOT_LAYERS:
+            continue
+        data = [t for t in node.input if t and index.is_float(t) and t not in index.constants]
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and \
+                node.input[1] in index.constants and index.is_float(node.input[1]):
+            data.append(node.input[1])  # float weights set the layer's precision too
+        if not data:
+            continue  # constant folding or shape arithmetic: no runtime layer
+        first = node.input[0] if node.input else ""
+        if node.op_type in FUSED_INTO_CONV and first in on_dla and \
+                len(index.consumers.get(first, [])) == 1:
+            on_dla.update(node.output)
+            continue
+        coverage.layers += 1
+        if node.op_type not in DLA_OPS:
+            coverage.gpu.append((node.name, node.op_type, "no DLA layer"))
+        elif not all(_low_precision(t, index) for t in data):
+            coverage.gpu.append((node.name, node.op_type, "fp32"))
+        else:
+            coverage.dla += 1
+            if node.op_type in ("Conv", "ConvTranspose"):
+                on_dla.update(node.output)
+    return coverage
+
+
+def _check_dla(proto: onnx.ModelProto, index: GraphIndex, target: TrtTarget) -> list[Finding]:
     findings = []
+    severity, why = dla_support(target)
+    if severity is not None:
+        findings.append(Finding(severity, "model", "DLA", why,
+                                "build for the GPU, or use a TensorRT with DLA"))
+    coverage = _dla_coverage(proto, index)
     has_low_precision = any(
-        n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node
-    ) or any(t == TensorProto.FLOAT16 for t in index.types.values())
+        n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in iter_nodes(proto.graph)
+    ) or any(t in (TensorProto.FLOAT16, TensorProto.BFLOAT16) for t in index.types.values())
     if not has_low_precision:
         findings.append(Finding("warning", "model", "precision", "fp32 graph: DLA runs fp16 or "
-                                "int8 only, so every layer falls back to GPU",
-                                "edgeseg quantize MODEL -o OUT --precision fp16 (or int8)"))
+                                f"int8 layers only, so all {coverage.layers} layers fall back to "
+                                "the GPU", "edgeseg quantize MODEL -o OUT --precision fp16 "
+                                "(or int8)"))
+    elif coverage.layers and coverage.fraction < 0.5:
+        examples = ", ".join([f"{n or '?'} ({op})" for n, op, why in coverage.gpu
+                              if why == "fp32"][:3])
+        findings.append(Finding(
+            "warning", "model", "precision", f"most of the graph runs on the GPU: {coverage}"
+            f"{f'; fp32 e.g. {examples}' if examples else ''}",
+            "make the graph fp16 outside the Q/DQ pairs (int8 with an fp16 high-precision "
+            "type), or build for the GPU"))
     for node in iter_nodes(proto.graph):
         if node.op_type in DLA_OPS or node.op_type not in TRT_OPS or node.op_type in SHAPE_OPS:
             continue
@@ -410,15 +618,19 @@ def _check_dla_ops(proto: onnx.ModelProto, index: GraphIndex) -> list[Finding]:
 
 
 def lint(onnx_path: str | Path | onnx.ModelProto, dla: bool = False, trt_major: int = 10,
-         profile: dict[str, dict[str, list[int]]] | None = None) -> list[Finding]:
-    """All findings for building ``onnx_path`` with TensorRT ``trt_major`` (and DLA).
+         profile: dict[str, dict[str, list[int]]] | None = None,
+         trt_version: str | None = None) -> list[Finding]:
+    """All findings for building ``onnx_path`` with TensorRT (and DLA).
 
+    ``trt_version`` (e.g. ``11.4.1``, or ``trt.__version__``) overrides ``trt_major``:
+    with an exact version the checks that depend on the minor release are exact too.
     ``profile`` maps input names to {"min", "opt", "max"} shapes; by default the
     ranges recorded in the edgeseg metadata are used.
     """
+    target = TrtTarget.parse(trt_version if trt_version is not None else trt_major)
     proto = load_onnx(onnx_path)
     index = GraphIndex(proto)
-    findings = _check_opset(proto, trt_major) + _check_ops(proto)
+    findings = _check_opset(proto, target) + _check_ops(proto, target)
     for node in iter_nodes(proto.graph):
         if node.op_type == "Resize" and node.domain in ("", "ai.onnx"):
             findings += _check_resize(node, index, dla)
@@ -427,5 +639,5 @@ def lint(onnx_path: str | Path | onnx.ModelProto, dla: bool = False, trt_major: 
     findings += _check_shapes(index, profile_from_metadata(proto) if profile is None else profile,
                               dla)
     if dla:
-        findings += _check_dla_ops(proto, index)
+        findings += _check_dla(proto, index, target)
     return findings

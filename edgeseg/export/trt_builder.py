@@ -6,6 +6,15 @@ network is strongly typed, and never the removed FP16/INT8 builder flags. The
 ONNX file is linted first (edgeseg.export.lint) so parser failures come with the
 node and the fix; the built plan is deserialised once to check it and to save
 the engine inspector's layer report beside it (``ENGINE.layers.json``).
+
+TensorRT's errors come from the process's one logger (`trt_logger`), collected per
+step (`trt_errors`), so a failed build quotes that step's errors only. A timing
+cache TensorRT cannot read (corrupt, or from another TensorRT or GPU) is replaced
+by a fresh one with a warning naming the file. polygraphy's loaders
+(``NetworkFromOnnxPath``, ``CreateConfig``, ``EngineBytesFromNetwork``) would cover
+the glue but bring their own process-wide TensorRT logger, raise their own text on
+parser errors (without the node lines and lint findings printed here) and pass a
+timing cache TensorRT rejected straight to ``set_timing_cache``, so they are not used.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +32,8 @@ from edgeseg.contract.manifest import DeviceInfo
 from edgeseg.contract.metadata import ModelMetadata, TensorSpec
 from edgeseg.export.profile import BuildProfile, BuiltEngine, EngineBuildError, ShapeRange, say
 from edgeseg.runtime.backends.cuda_memory import find_gpu, get_api
-from edgeseg.runtime.backends.tensorrt import import_tensorrt, last_errors, make_logger
+from edgeseg.runtime.backends.tensorrt import import_tensorrt, trt_errors, trt_logger
+from edgeseg.runtime.compat import tensorrt_build_label, tensorrt_cuda_major
 
 LAYERS_SUFFIX = ".layers.json"
 _HW_LEVELS = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
@@ -52,13 +63,13 @@ def parser_errors(parser: Any) -> list[str]:
     return lines
 
 
-def _preflight(onnx_path: Path, profile: BuildProfile, major: int,
+def _preflight(onnx_path: Path, profile: BuildProfile, version: str,
                ranges: dict[str, dict[str, list[int]]] | None) -> str:
     """Lint findings as text ('' if clean); printed before the build, quoted if it fails."""
     from edgeseg.export.lint import format_findings, lint
 
     try:
-        findings = lint(onnx_path, dla=profile.dla_core is not None, trt_major=major,
+        findings = lint(onnx_path, dla=profile.dla_core is not None, trt_version=version,
                         profile=ranges)
     except Exception as exc:  # advisory only: the parser below decides
         say(f"notice: lint skipped ({type(exc).__name__}: {exc})")
@@ -107,8 +118,12 @@ def _configure(trt: Any, builder: Any, config: Any, profile: BuildProfile) -> No
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if profile.dla_core is not None:
         if builder.num_DLA_cores <= profile.dla_core:
+            from edgeseg.export.lint import dla_support
+
+            note = dla_support(str(trt.__version__))[1]
             raise EngineBuildError(f"dla_core {profile.dla_core}: this machine has "
-                                   f"{builder.num_DLA_cores} DLA core(s) (Jetson Orin AGX: 2)")
+                                   f"{builder.num_DLA_cores} DLA core(s) (Jetson AGX Orin: 2)"
+                                   f"{f'; {note}' if note else ''}")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = profile.dla_core
         if profile.gpu_fallback:
@@ -124,14 +139,49 @@ def _configure(trt: Any, builder: Any, config: Any, profile: BuildProfile) -> No
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
 
 
+def choose_timing_cache(old: bytes, create: Callable[[bytes], Any],
+                        attach: Callable[[Any], bool], path: str) -> tuple[Any, str]:
+    """(the timing cache the build uses, a warning or '').
+
+    ``create`` is ``config.create_timing_cache`` (None for bytes TensorRT cannot read:
+    a corrupt file, another TensorRT's format), ``attach`` is ``config.set_timing_cache``
+    with ``ignore_mismatch=False`` (False for a cache from another GPU or TensorRT).
+    Either way the build goes on with a fresh cache and says which file was skipped.
+    """
+    warning = ""
+    if old:
+        try:
+            cache = create(old)
+        except Exception as exc:  # noqa: BLE001 - a cache is an optimisation, never a failure
+            cache, warning = None, f"({type(exc).__name__}: {exc})"
+        if cache is not None and attach(cache):
+            return cache, ""
+        why = "TensorRT cannot read it" if cache is None else \
+            "it is from another GPU or TensorRT version"
+        warning = (f"warning: timing cache {path}: {why}{f' {warning}' if warning else ''}; "
+                   "building with a fresh cache, which replaces the file after the build")
+    cache = create(b"")
+    if cache is None or not attach(cache):
+        raise EngineBuildError(f"{path}: TensorRT could not create an empty timing cache; "
+                               "build without --timing-cache")
+    return cache, warning
+
+
 def _timing_cache(config: Any, path: str | None) -> None:
-    """Load ``path`` (if it exists) into the config; a cache from another GPU/TensorRT
-    starts fresh instead of failing the build."""
-    old = Path(path).read_bytes() if path and Path(path).is_file() else b""
-    cache = config.create_timing_cache(old)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        say(f"notice: timing cache {path} is from another GPU or TensorRT; starting a new one")
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    """Load ``path`` (if it exists) into the config; an unreadable or foreign cache starts
+    fresh with a warning instead of failing the build."""
+    try:
+        old = Path(path).read_bytes() if path and Path(path).is_file() else b""
+    except OSError as exc:
+        say(f"warning: timing cache {path}: cannot read it ({exc}); starting a new one")
+        old = b""
+    with trt_errors() as log:
+        _, warning = choose_timing_cache(
+            old, config.create_timing_cache,
+            lambda cache: bool(config.set_timing_cache(cache, ignore_mismatch=False)),
+            str(path))
+    if warning:
+        say(warning + (f" (TensorRT: {log.text()})" if log.errors else ""))
     elif old:
         say(f"timing cache: {path} ({len(old)} bytes)")
 
@@ -163,19 +213,21 @@ def build_tensorrt(onnx_path: Path, engine_path: Path, meta: ModelMetadata,
     gpu = find_gpu(device)
     get_api().set_device(device)  # the builder and runtime use the current device
     flags = network_flags(trt)
-    logger = make_logger(trt, verbose)
+    logger = trt_logger(trt, verbose)
+    version = str(trt.__version__)
     builder = trt.Builder(logger)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    say(f"parsing with TensorRT {trt.__version__} on GPU {device}: {gpu.compute_capability} "
+    say(f"parsing with TensorRT {version} on GPU {device}: {gpu.compute_capability} "
         f"({gpu.name})")
-    parsed = parser.parse_from_file(str(onnx_path))
+    with trt_errors() as log:
+        parsed = parser.parse_from_file(str(onnx_path))
     ranges = input_ranges(network, meta, profile.shapes) if parsed else None
-    lint_text = _preflight(onnx_path, profile, trt_major(trt), ranges)
+    lint_text = _preflight(onnx_path, profile, version, ranges)
     if not parsed:
-        errors = "\n  ".join(parser_errors(parser)) or last_errors(logger)
+        errors = "\n  ".join(parser_errors(parser)) or log.text()
         hint = f"\nlint says:\n{lint_text}" if lint_text else ""
-        raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it:\n  "
+        raise EngineBuildError(f"{onnx_path}: TensorRT {version} cannot parse it:\n  "
                                f"{errors}{hint}")
     config = builder.create_builder_config()
     _configure(trt, builder, config, profile)
@@ -189,30 +241,33 @@ def build_tensorrt(onnx_path: Path, engine_path: Path, meta: ModelMetadata,
         f"{f', DLA core {profile.dla_core}' if profile.dla_core is not None else ''}); "
         "this takes minutes")
     start = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
+    with trt_errors() as log:
+        plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineBuildError(f"{onnx_path}: the TensorRT build failed ({last_errors(logger)}); "
+        raise EngineBuildError(f"{onnx_path}: the TensorRT build failed ({log.text()}); "
                                "re-run with -v for the full log")
     say(f"built in {time.perf_counter() - start:.1f} s")
     with open(engine_path, "wb") as f:
         f.write(plan)
     runtime = trt.Runtime(logger)
-    if profile.version_compatible:
+    if profile.version_compatible:  # the plan this process just built: its own code
         runtime.engine_host_code_allowed = True
     if profile.dla_core is not None:
         runtime.DLA_core = profile.dla_core
-    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+    with trt_errors() as log:
+        engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
         raise EngineBuildError(f"{engine_path}: the new plan does not deserialise "
-                               f"({last_errors(logger)})")
+                               f"({log.text()})")
     layers = engine.create_engine_inspector().get_engine_information(
         trt.LayerInformationFormat.JSON)
     inputs, outputs = _engine_specs(trt, engine)
     cache = bytes(config.get_timing_cache().serialize()) if profile.timing_cache else None
+    label = tensorrt_build_label(version, tensorrt_cuda_major())
     return BuiltEngine(
-        backend_version=str(trt.__version__),
+        backend_version=label,
         device=DeviceInfo("gpu", gpu.name, gpu.compute_capability, platform.machine()),
         inputs=inputs, outputs=outputs, side_files={LAYERS_SUFFIX: layers},
         timing_cache=cache,
         timing_cache_sha256=hashlib.sha256(cache).hexdigest() if cache else None,
-        notes=[f"strongly typed (precision from the ONNX graph), TensorRT {trt.__version__}"])
+        notes=[f"strongly typed (precision from the ONNX graph), TensorRT {label}"])

@@ -8,9 +8,11 @@ lazily (for the GPU), which is why it lives in the runtime and not in the contra
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import platform
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,15 +70,51 @@ def _gpu_device(index: int) -> tuple[DeviceInfo | None, str]:
     return DeviceInfo("gpu", gpu.name, gpu.compute_capability, platform.machine()), ""
 
 
+def cuda_major_from_distributions(names: Iterable[str]) -> int | None:
+    """The CUDA major of the TensorRT wheels among installed distribution ``names``
+    (``tensorrt-cu12``, ``tensorrt_cu13_libs``, ...), or None when unknown or mixed."""
+    majors = {int(m.group(1)) for n in names
+              if (m := re.fullmatch(r"tensorrt[-_]cu(\d+)(?:[-_].*)?", n.lower()))}
+    return majors.pop() if len(majors) == 1 else None
+
+
+def tensorrt_cuda_major() -> int | None:
+    """The CUDA major the installed TensorRT was built for, from its wheel's name; None for
+    TensorRT from JetPack, a tar file or a Debian package (no wheel says it)."""
+    try:
+        names = importlib.metadata.packages_distributions().get("tensorrt", [])
+    except Exception:  # noqa: BLE001 - broken metadata: the label is informational
+        return None
+    return cuda_major_from_distributions(names)
+
+
+def tensorrt_build_label(version: str, cuda_major: int | None) -> str:
+    """``10.13.0.35+cu12``: the TensorRT version with the CUDA major of its build (PEP 440
+    local label, as torch's ``+cu121``); the manifest records it so that a plan built with
+    one build is not mistaken for the other's."""
+    return f"{version}+cu{cuda_major}" if cuda_major else version
+
+
+def cuda_build_of(label: str | None) -> int | None:
+    """The CUDA major in a `tensorrt_build_label` (None for manifests written without one)."""
+    match = re.search(r"\+cu(\d+)", label or "")
+    return int(match.group(1)) if match else None
+
+
 def _backend_version(backend: str) -> tuple[str | None, str]:
     try:
-        return str(__import__(backend).__version__), ""
+        version = str(__import__(backend).__version__)
     except Exception as exc:  # ImportError, or a wheel whose shared libraries are missing
         return None, f"{BACKEND_TITLES[backend]} is not installed here ({exc}){_INSTALL[backend]}"
+    if backend == "tensorrt":
+        version = tensorrt_build_label(version, tensorrt_cuda_major())
+    return version, ""
 
 
 #: how to install each backend, appended to "not installed" notes
-_INSTALL = {"tensorrt": "", "onnxruntime": "; pip install onnxruntime",
+_INSTALL = {"tensorrt": "; pip install 'edgeseg[trt-cu12]' (CUDA-12 driver) or "
+                        "'edgeseg[trt-cu13]' (driver >= 580); on a Jetson it comes with JetPack",
+            "onnxruntime": "; pip install onnxruntime",
             "openvino": "; pip install 'edgeseg[openvino]'"}
 
 
@@ -138,8 +176,10 @@ class MachineInfo:
     def describe(self) -> str:
         title = BACKEND_TITLES[self.backend]
         version = f"{title} {self.backend_version}" if self.backend_version else f"no {title}"
-        missing = "no CUDA GPU" if self.backend == "tensorrt" else "no such device"
-        device = self.device.describe() if self.device else missing
+        missing = "no usable CUDA GPU" if self.backend == "tensorrt" else "no such device"
+        error = re.search(r"cuda\w*Error\w* \(\d+\)", self.note)  # the driver query's error
+        device = self.device.describe() if self.device else \
+            f"{missing}{f' ({error.group(0)})' if error else ''}"
         return f"{version} on {device}"
 
 
@@ -153,22 +193,52 @@ def _sm(cc: str) -> int:
     return int(digits) if digits else 0
 
 
+#: pairs (built major, runtime major) across which NVIDIA supports version-compatible plans
+#: (TensorRT 11.4.1 Support Matrix, "Engine Portability")
+CROSS_MAJOR_VERSION_COMPATIBLE = frozenset({(8, 10), (10, 11)})
+
+
+def tensorrt_version_rule(built: str, here: str, version_compatible: bool) -> str:
+    """Why a plan built by TensorRT ``built`` cannot load on TensorRT ``here`` ('' if it can).
+
+    A plain plan loads only on the version that built it. A version-compatible plan
+    loads on that version and every later one of the same major, and TensorRT 10
+    version-compatible plans also on TensorRT 11 (NVIDIA's engine-compatibility docs);
+    never on an older runtime.
+    """
+    b, h = _version_tuple(built), _version_tuple(here)
+    if not version_compatible:
+        if h == b:
+            return ""
+        return (f"TensorRT version: engine {built}, this machine {here} (a plan loads only on "
+                "the TensorRT version that built it unless built --version-compatible)")
+    if h < b:
+        return (f"TensorRT version: engine {built} (version-compatible), this machine {here}: "
+                "a plan never loads on an older TensorRT")
+    if h[0] == b[0] or (b[0], h[0]) in CROSS_MAJOR_VERSION_COMPATIBLE:
+        return ""
+    return (f"TensorRT version: engine {built} (version-compatible: loads on {b[0]}.x from that "
+            f"version on{' and on 11.x' if b[0] == 10 else ''}), this machine {here}")
+
+
 def _compare_tensorrt(m: EngineManifest, machine: MachineInfo) -> tuple[list[str], list[str]]:
     errors, warnings = [], []
-    built, here = _version_tuple(m.backend_version), _version_tuple(machine.backend_version or "")
-    if m.build.version_compatible:
-        if here[0] != built[0] or here < built:
-            errors.append(f"TensorRT version: engine {m.backend_version} (version-compatible: "
-                          f"loads on {built[0]}.x from that version on), this machine "
-                          f"{machine.backend_version}")
-    elif here != built:
-        errors.append(f"TensorRT version: engine {m.backend_version}, this machine "
-                      f"{machine.backend_version} (a plan loads only on the TensorRT version "
-                      "that built it unless built --version-compatible)")
+    version = tensorrt_version_rule(m.backend_version, machine.backend_version or "",
+                                    m.build.version_compatible)
+    if version:
+        errors.append(version)
+    cuda_built, cuda_here = cuda_build_of(m.backend_version), cuda_build_of(machine.backend_version)
+    if cuda_built and cuda_here and cuda_built != cuda_here:
+        warnings.append(f"TensorRT build: engine built with TensorRT's CUDA-{cuda_built} build, "
+                        f"this machine has the CUDA-{cuda_here} build; NVIDIA documents no "
+                        "compatibility between the two: rebuild here if it fails to load")
     if machine.device is None:
         errors.append(f"GPU: engine built for {m.device.describe()}, this machine has none "
                       f"visible ({machine.note})")
         return errors, warnings
+    if m.device.arch and machine.device.arch and m.device.arch != machine.device.arch:
+        errors.append(f"platform: engine built on {m.device.arch}, this machine is "
+                      f"{machine.device.arch} (TensorRT plans are not portable across platforms)")
     cc_built, cc_here = m.device.compute_capability, machine.device.compute_capability
     level = m.build.hardware_compatibility
     if level == "ampere_plus":

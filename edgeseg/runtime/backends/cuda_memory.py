@@ -7,6 +7,12 @@ or pycuda (built from source on JetPack). `CudaApi` hides which one is present, 
 the TensorRT backend is written once. pycuda is used through its *primary*
 context (``pycuda.autoprimaryctx``), never ``autoinit``, whose private context
 breaks TensorRT in the same process. Nothing is imported at module import time.
+
+A binding counts as usable only when it can talk to a driver and sees a GPU
+(`CudaApi.probe`): cuda-python imports fine on a machine whose driver is too old
+for it (a CUDA-13 wheel on a CUDA-12 driver) and then fails every call, so
+`get_api` probes each binding in turn and reports the CUDA error name and code of
+each one that failed, instead of a bare "no GPU".
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +28,42 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 
-INSTALL_HINT = ("install cuda-python (`pip install 'cuda-python>=12,<13'` on CUDA 12 drivers, "
-                "13.x needs driver >= 580) or pycuda (JetPack: `pip install pycuda`)")
+INSTALL_HINT = ("install a CUDA binding that matches the driver: `pip install "
+                "'edgeseg[trt-cu12]'` (cuda-python 12.x, any driver from CUDA 12 on) or "
+                "'edgeseg[trt-cu13]' (cuda-python 13.x, driver >= 580); on a Jetson use "
+                "JetPack's TensorRT with `pip install pycuda` or the cuda-python of JetPack's "
+                "CUDA")
+
+
+def cuda_version_text(version: int) -> str:
+    """CUDA's integer version (1000 * major + 10 * minor, as cudaDriverGetVersion returns
+    it) as ``12.4``."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def cuda_error_text(name: str, code: int, description: str = "") -> str:
+    """One CUDA error as ``cudaErrorInsufficientDriver (35): <what CUDA says>``: the name and
+    code are what search engines and NVIDIA's docs know it by."""
+    return f"{name} ({code})" + (f": {description}" if description else "")
+
+
+def driver_hint(driver: int | None, runtime: int | None, binding: str = "cuda-python") -> str:
+    """Why the driver cannot serve ``binding`` and what to install, or '' when it can.
+
+    A CUDA runtime of major version M needs a driver that supports CUDA M.x
+    (minor-version compatibility covers the minors), so only the majors compare.
+    """
+    if driver is None or runtime is None:
+        return ""
+    if driver == 0:
+        return "; no NVIDIA driver is installed (install the GPU driver, or run on the CPU)"
+    if driver // 1000 >= runtime // 1000:
+        return ""
+    major = driver // 1000
+    extra = f"'edgeseg[trt-cu{major}]'" if major in (12, 13) else "a CUDA binding for it"
+    return (f"; the driver supports CUDA {cuda_version_text(driver)} but {binding} is built "
+            f"for CUDA {cuda_version_text(runtime)}: install {extra} (cuda-python {major}.x, "
+            f"tensorrt-cu{major}) or update the driver (CUDA 13 needs driver >= 580)")
 
 
 class CudaUnavailableError(EdgesegError):
@@ -71,6 +112,12 @@ class CudaApi(ABC):
 
     name: str
 
+    def probe(self) -> None:
+        """Raise `CudaUnavailableError` (saying why) unless a driver answers and sees a GPU;
+        `get_api` moves on to the next binding then."""
+        if self.device_count() < 1:
+            raise CudaUnavailableError(f"{self.name}: the driver sees no CUDA GPU")
+
     @abstractmethod
     def device_count(self) -> int: ...
 
@@ -115,7 +162,10 @@ class CudaApi(ABC):
 
     # events: cross-stream ordering (double buffering) and GPU-side stage timing
     @abstractmethod
-    def create_event(self) -> Any: ...
+    def create_event(self, blocking: bool = False) -> Any:
+        """A timing event. ``blocking``: a host thread waiting on it (`event_synchronize`)
+        sleeps until the GPU signals it instead of spinning on a CPU core (the default
+        event's busy-wait costs a whole core on a Jetson for the length of the inference)."""
 
     @abstractmethod
     def record_event(self, event: Any, stream: Any) -> None: ...
@@ -160,19 +210,42 @@ class CudaPythonApi(CudaApi):
             from cuda import cudart  # cuda-python < 12.6 only
         self.rt = cudart
 
+    def error_text(self, err: Any) -> str:
+        """``cudaErrorNoDevice (100): no CUDA-capable device is detected``."""
+        def text(result: Any) -> str:
+            value = result[1] if isinstance(result, tuple) else result
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+        name = getattr(err, "name", "") or text(self.rt.cudaGetErrorName(err))
+        return cuda_error_text(name, int(err), text(self.rt.cudaGetErrorString(err)))
+
+    def _versions(self) -> tuple[int | None, int | None]:
+        """(the driver's CUDA version, the one this cuda-python is built for)."""
+        def version(result: Any) -> int | None:
+            err, *rest = result
+            return int(rest[0]) if err == self.rt.cudaError_t.cudaSuccess and rest else None
+
+        try:
+            return (version(self.rt.cudaDriverGetVersion()),
+                    version(self.rt.cudaRuntimeGetVersion()))
+        except Exception:  # noqa: BLE001 - only a hint: never hide the error it explains
+            return None, None
+
     def _call(self, what: str, result: Any) -> Any:
         """Check the ``(err, ...)`` tuple every cuda-python call returns; return the rest."""
         err, *rest = result if isinstance(result, tuple) else (result,)
         if err != self.rt.cudaError_t.cudaSuccess:
-            text = self.rt.cudaGetErrorString(err)
-            text = text[1] if isinstance(text, tuple) else text
-            text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
-            raise CudaError(f"{what} failed: {text} ({err!r})")
+            raise CudaError(f"{what} failed: {self.error_text(err)}")
         return rest[0] if len(rest) == 1 else tuple(rest)
 
     def device_count(self) -> int:
+        """The GPUs the driver sees; a failed query (no driver, a driver too old for this
+        cuda-python) raises `CudaUnavailableError` with the CUDA error and the fix."""
         err, count = self.rt.cudaGetDeviceCount()
-        return int(count) if err == self.rt.cudaError_t.cudaSuccess else 0
+        if err != self.rt.cudaError_t.cudaSuccess:
+            raise CudaUnavailableError(f"cuda-python: cudaGetDeviceCount failed: "
+                                       f"{self.error_text(err)}{driver_hint(*self._versions())}")
+        return int(count)
 
     def device_info(self, index: int) -> GpuInfo:
         prop = self._call("cudaGetDeviceProperties", self.rt.cudaGetDeviceProperties(index))
@@ -221,8 +294,9 @@ class CudaPythonApi(CudaApi):
     def synchronize(self, stream: Any) -> None:
         self._call("cudaStreamSynchronize", self.rt.cudaStreamSynchronize(stream))
 
-    def create_event(self) -> Any:
-        return self._call("cudaEventCreate", self.rt.cudaEventCreate())
+    def create_event(self, blocking: bool = False) -> Any:
+        flags = self.rt.cudaEventBlockingSync if blocking else self.rt.cudaEventDefault
+        return self._call("cudaEventCreateWithFlags", self.rt.cudaEventCreateWithFlags(flags))
 
     def record_event(self, event: Any, stream: Any) -> None:
         self._call("cudaEventRecord", self.rt.cudaEventRecord(event, stream))
@@ -332,9 +406,9 @@ class PyCudaApi(CudaApi):
     def synchronize(self, stream: Any) -> None:
         stream.synchronize()
 
-    def create_event(self) -> Any:
+    def create_event(self, blocking: bool = False) -> Any:
         self._context()
-        return self.drv.Event()
+        return self.drv.Event(self.drv.event_flags.BLOCKING_SYNC if blocking else 0)
 
     def record_event(self, event: Any, stream: Any) -> None:
         event.record(stream)
@@ -355,19 +429,33 @@ class PyCudaApi(CudaApi):
 BINDINGS: dict[str, type[CudaApi]] = {"cuda-python": CudaPythonApi, "pycuda": PyCudaApi}
 
 
+def first_usable(candidates: Sequence[tuple[str, Callable[[], CudaApi]]]) -> CudaApi:
+    """The first candidate that constructs *and* probes (a driver answers, a GPU is seen).
+
+    An import that works is not enough: cuda-python imports on a driver too old for
+    it and only fails at the first call, which must not hide a pycuda that works.
+    Every failure is kept, with its CUDA error name and code, for the final message.
+    """
+    errors = []
+    for name, factory in candidates:
+        try:
+            api = factory()
+            api.probe()
+            return api
+        except Exception as exc:  # ImportError, cuInit failing, a driver/runtime mismatch
+            text = str(exc)
+            errors.append(text if text.startswith(name) else f"{name}: {text}")
+    raise CudaUnavailableError(f"no usable CUDA binding ({'; '.join(errors)}); {INSTALL_HINT}")
+
+
 @functools.cache
 def get_api(prefer: str | None = None) -> CudaApi:
-    """The first binding that imports (cuda-python, then pycuda), or ``prefer`` only."""
+    """The first usable binding (cuda-python, then pycuda), or ``prefer`` only."""
     names = [prefer] if prefer else list(BINDINGS)
-    errors = []
     for name in names:
         if name not in BINDINGS:
             raise CudaUnavailableError(f"unknown CUDA binding {name!r}; use one of {list(BINDINGS)}")
-        try:
-            return BINDINGS[name]()
-        except Exception as exc:  # ImportError, or a driver that fails cuInit
-            errors.append(f"{name}: {exc}")
-    raise CudaUnavailableError(f"no usable CUDA binding ({'; '.join(errors)}); {INSTALL_HINT}")
+    return first_usable([(name, BINDINGS[name]) for name in names])
 
 
 def find_gpu(index: int = 0) -> GpuInfo:
@@ -377,5 +465,5 @@ def find_gpu(index: int = 0) -> GpuInfo:
     if count <= index:
         raise CudaUnavailableError(
             f"no CUDA GPU {index} visible ({count} found through {api.name}; "
-            "check the driver and CUDA_VISIBLE_DEVICES)")
+            "check CUDA_VISIBLE_DEVICES)")
     return api.device_info(index)
