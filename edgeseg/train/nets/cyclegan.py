@@ -46,6 +46,10 @@ class ImageRange:
     def to_seg(self, x: torch.Tensor) -> torch.Tensor:
         return ((x + 1.0) * 0.5 - self.mean) / self.std
 
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Trainer batch -> intensities on the 0..1 scale (what light losses measure)."""
+        return x * self.std + self.mean
+
 
 def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """CycleGAN Eq. 2, one direction: mean absolute error of the round trip."""
