@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,15 @@ def unprivileged(cmd: list[str]) -> list[str]:
     if shutil.which("unshare") is None or probe.returncode:
         pytest.skip("running as root and cannot drop root's permission override (unshare --user)")
     return ["unshare", "--user", "--map-user=1000", *cmd]
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine: intra-op threads only add spin-wait. A module
+    opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

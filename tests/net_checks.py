@@ -1,6 +1,9 @@
-"""Checks on networks the method tests share: weight snapshots and where gradients went."""
+"""Checks on networks the method tests share: weight snapshots, where gradients went,
+checkpoint trees and what each optimiser stepped on."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,3 +23,35 @@ def no_grad(net: nn.Module) -> bool:
 
 def has_grad(net: nn.Module) -> bool:
     return any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def assert_same_tree(a: Any, b: Any, path: str = "") -> None:
+    """Checkpoint trees (tensors, dicts, lists, scalars) equal bit for bit; names the path."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def record_steps(method: Any, monkeypatch: Any) -> dict[str, list[torch.Tensor | None]]:
+    """Wrap ``method.step`` so each stepped network's gradients are copied first: what
+    each optimiser actually stepped on, for comparison with autograd's gradient."""
+    seen: dict[str, list[torch.Tensor | None]] = {}
+    step = method.step
+
+    def recording(*names: str) -> None:
+        for name in names:
+            seen[name] = [None if p.grad is None else p.grad.clone()
+                          for p in method.networks[name].parameters()]
+        step(*names)
+
+    monkeypatch.setattr(method, "step", recording)
+    return seen

@@ -8,7 +8,6 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from edgeseg.train.nets.losses import class_frequency_weights
 from edgeseg.train.nets.static_loss import static_focal_loss
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
-from tests.net_checks import has_grad, same, snapshot
+from tests.net_checks import assert_same_tree, has_grad, record_steps, same, snapshot
 
 C = 19
 STATIC = list(range(11))  # Cityscapes trainIds 0-10
@@ -45,12 +44,7 @@ DISC_TERMS = ("loss_disc_d", "loss_disc_n")
 H, W = 32, 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _recipe(synth: Path, pairs: Path, out: Path, iterations: int = 4, **params: Any) -> dict:
@@ -385,16 +379,7 @@ def test_each_step_uses_the_gradient_of_its_weighted_objective(
     discs = [p for n in ("disc_d", "disc_n") for p in m.networks[n].parameters()]
     want_disc = torch.autograd.grad(sum(disc.values()), discs)
     m.zero_grad()
-    seen: dict[str, list[torch.Tensor | None]] = {}
-    step = m.step
-
-    def recording(*names: str) -> None:
-        for name in names:
-            seen[name] = [None if p.grad is None else p.grad.clone()
-                          for p in m.networks[name].parameters()]
-        step(*names)
-
-    monkeypatch.setattr(m, "step", recording)
+    seen = record_steps(m, monkeypatch)
     for p in gen:
         p.grad = torch.full_like(p, 100.0)  # stale gradients must be cleared
     torch.manual_seed(5)
@@ -687,22 +672,7 @@ def test_resume_is_exact(run: Path, tiny_synth: Path, pairs: Path, tiny_checkpoi
     assert resumed.iteration == 3 and resumed.run() == 0
     a, b = load_checkpoint(run / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
     for key in ("model", "method_state"):
-        _assert_same_tree(a[key], b[key], key)
-
-
-def _assert_same_tree(a: Any, b: Any, path: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _assert_same_tree(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_tree(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
+        assert_same_tree(a[key], b[key], key)
 
 
 def test_exported_graph_is_relight_segmenter_and_bias(run: Path, tiny_synth: Path,
@@ -782,7 +752,7 @@ def test_ddp_gloo_keeps_every_network_in_sync(tiny_synth: Path, pairs: Path,
     local = ("running_mean", "running_var", "num_batches_tracked")
     for tree in (rank0, rank1):
         tree["relight"] = {k: v for k, v in tree["relight"].items() if not k.endswith(local)}
-    _assert_same_tree(rank0, rank1)
+    assert_same_tree(rank0, rank1)
 
 
 def test_std_sweep_scores_the_deployed_bias_and_none(run: Path, tiny_synth: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +47,7 @@ TRT_OPS = {"Add", "ArgMax", "Cast", "Clip", "Concat", "Conv", "Gather", "GlobalA
            "Min", "Constant", "Identity"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine: intra-op threads only add spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cli(argv: list[str]) -> int:

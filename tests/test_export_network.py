@@ -14,7 +14,6 @@ import argparse
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -45,12 +44,7 @@ SIZE = f"{W}x{H}"
 CAR = 13  # cityscapes19 train id
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _composed(src: Path, dst: Path, class_bias: list[float] | None) -> Path:

@@ -23,6 +23,7 @@ from edgeseg.train.methods.mobilenet_uda import MobileNetUDA, Params, semantic_c
 from edgeseg.train.nets.cyclegan import ImageRange, cycle_loss
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
+from tests.net_checks import assert_same_tree
 from tests.net_checks import has_grad as _has_grad
 from tests.net_checks import no_grad as _no_grad
 from tests.net_checks import same as _same
@@ -381,21 +382,6 @@ def test_trainer_run_decreases_the_cycle_loss(tiny_synth: Path, tmp_path: Path) 
     assert ckpt["deploy"]["segmenter"] == "model" and not ckpt["deploy"]["pre"]
 
 
-def _assert_same_tree(a: Any, b: Any, path: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _assert_same_tree(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_tree(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
-
-
 def test_resume_is_exact_for_every_network_optimiser_and_pool(tiny_synth: Path,
                                                               tmp_path: Path) -> None:
     def recipe(out: Path, **model: Any) -> Recipe:
@@ -411,8 +397,8 @@ def test_resume_is_exact_for_every_network_optimiser_and_pool(tiny_synth: Path,
     assert resumed.iteration == 3 and resumed.run() == 0
     a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("one", "two"))
     assert a["iteration"] == b["iteration"] == 6
-    _assert_same_tree(a["model"], b["model"], "model")
-    _assert_same_tree(a["method_state"], b["method_state"], "method_state")
+    assert_same_tree(a["model"], b["model"], "model")
+    assert_same_tree(a["method_state"], b["method_state"], "method_state")
     state = a["method_state"]
     assert set(state["networks"]) == {*GENERATORS, "disc_img_s", "disc_img_t", "disc_feat_s",
                                       "disc_feat_t"}
@@ -433,7 +419,7 @@ def test_init_from_loads_the_source_only_weights(tiny_synth: Path, tmp_path: Pat
         return Trainer(from_dict(Recipe, rec), progress=False)
 
     trainer = uda(init_from=str(ckpt))
-    _assert_same_tree(load_checkpoint(ckpt)["model"], trainer.model.state_dict())
+    assert_same_tree(load_checkpoint(ckpt)["model"], trainer.model.state_dict())
     with pytest.raises(CheckpointError, match=r"aspp_channels 32 \(checkpoint\) vs 16"):
         uda(init_from=str(ckpt), aspp_channels=16)
     with pytest.raises(CheckpointError, match="nope.pt"):
@@ -470,9 +456,9 @@ def test_ddp_gloo_keeps_every_network_in_sync(tiny_synth: Path, tmp_path: Path) 
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert set(rank0) == {"model", *GENERATORS, "disc_img_s", "disc_img_t", "disc_feat_s",
                           "disc_feat_t"}
-    _assert_same_tree(rank0, rank1)
+    assert_same_tree(rank0, rank1)
     ckpt = load_checkpoint(out / "last.pt")  # rank 0's checkpoint holds the same weights
-    _assert_same_tree(ckpt["model"], rank0["model"], "model")
+    assert_same_tree(ckpt["model"], rank0["model"], "model")
     assert all(opt["state"] for opt in ckpt["method_state"]["optimizers"].values())  # all stepped
     logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss_seg_src"]) for r in logs if r["type"] == "train")

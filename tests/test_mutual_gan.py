@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from edgeseg.train.methods.mutual_gan import (
 from edgeseg.train.nets.registry import build_net, net_spec
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
+from tests.net_checks import assert_same_tree, record_steps
 from tests.net_checks import has_grad as _has_grad
 from tests.net_checks import same as _same
 from tests.net_checks import snapshot as _snapshot
@@ -48,12 +48,7 @@ GEN_TERMS = ("loss_adv_img_t", "loss_adv_img_s", "loss_cycle_s", "loss_cycle_t",
              "loss_dis_s", "loss_dis_t", "loss_mi_s", "loss_mi_t")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops on a shared CPU, as the trainer tests (threads: 1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _recipe(synth: Path, out: Path, iterations: int = 4, **params: Any) -> dict:
@@ -408,16 +403,7 @@ def test_each_phase_steps_the_gradient_of_its_weighted_objective(
                                cache["fake_s"])
     want_ae = torch.autograd.grad(sum(w[k] * v for k, v in content.items()), ae)
     m.zero_grad()
-    seen: dict[str, list[torch.Tensor | None]] = {}
-    step = m.step
-
-    def recording_step(*names: str) -> None:
-        for name in names:
-            seen[name] = [None if p.grad is None else p.grad.clone()
-                          for p in m.networks[name].parameters()]
-        step(*names)
-
-    monkeypatch.setattr(m, "step", recording_step)
+    seen = record_steps(m, monkeypatch)
     for p in gens:
         p.grad = torch.full_like(p, 100.0)  # stale gradients must be cleared
     m.train_step(batch, 0)
@@ -589,21 +575,6 @@ def _method_with_data(crop: list[int] | None = None, streams: dict | None = None
 # --- through the trainer ---------------------------------------------------------------------
 
 
-def _assert_same_tree(a: Any, b: Any, path: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _assert_same_tree(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_tree(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
-
-
 @pytest.fixture(scope="module")
 def run(tiny_synth: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
         ) -> Path:
@@ -650,7 +621,7 @@ def test_trainer_run_trains_without_labels_and_keeps_the_segmenter(
     assert roles == {"model": "segmenter", "gen_s2t": "translator", "gen_t2s": "translator",
                      "disc_img_s": "", "disc_img_t": "", "enc_s": "", "enc_t": "",
                      "dec_s": "", "dec_t": ""}
-    _assert_same_tree(load_checkpoint(tiny_checkpoint)["model"], ckpt["model"], "model")
+    assert_same_tree(load_checkpoint(tiny_checkpoint)["model"], ckpt["model"], "model")
 
 
 def test_resume_is_exact_for_every_network_optimiser_and_pool(
@@ -663,8 +634,8 @@ def test_resume_is_exact_for_every_network_optimiser_and_pool(
     assert resumed.iteration == 3 and resumed.run() == 0
     a, b = load_checkpoint(run / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
     assert a["iteration"] == b["iteration"] == 6
-    _assert_same_tree(a["model"], b["model"], "model")
-    _assert_same_tree(a["method_state"], b["method_state"], "method_state")
+    assert_same_tree(a["model"], b["model"], "model")
+    assert_same_tree(a["method_state"], b["method_state"], "method_state")
     state = a["method_state"]
     assert set(state["networks"]) == {*GENERATORS, *DISCRIMINATORS, *AUTOENCODER}
     assert set(state["optimizers"]) == {*GENERATORS, *DISCRIMINATORS, *AUTOENCODER}
@@ -763,10 +734,10 @@ def test_ddp_gloo_keeps_every_network_in_sync(tiny_synth: Path, tmp_path: Path) 
     assert res.returncode == 0, res.stdout + res.stderr
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert set(rank0) == {"model", "model_start", *GENERATORS, *DISCRIMINATORS, *AUTOENCODER}
-    _assert_same_tree(rank0, rank1)
-    _assert_same_tree(rank0["model"], rank0["model_start"], "model")
+    assert_same_tree(rank0, rank1)
+    assert_same_tree(rank0["model"], rank0["model_start"], "model")
     ckpt = load_checkpoint(out / "last.pt")
-    _assert_same_tree(ckpt["method_state"]["networks"]["enc_t"], rank0["enc_t"], "enc_t")
+    assert_same_tree(ckpt["method_state"]["networks"]["enc_t"], rank0["enc_t"], "enc_t")
     assert all(opt["state"] for opt in ckpt["method_state"]["optimizers"].values())
     logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss_ae_total"]) for r in logs if r["type"] == "train")
