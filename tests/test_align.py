@@ -151,6 +151,14 @@ def test_implausible_matrices_are_degenerate() -> None:
     assert "perspective" in _degenerate(tilt, size, settings)
     far = np.array([[1.0, 0.0, 400.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     assert "outside the day image" in _degenerate(far, size, settings)
+    # a wrong fit seen on a synthetic pair: scales 1.1 / 1.29 and a 0.45 shear
+    shear = np.array([[1.1, 0.45, -25.8], [-0.01, 1.29, -11.6], [0.0, 0.0, 1.0]])
+    assert "anisotropy 1.49" in _degenerate(shear, size, settings)
+    zoom_turn = np.array([[1.2 * np.cos(0.1), -1.2 * np.sin(0.1), 5.0],
+                          [1.2 * np.sin(0.1), 1.2 * np.cos(0.1), -3.0], [0.0, 0.0, 1.0]])
+    assert _degenerate(zoom_turn, size, settings) == ""  # zoom and a small turn are real
+    stretch = np.diag([1.0, 1.35, 1.0])
+    assert "anisotropy 1.35" in _degenerate(stretch, size, settings)
 
 
 def test_bad_settings_are_one_line_errors() -> None:

@@ -73,6 +73,10 @@ class AlignSettings:
     - ``min_area_scale`` / ``max_area_scale`` 0.1 / 10: the determinant of the 2x2 part
       (local area scale); nearby cameras do not zoom more than ~3x per axis, a
       negative one mirrors the image.
+    - ``max_anisotropy`` 1.3: the ratio of the 2x2 part's singular values; nearby cameras
+      zoom about equally along both axes and turn a little, so a strong shear or a
+      one-axis stretch is a fit to chance matches (a synthetic day/night pair gave
+      scales 1.1 / 1.29 with shear 0.45: ratio 1.49).
     - ``max_perspective`` 0.5: the perspective denominator ``h20 x + h21 y + 1`` stays
       within 1 +- 0.5 at every corner (stronger tilts are RANSAC artefacts).
     - ``corner_margin`` 0.5: the night image's corners map at most half an image size
@@ -89,6 +93,7 @@ class AlignSettings:
     min_inliers: int = 15
     min_area_scale: float = 0.1
     max_area_scale: float = 10.0
+    max_anisotropy: float = 1.3
     max_perspective: float = 0.5
     corner_margin: float = 0.5
     max_side: int = 1280
@@ -203,6 +208,10 @@ def _degenerate(matrix: np.ndarray, size: Size, settings: AlignSettings) -> str:
     if not settings.min_area_scale <= det <= settings.max_area_scale:
         return (f"degenerate: area scale {det:.3g} outside [{settings.min_area_scale}, "
                 f"{settings.max_area_scale}]")
+    sv = np.linalg.svd(matrix[:2, :2], compute_uv=False)
+    if sv[0] > settings.max_anisotropy * sv[1]:
+        return (f"degenerate: anisotropy {sv[0] / sv[1]:.3g} (shear or one-axis stretch) "
+                f"above {settings.max_anisotropy}")
     h, w = size
     corners = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], np.float64)
     mapped = corners @ matrix.T
