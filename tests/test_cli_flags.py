@@ -105,6 +105,10 @@ def test_new_flags_parse_in_every_command() -> None:
               "--calib-frames", "4")
     assert (a.calib_method, a.calib_cache, a.keep_fp32, a.calib_frames) == \
         ("entropy", "c.json", ["Resize", "conv1"], 4)
+    assert a.high_precision_dtype == "fp32"
+    a = parse("quantize", "m.onnx", "-o", "q.onnx", "--precision", "int8",
+              "--high-precision-dtype", "fp16")
+    assert a.high_precision_dtype == "fp16"
     a = parse("build-engine", "m.onnx", "-o", "m.engine", "--precision", "auto",
               "--calib-method", "percentile", "--calib-frames", "8", "--device", "cuda:2",
               "--hardware-compatibility", "ampere+", "--no-gpu-fallback",
@@ -140,6 +144,9 @@ def test_new_flags_parse_in_every_command() -> None:
     (("quantize", "m.onnx", "-o", "q.onnx", "--precision", "int8", "--cache", "c"), "--cache"),
     (("quantize", "m.onnx", "-o", "q.onnx", "--precision", "int8", "--exclude", "Conv"),
      "--exclude"),
+    (("quantize", "m.onnx", "-o", "q.onnx", "--precision", "int8-fp16"), "int8-fp16"),
+    (("quantize", "m.onnx", "-o", "q.onnx", "--precision", "int8", "--high-precision-dtype",
+      "bf16"), "bf16"),
     (("build-engine", "m.onnx", "--precision", "best"), "best"),
     (("build-engine", "m.onnx", "--method", "minmax"), "--method"),
     (("build-engine", "m.onnx", "--hardware-compatibility", "ampere_plus"), "ampere_plus"),
@@ -149,6 +156,7 @@ def test_new_flags_parse_in_every_command() -> None:
     (("bench", "a.onnx", "--max-images", "2"), "--max-images"),
     (("demo", "--frames", "2"), "--frames"),
     (("eval", "m.onnx", "--data", "x", "--device", "gpu"), "gpu"),
+    (("run", "e.onnx", "--source", "0", "--trust-engine-code", "yes"), "yes"),
 ])
 def test_old_spellings_are_rejected(argv: tuple[str, ...], flag: str) -> None:
     assert flag in rejected(*argv)
@@ -180,7 +188,77 @@ def test_device_options_route_the_gpu_index(seg_onnx: Path, tmp_path: Path,
     with pytest.raises(Exception, match="TensorRT engine runs on a GPU"):
         device_options(engine, "cpu")
     options = backend_options(engine, StreamConfig(source="0", device="cuda:1"))
-    assert options == {"device": 1, "cuda_graphs": False}
+    assert options == {"device": 1, "cuda_graphs": False, "sync": "blocking",
+                       "trust_engine_code": None}
+
+
+def _fake_trt_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list]:
+    """A plan whose manifest says TensorRT, and a TrtBackend.load that records its options."""
+    from edgeseg.contract import manifest as manifest_module
+    from edgeseg.runtime.backends import base
+    from edgeseg.runtime.backends.tensorrt import TrtBackend
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    (tmp_path / "m.engine.json").write_text("{}")
+    fake_manifest = SimpleNamespace(backend="tensorrt")
+    monkeypatch.setattr(manifest_module, "read_manifest", lambda path: fake_manifest)
+    monkeypatch.setattr(base, "read_manifest", lambda path: fake_manifest)
+    seen: list[dict] = []
+
+    def fake_load(cls: type, path: object, **options: object) -> object:
+        seen.append(options)
+        return SimpleNamespace(close=lambda: None)
+
+    monkeypatch.setattr(TrtBackend, "load", classmethod(fake_load))
+    return engine, seen
+
+
+def test_run_spin_and_trust_engine_code_reach_the_tensorrt_backend(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edgeseg run --spin --trust-engine-code` loads a plan with sync="spin" and consent to its
+    embedded runtime; without them: blocking sync, and the environment decides (None)."""
+    from edgeseg.runtime.run_cli import config_from_args, open_engine
+
+    engine, seen = _fake_trt_engine(tmp_path, monkeypatch)
+    flags = config_from_args(parse("run", str(engine), "--source", "0", "--sink", "null",
+                                   "--spin", "--trust-engine-code", "--device", "cuda:1"))
+    assert (flags.spin, flags.trust_engine_code) == (True, True)
+    open_engine(engine, flags)
+    plain = config_from_args(parse("run", str(engine), "--source", "0", "--sink", "null"))
+    assert (plain.spin, plain.trust_engine_code) == (False, None)
+    open_engine(engine, plain)
+    assert [(o["sync"], o["trust_engine_code"], o["device"]) for o in seen] == [
+        ("spin", True, 1), ("blocking", None, 0)]
+
+
+def test_open_engine_passes_sync_and_trust_to_tensorrt(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval/compare/bench's opener forwards the same two TensorRT options."""
+    from edgeseg.runtime import compat
+    from edgeseg.runtime.predictor import open_engine
+
+    engine, seen = _fake_trt_engine(tmp_path, monkeypatch)
+    machine = SimpleNamespace(backend_version="11.4.1", device="GPU", note="")
+    monkeypatch.setattr(compat.MachineInfo, "detect", classmethod(lambda cls, *a: machine))
+    open_engine(engine, "cuda:0", sync="spin", trust_engine_code=True)
+    open_engine(engine, "cuda:0")
+    assert [(o["sync"], o["trust_engine_code"]) for o in seen] == [("spin", True),
+                                                                   ("blocking", None)]
+
+
+def test_trust_engine_code_flag_is_consent_and_its_absence_defers_to_the_environment(
+        tmp_path: Path) -> None:
+    from edgeseg.contract.manifest import EngineLoadError
+    from edgeseg.runtime.backends.tensorrt import TRUST_ENV, allow_engine_host_code
+
+    manifest = SimpleNamespace(build=SimpleNamespace(version_compatible=True),
+                               build_command="edgeseg build-engine m.onnx --version-compatible")
+    plan = tmp_path / "m.engine"
+    assert allow_engine_host_code(plan, manifest, True, environ={})
+    assert allow_engine_host_code(plan, manifest, None, environ={TRUST_ENV: "1"})
+    with pytest.raises(EngineLoadError, match="trust_engine_code=True"):
+        allow_engine_host_code(plan, manifest, None, environ={})
 
 
 def test_eval_and_compare_pass_the_device(seg_onnx: Path,

@@ -148,3 +148,36 @@ def test_fp16_keeping_every_resize_in_fp32_loads_and_agrees(fp32_onnx: Path, tmp
     for bgr in sample_frames(None, (32, 64), 4):
         rgb = bgr[..., ::-1]
         assert (ref(rgb) == half(rgb)).mean() > 0.99
+
+
+def test_tensorrt_auto_also_measures_int8_with_fp16_outside_the_qdq_pairs() -> None:
+    from edgeseg.export.variants import candidate_kind, default_candidates
+
+    assert default_candidates("tensorrt", None) == ["fp32", "fp16", "int8", "int8-fp16"]
+    assert "int8-fp16" not in default_candidates("tensorrt", "onnxruntime")
+    assert "int8-fp16" not in default_candidates("openvino", None)
+    assert candidate_kind("int8-fp16", "onnxruntime") == ("int8", "tensorrt", "fp16")
+    assert candidate_kind("int8-ort", "tensorrt") == ("int8", "onnxruntime", "fp32")
+    assert candidate_kind("fp16", "tensorrt") == ("fp16", "tensorrt", "fp32")
+
+
+def test_auto_makes_and_scores_the_int8_fp16_variant(fp32_onnx: Path, tiny_synth: Path,
+                                                     tmp_path: Path) -> None:
+    from edgeseg.export.profile import BuildProfile, ParityConfig
+    from edgeseg.export.profile import CalibrationConfig as Cal
+    from edgeseg.export.variants import choose_precision, variant_path
+
+    profile = BuildProfile(
+        backend="onnxruntime", threads=1, precision="auto",
+        calibration=Cal(data=f"synthetic:{tiny_synth}:night_train", frames=4),
+        parity=ParityConfig(data=f"synthetic:{tiny_synth}:night_val", frames=2,
+                            min_agreement=0.0, max_miou_drop=100.0, iterations=2))
+    out = tmp_path / "mixed.ort.onnx"
+    manifest = choose_precision(fp32_onnx, out, profile, "cmd",
+                                candidates=["fp32", "int8-fp16"])
+    rows = {row["label"]: row for row in manifest.selection}
+    assert (rows["int8-fp16"]["precision"], rows["int8-fp16"]["high_precision"],
+            rows["int8-fp16"]["flavour"]) == ("int8", "fp16", "tensorrt")
+    assert rows["int8-fp16"]["scores"] and rows["int8-fp16"]["latency_ms_p50"] > 0
+    meta = read_metadata(variant_path(out, "int8-fp16"))
+    assert meta.extra["high_precision"] == "fp16" and meta.extra["made_by"] == "build-engine"

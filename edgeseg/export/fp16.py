@@ -183,31 +183,42 @@ def save_model(proto: onnx.ModelProto, dst: str | Path) -> Path:
     return dst
 
 
+def to_float16(proto: onnx.ModelProto, keep_ops: Iterable[str] = (),
+               keep_nodes: Iterable[str] = (), keep_io_types: bool = True) -> onnx.ModelProto:
+    """The fp16 graph of fp32 ``proto`` (no metadata, no load check): ``keep_ops`` op types and
+    ``keep_nodes`` node names stay fp32 behind Cast pairs, besides onnxconverter-common's
+    default block list less Resize (`FP16_OK`). Shared by the fp16 variant and by int8 with an
+    fp16 high-precision type, so both keep the same layers in fp32."""
+    from onnxconverter_common.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    block_ops = sorted((set(DEFAULT_OP_BLOCK_LIST) - FP16_OK) | set(keep_ops))
+    with warnings.catch_warnings(record=True) as caught:  # one warning per clamped value
+        warnings.simplefilter("always")
+        converted = convert_float_to_float16(proto, keep_io_types=keep_io_types,
+                                             op_block_list=block_ops,
+                                             node_block_list=list(keep_nodes))
+    clamped = sum("truncated" in str(w.message) for w in caught)
+    if clamped:
+        logger.info("%d weights outside fp16's range were clamped (to 1e-7 .. 1e4)", clamped)
+    _retarget_casts(converted)
+    return converted
+
+
 def convert_fp16(src: str | Path, dst: str | Path, keep_fp32: Sequence[str] = (),
                  keep_io_types: bool = True, made_by: str = "quantize") -> Path:
     """Write an fp16 copy of ``src`` to ``dst``; ``keep_fp32`` lists op types or node names
     to leave in fp32 (e.g. ``["ArgMax"]`` or a sensitive Conv's name). An image network's
     `output_stage` stays in fp32 too (metadata ``output_fp32``). ``made_by`` (the command)
     goes into the metadata so no other stage overwrites the file unasked."""
-    from onnxconverter_common.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
     proto = load_onnx(src)
     require_fp32(proto, src, "fp16")
     ops, nodes = resolve_nodes(proto.graph, keep_fp32, "--keep-fp32")
-    block_ops = sorted((set(DEFAULT_OP_BLOCK_LIST) - FP16_OK) | set(ops))
     extra: dict[str, Any] = {"keep_fp32": list(keep_fp32), "made_by": made_by}
     if is_image_network(proto):
         output_fp32 = output_stage(proto)[1]
         nodes = list(dict.fromkeys([*nodes, *output_fp32]))
         extra["output_fp32"] = output_fp32
-    with warnings.catch_warnings(record=True) as caught:  # one warning per clamped value
-        warnings.simplefilter("always")
-        converted = convert_float_to_float16(proto, keep_io_types=keep_io_types,
-                                             op_block_list=block_ops, node_block_list=nodes)
-    clamped = sum("truncated" in str(w.message) for w in caught)
-    if clamped:
-        logger.info("%d weights outside fp16's range were clamped (to 1e-7 .. 1e4)", clamped)
-    _retarget_casts(converted)
+    converted = to_float16(proto, ops, nodes, keep_io_types)
     update_metadata(converted, "fp16", extra)
     check_loads(converted, src, "keep the failing node in fp32 with --keep-fp32 NAME")
     return save_model(converted, dst)

@@ -2,6 +2,10 @@
 
 fp16 needs no data. int8 needs calibration frames (``--calib`` video or
 dataset spec) unless ``--calib-cache`` already holds ranges for this exact ONNX.
+``--high-precision-dtype fp16`` (ModelOpt's ``--high_precision_dtype``) makes the int8 file
+fp16 outside its Q/DQ pairs: a strongly typed TensorRT engine (every TensorRT 11 engine)
+keeps each tensor's ONNX type, so this is how it runs int8 + fp16 as TensorRT 10's
+``--int8 --fp16`` did.
 A translator or relighting net (uint8 frame in and out) is calibrated through the same
 frame input and keeps its output layer and output conversion in float (`int8`, `fp16`);
 ``edgeseg compare FP32 VARIANT`` measures what its variant costs (PSNR, SSIM, mIoU after).
@@ -13,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from edgeseg.argtypes import non_negative_int
-from edgeseg.export.int8 import FLAVOURS, METHODS
+from edgeseg.export.int8 import FLAVOURS, HIGH_PRECISION, METHODS
 from edgeseg.export.outputs import guard_output
 from edgeseg.export.variants import make_variant
 from edgeseg.fileio import check_outputs
@@ -36,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flavour", choices=FLAVOURS, default="tensorrt",
                         help="int8 Q/DQ form: tensorrt (symmetric, the only one TensorRT parses) "
                              "or onnxruntime (fastest on ONNX Runtime CPU)")
+    parser.add_argument("--high-precision-dtype", choices=HIGH_PRECISION, default="fp32",
+                        help="int8: the type of every layer outside the Q/DQ pairs (as "
+                             "ModelOpt's --high_precision_dtype). fp16: what a strongly typed "
+                             "TensorRT engine (TensorRT 11, or 10 with STRONGLY_TYPED) needs to "
+                             "run them in fp16, as --int8 --fp16 did; Q/DQ also on residual Add "
+                             "inputs, pooling and conv-fed Resizes, opset 19, tensorrt flavour "
+                             "only. Default fp32")
     parser.add_argument("--keep-fp32", nargs="+", default=[], metavar="NODE",
                         help="node names or op types left in fp32 (not converted to fp16, not "
                              "quantised to int8), e.g. --keep-fp32 Resize")
@@ -52,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     out = make_variant(args.model, args.output, args.precision, calib=args.calib,
                        calib_frames=args.calib_frames, calib_every=args.calib_every,
                        method=args.calib_method, flavour=args.flavour,
-                       keep_fp32=args.keep_fp32, cache=args.calib_cache)
+                       keep_fp32=args.keep_fp32, cache=args.calib_cache,
+                       high_precision=args.high_precision_dtype)
     size = Path(out).stat().st_size / 1e6
-    print(f"wrote {out} ({args.precision}, {size:.1f} MB)")
+    kind = args.precision + ("+fp16" if args.high_precision_dtype == "fp16" else "")
+    print(f"wrote {out} ({kind}, {size:.1f} MB)")
     return 0

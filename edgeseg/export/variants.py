@@ -31,11 +31,14 @@ from edgeseg.runtime.latency import measure_latency
 def make_variant(src: str | Path, dst: str | Path, precision: str, *, calib: str | None = None,
                  calib_frames: int = 64, calib_every: int = 10, method: str = "minmax",
                  flavour: str = "tensorrt", keep_fp32: Sequence[str] = (),
-                 cache: str | Path | None = None, made_by: str = "quantize") -> Path:
+                 cache: str | Path | None = None, made_by: str = "quantize",
+                 high_precision: str = "fp32") -> Path:
     """Write the fp16 or int8 variant of fp32 ``src`` to ``dst`` (``edgeseg quantize``).
 
     ``keep_fp32`` names nodes or op types left in fp32 in either precision (one list,
     as sensitive layers are the same whichever precision the rest of the graph gets).
+    ``high_precision`` (int8, tensorrt flavour): ``fp16`` makes every layer outside the
+    Q/DQ pairs fp16, what a strongly typed TensorRT engine needs to run them in fp16.
 
     ``dst`` (and a cache still to be written) are checked writable before the
     conversion; ``made_by`` is recorded so other stages never overwrite the file unasked.
@@ -45,12 +48,18 @@ def make_variant(src: str | Path, dst: str | Path, precision: str, *, calib: str
     if precision == "fp16":
         if calib or cache:
             raise EdgesegError("--calib/--calib-cache apply to --precision int8 only")
+        if high_precision != "fp32":
+            raise EdgesegError("--high-precision-dtype applies to --precision int8 only (an "
+                               "fp16 file is fp16 throughout)")
         from edgeseg.export.fp16 import convert_fp16
 
         check_outputs([dst])
         return convert_fp16(src, dst, keep_fp32=keep_fp32, made_by=made_by)
     if precision != "int8":
         raise EdgesegError(f"precision {precision!r}: variants are fp16 or int8")
+    from edgeseg.export.int8 import check_high_precision
+
+    check_high_precision(flavour, high_precision)
     cached = cache is not None and Path(cache).is_file()
     if not calib and not cached:
         raise EdgesegError("int8 needs calibration frames: --calib VIDEO|NAME:ROOT[:SPLIT] "
@@ -62,7 +71,8 @@ def make_variant(src: str | Path, dst: str | Path, precision: str, *, calib: str
 
     frames = None if cached else load_frames(calib, input_contract(src), calib_frames, calib_every)
     return quantize_int8(src, dst, frames, method=method, flavour=flavour, exclude=keep_fp32,
-                         cache=cache, source=calib or "", made_by=made_by)
+                         cache=cache, source=calib or "", made_by=made_by,
+                         high_precision=high_precision)
 
 
 # --------------------------------------------------------------- choosing the best precision
@@ -101,6 +111,7 @@ class Candidate:
     precision: str
     onnx: str
     flavour: str = ""  # int8: the Q/DQ flavour (tensorrt / onnxruntime)
+    high_precision: str = ""  # int8: the type outside the Q/DQ pairs (fp32 / fp16)
     label: str = ""  # the table's name for it (int8-ort: the onnxruntime flavour on OpenVINO)
     latency_ms_p50: float = float("nan")
     latency_ms_mean: float = float("nan")
@@ -244,6 +255,18 @@ def _summarise(cand: Candidate, fp32: Candidate | None, gate: Any) -> None:
 
 #: the variant name of the onnxruntime-flavour int8 file an OpenVINO ``auto`` build also tries
 INT8_ORT = "int8-ort"
+#: the variant name of the int8 file that is fp16 outside its Q/DQ pairs (TensorRT)
+INT8_FP16 = "int8-fp16"
+
+
+def candidate_kind(label: str, flavour: str) -> tuple[str, str, str]:
+    """(precision, Q/DQ flavour, high-precision type) of an ``auto`` candidate label:
+    ``int8-fp16`` is always the tensorrt flavour (the only one with fp16 outside Q/DQ)."""
+    if label == INT8_FP16:
+        return "int8", "tensorrt", "fp16"
+    if label == INT8_ORT:
+        return "int8", "onnxruntime", "fp32"
+    return label, flavour, "fp32"
 
 
 def default_candidates(backend: str, flavour: str | None) -> list[str]:
@@ -252,12 +275,15 @@ def default_candidates(backend: str, flavour: str | None) -> list[str]:
     fp32 layers can run in bf16 instead, `inference_precision`). OpenVINO runs both int8
     flavours with its int8 kernels: the TensorRT-style file (the one a Jetson builds) is the
     default, and the onnxruntime flavour (uint8 activations) is also measured, unless the
-    profile pins a flavour, so it is kept only where it still wins within the budget."""
+    profile pins a flavour, so it is kept only where it still wins within the budget.
+    TensorRT builds strongly typed (every tensor keeps its ONNX type), so its int8
+    candidates are the int8 file as it is (fp32 outside the Q/DQ pairs) and ``int8-fp16``,
+    fp16 outside them: the engine TensorRT 10's ``--int8 --fp16`` built."""
     if backend == "onnxruntime":
         return ["fp32", "int8"]
     if backend == "openvino":
         return ["fp32", "int8"] + ([INT8_ORT] if flavour is None else [])
-    return ["fp32", "fp16", "int8"]
+    return ["fp32", "fp16", "int8"] + ([INT8_FP16] if flavour in (None, "tensorrt") else [])
 
 
 def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, command: str,
@@ -268,7 +294,8 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
     Variant ONNX files are kept beside ``out`` (`variant_path`); the winner is
     built to ``out`` and its manifest carries the whole comparison table, one
     score per set, in ``selection``. ``int8-ort`` (OpenVINO) is the int8 file in the
-    onnxruntime flavour, measured beside the backend's TensorRT-style one.
+    onnxruntime flavour, measured beside the backend's TensorRT-style one; ``int8-fp16``
+    (TensorRT) the int8 file with fp16 outside its Q/DQ pairs.
     """
     from edgeseg.export.build_engine import (
         ENGINE_SUFFIXES,
@@ -299,8 +326,7 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
           f"thresholds per set: {budget.describe()}:\n  {TABLE_HEADER}")
     with tempfile.TemporaryDirectory(prefix="edgeseg-auto-") as tmp:
         for label in candidates:
-            precision = "int8" if label == INT8_ORT else label
-            kind = "onnxruntime" if label == INT8_ORT else flavour
+            precision, kind, high = candidate_kind(label, flavour)
             onnx_path = fp32_onnx if precision == "fp32" else variant_path(out, label)
             note = ""
             try:
@@ -308,7 +334,7 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
                     make_variant(fp32_onnx, onnx_path, precision, calib=cal.data,
                                  calib_frames=cal.frames, method=cal.method, flavour=kind,
                                  cache=calib_cache_path(out) if precision == "int8" else None,
-                                 made_by="build-engine")
+                                 made_by="build-engine", high_precision=high)
                 engine = Path(tmp) / f"{label}{ENGINE_SUFFIXES[backend]}"
                 build_engine(onnx_path, engine, replace(profile, precision=None), command,
                              device=device)
@@ -317,6 +343,7 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
                 cand, preds, note = Candidate(precision, str(onnx_path)), None, f"({exc})"
             cand.precision, cand.onnx, cand.note = precision, str(onnx_path), note[:300]
             cand.flavour = kind if precision == "int8" else ""
+            cand.high_precision = high if precision == "int8" else ""
             cand.label = label
             if precision == "fp32":
                 if preds is None:

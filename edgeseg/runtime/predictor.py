@@ -39,13 +39,17 @@ def is_checkpoint(path: str | Path) -> bool:
 
 
 def open_engine(path: str | Path, device: Device | str | None = "auto", *, threads: int = 0,
-                cuda_graphs: bool = False) -> Backend:
+                cuda_graphs: bool = False, sync: str = "blocking",
+                trust_engine_code: bool | None = None) -> Backend:
     """Any ONNX file or engine placed on ``device`` (``cpu``, ``cuda[:N]``, ``auto``): the one
     opener eval, compare, bench and ``--precision auto`` share, so a file scores the same in
     each. ``threads`` > 0 sets ONNX Runtime's intra-op threads or OpenVINO's inference
-    threads (0: the manifest's or the library's default). Raises `BackendUnavailableError` where this machine cannot run it
-    (a TensorRT plan without TensorRT or a GPU), `EdgesegError` for what is wrong with the
-    file (an engine built for another machine included: rebuild it)."""
+    threads (0: the manifest's or the library's default). TensorRT only: ``sync`` ("spin"
+    busy-waits for results, "blocking" sleeps) and ``trust_engine_code`` (a
+    version-compatible plan's embedded runtime; None: ``EDGESEG_TRUST_ENGINE_CODE``).
+    Raises `BackendUnavailableError` where this machine cannot run it (a TensorRT plan
+    without TensorRT or a GPU), `EdgesegError` for what is wrong with the file (an engine
+    built for another machine included: rebuild it)."""
     from edgeseg.contract.manifest import manifest_path, read_manifest
     from edgeseg.runtime.backends.base import BackendUnavailableError
     from edgeseg.runtime.compat import MachineInfo
@@ -65,7 +69,8 @@ def open_engine(path: str | Path, device: Device | str | None = "auto", *, threa
             if machine.backend_version is None or machine.device is None:
                 raise BackendUnavailableError(f"{p}: TensorRT engine not run here: "
                                               f"{machine.note}")
-            return load_backend(p, machine=machine, cuda_graphs=cuda_graphs, **placed)
+            return load_backend(p, machine=machine, cuda_graphs=cuda_graphs, sync=sync,
+                                trust_engine_code=trust_engine_code, **placed)
         return load_backend(p, **({"intra_op_threads": threads} if threads > 0 else {}),
                             **placed)
     if p.suffix != ".onnx":

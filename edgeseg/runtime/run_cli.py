@@ -61,8 +61,11 @@ class StreamConfig:
     providers: list[str] | None = None
     cuda_graphs: bool = False
     # ONNX Runtime threads busy-waiting between ops: fastest for inference alone, but they take
-    # the cores decode/overlay/encode need (measured: 23.9 fps spinning, 25.9 without, 2 cores)
+    # the cores decode/overlay/encode need (measured: 23.9 fps spinning, 25.9 without, 2 cores).
+    # TensorRT: the collecting thread spins on the GPU's completion event instead of sleeping
     spin: bool = False
+    # TensorRT: load a version-compatible plan's embedded runtime (None: EDGESEG_TRUST_ENGINE_CODE)
+    trust_engine_code: bool | None = None
     baseline: int = 0  # raw engine iterations after the stream (fps_over_raw in the summary)
     reconnect: Reconnect = Reconnect()
     progress: bool = True
@@ -80,7 +83,9 @@ def backend_options(path: str | Path, cfg: StreamConfig) -> dict[str, Any]:
     placed = device_options(path, cfg.device)
     kind = read_manifest(path).backend if manifest_path(path).exists() else "onnxruntime"
     if kind == "tensorrt":
-        return {**placed, "cuda_graphs": cfg.cuda_graphs}
+        return {**placed, "cuda_graphs": cfg.cuda_graphs,
+                "sync": "spin" if cfg.spin else "blocking",
+                "trust_engine_code": cfg.trust_engine_code}
     if kind == "openvino":
         options: dict[str, Any] = dict(placed)
         if cfg.threads is not None:
@@ -235,9 +240,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--providers", help="ONNX Runtime providers, e.g. cuda,cpu")
     parser.add_argument("--spin", action="store_true",
                         help="ONNX Runtime: idle threads busy-wait between ops (faster inference "
-                             "alone; on small CPUs it starves decode/overlay/encode)")
+                             "alone; on small CPUs it starves decode/overlay/encode). TensorRT: "
+                             "busy-wait for each frame's result instead of sleeping on a "
+                             "blocking-sync event (a few microseconds sooner, one core busy)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="TensorRT: replay each input shape as a CUDA graph")
+    parser.add_argument("--trust-engine-code", action="store_true", default=None,
+                        help="TensorRT: load a plan built --version-compatible, which runs the "
+                             "TensorRT runtime embedded in it; only for plans you built or "
+                             "trust (the same as EDGESEG_TRUST_ENGINE_CODE=1)")
     parser.add_argument("--baseline", type=int, default=0, metavar="N",
                         help="after the stream, time N raw engine calls and report the stream's "
                              "fps as a fraction of the engine's throughput")
@@ -270,6 +281,7 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         infer_requests=args.infer_requests,
         providers=args.providers.split(",") if args.providers else None,
         cuda_graphs=args.cuda_graphs, spin=args.spin, baseline=args.baseline,
+        trust_engine_code=args.trust_engine_code,
         reconnect=Reconnect(attempts=args.reconnect_attempts), progress=not args.no_progress,
         stall_s=args.stall_timeout,
         video_writer=args.video_writer, manifest_check=not args.no_manifest_check,
