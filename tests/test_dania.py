@@ -24,7 +24,7 @@ from edgeseg.models.compose import Deploy
 from edgeseg.train.checkpoint import load_checkpoint
 from edgeseg.train.distributed import DistInfo
 from edgeseg.train.methods import MethodContext, get_method
-from edgeseg.train.methods.dania import DANIA, Params, weighted_seg_loss
+from edgeseg.train.methods.dania import DANIA, Params, class_weights, weighted_seg_loss
 from edgeseg.train.nets.light_loss import LightWeights, light_terms, night_level
 from edgeseg.train.nets.losses import class_frequency_weights
 from edgeseg.train.nets.static_loss import static_focal_loss
@@ -575,9 +575,21 @@ def test_params_and_crops_are_validated() -> None:
         ({"disc_channels": [64, 2]}, r"disc_channels and disc_strides need one entry per "
                                      r"conv, the last channel count 1"),
     ]
+    cases += [
+        ({"h2": -0.1}, r"h2 must be in \[0, 1\]"),
+        ({"reweight_avg": 0.0}, r"reweight_std and reweight_avg must be > 0"),
+        ({"exposure_patch": 0}, r"exposure_patch and relight_ngf must be >= 1, relight_blocks >= 0"),
+        ({"relight_ngf": 0}, r"exposure_patch and relight_ngf must be >= 1, relight_blocks >= 0"),
+        ({"relight_blocks": -1}, r"exposure_patch and relight_ngf must be >= 1, relight_blocks >= 0"),
+        ({"disc_channels": [64, 128, 256, 256, 2]}, r"disc_channels and disc_strides need one "
+                                                    r"entry per conv, the last channel count 1"),
+    ]
     for params, message in cases:
         with pytest.raises(ConfigError, match=f"^method.params: {message}$"):
             from_dict(Params, params, "method.params")
+    # the edges of each range are allowed
+    from_dict(Params, {"h1": 1.0, "h2": 0.0, "u": 1.0, "exposure_patch": 1, "relight_ngf": 1,
+                       "relight_blocks": 0, "beta_adv": 0.0}, "method.params")
     with pytest.raises(ConfigError, match="class_frequencies has 3 values; the label space "
                                           "cityscapes19 has 19 classes"):
         _method(class_frequencies=[0.5, 0.3, 0.2])
@@ -588,10 +600,19 @@ def test_params_and_crops_are_validated() -> None:
         _from(rec)
     rec = _recipe(Path("/x"), Path("/x"), Path("/x"))
     rec["data"]["streams"]["target"]["crop"] = [32, 32]
-    with pytest.raises(ConfigError, match=r"every stream needs the same crop"):
+    with pytest.raises(ConfigError, match=r"^data.streams.\*.crop: dania stacks the source and "
+                                          r"target batches, so every stream needs the same crop"):
+        _from(rec)
+    rec["data"]["streams"]["target"]["crop"] = [32, 30]
+    with pytest.raises(ConfigError, match=r"^data.streams.target.crop 32x30: dania needs sides "
+                                          r"that are multiples of 4 \(the relighting net "
+                                          r"downsamples twice\)$"):
         _from(rec)
     m = _method()
-    with pytest.raises(ConfigError, match="target stream must be a day/night pair reader"):
+    with pytest.raises(ConfigError, match=r"^method dania: the target stream must be a day/night "
+                       r"pair reader \(samples with a 'night' image: darkzurich_pairs, "
+                       r"synthetic_pairs, derived_pairs\); or set "
+                       r"method.params.use_target_day: false$"):
         m.generator_losses({"source": _batch()["source"], "target": {"image": torch.zeros(2, 3, H, W)}})
 
 
@@ -661,6 +682,16 @@ def test_trainer_run_pairs_aligned_and_unlabelled(run: Path) -> None:
     assert ckpt["deploy"]["pre"] == ["relight"] and len(ckpt["deploy"]["class_bias"]) == C
     roles = {n: s["role"] for n, s in ckpt["networks"].items()}
     assert roles == {"model": "segmenter", "relight": "prenet", "disc_d": "", "disc_n": ""}
+    # a_k counted from the source stream's labels (all of them) and stored for re-tuning
+    from edgeseg.data import open_dataset
+    from edgeseg.train.nets.losses import class_frequencies
+
+    source = ckpt["recipe"]["data"]["source"]
+    want = class_frequencies(open_dataset(source, "cityscapes19"), C)
+    stored = ckpt["method_state"]["extra"]["class_frequencies"]
+    assert stored == pytest.approx(want.tolist(), rel=1e-12) and sum(stored) == pytest.approx(1)
+    bias = torch.log(class_frequency_weights(want, std=0.1, avg=1.0))
+    assert ckpt["deploy"]["class_bias"] == pytest.approx(bias.tolist(), rel=1e-6)
 
 
 def test_resume_is_exact(run: Path, tiny_synth: Path, pairs: Path, tiny_checkpoint: Path,
@@ -776,3 +807,77 @@ def test_std_sweep_scores_the_deployed_bias_and_none(run: Path, tiny_synth: Path
     assert results["0.1"] == pytest.approx(deployed, abs=1e-12)
     assert results["0.0"] == pytest.approx(plain, abs=1e-12)
     assert set(results) == {"0.0", "0.1", "0.3"}
+
+
+# --- each configured value reaches its use -------------------------------------------------
+
+
+def test_reweighting_std_and_avg_reach_training_and_deployment() -> None:
+    m = _method(reweight_std=0.2, reweight_avg=1.5, deploy_reweight_std=0.05)
+    assert torch.allclose(m.weights, class_frequency_weights(FREQ, std=0.2, avg=1.5))
+    w = class_frequency_weights(FREQ, std=0.05, avg=1.5)
+    assert m.deploy().class_bias == pytest.approx(torch.log(w).tolist(), rel=1e-6)
+    # the public helper: re-weighting on by default, ones when off
+    assert torch.allclose(class_weights(FREQ, 0.1, 1.0), class_frequency_weights(FREQ))
+    assert torch.equal(class_weights(FREQ, 0.1, 1.0, enabled=False), torch.ones(C))
+
+
+def test_segmenter_optimiser_takes_the_recipe_lr_and_head_multiplier() -> None:
+    m = _method()
+    lrs = [g["lr"] for g in m.optimizers["model"].param_groups]
+    assert set(lrs) == {m.ctx.recipe.optim.lr}
+    rec = _recipe(Path("/x"), Path("/x"), Path("/x"))
+    rec["optim"] = {"name": "sgd", "lr": 0.01, "head_lr_mult": 10.0}
+    lrs = sorted(g["lr"] for g in _from(rec).optimizers["model"].param_groups)
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.1)
+
+
+def test_eq8_normalization_and_exposure_patch_reach_the_losses() -> None:
+    batch = _batch()
+    m = _method(seg_normalization="eq8", exposure_patch=16)
+    nets = _stand_ins(m)
+    losses, _ = m.generator_losses(batch)
+    with torch.no_grad():
+        logits_s = nets["model"].conv(0.5 * batch["source"]["image"] + 0.1)
+    w = class_frequency_weights(FREQ)
+    assert losses["loss_seg"].item() == pytest.approx(
+        weighted_seg_loss(logits_s, batch["source"]["label"], w, "eq8").item(), rel=1e-6)
+    assert losses["loss_seg"].item() != pytest.approx(
+        weighted_seg_loss(logits_s, batch["source"]["label"], w).item(), rel=1e-3)
+    x = {"s": batch["source"]["image"], "td": batch["target"]["image"],
+         "tn": batch["target"]["night"]}
+    night = _unit(m, x["tn"])
+    want = sum(light_terms(_unit(m, v), _unit(m, 0.5 * v + 0.1), night, night_level(night),
+                           patch=16)["exp"].item() for v in x.values())
+    assert losses["loss_light_exp"].item() == pytest.approx(want, rel=1e-5)
+    default = sum(light_terms(_unit(m, v), _unit(m, 0.5 * v + 0.1), night,
+                              night_level(night))["exp"].item() for v in x.values())
+    assert abs(default - want) > 1e-4
+    # the default normalisation of the helper is the authors' weighted mean
+    assert weighted_seg_loss(logits_s, batch["source"]["label"], w).item() == pytest.approx(
+        _weighted_ce(logits_s, batch["source"]["label"], w), rel=1e-6)
+
+
+def test_ce_static_loss_ignores_warp_holes() -> None:
+    m = _method(static_loss="ce")
+    _stand_ins(m)
+    hom = torch.tensor([[1.0, 0.0, -2.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    batch = _batch(homography=hom)
+    losses, _ = m.generator_losses(batch)
+    x = {"td": batch["target"]["image"], "tn": batch["target"]["night"]}
+    with torch.no_grad():
+        logits = {d: m.networks["model"].conv(0.5 * v + 0.1) for d, v in x.items()}
+    pseudo = _pseudo_by_hand(torch.softmax(logits["td"], 1), torch.softmax(logits["tn"], 1),
+                             class_frequency_weights(FREQ), shift=2)
+    assert (pseudo == 255).any()
+    want = F.cross_entropy(logits["tn"][:, STATIC], pseudo, ignore_index=255)
+    assert losses["loss_static"].item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_eq8_with_one_labelled_pixel() -> None:
+    logits = torch.tensor([[[[2.0]], [[0.0]]]])
+    label = torch.tensor([[[1]]])
+    w = torch.tensor([1.0, 3.0])
+    want = 3.0 * -math.log(math.exp(0.0) / (math.exp(2.0) + 1.0)) / (1 * 2)
+    assert weighted_seg_loss(logits, label, w, "eq8").item() == pytest.approx(want, rel=1e-6)
+    assert weighted_seg_loss(logits, torch.full_like(label, 255), w, "eq8").item() == 0.0

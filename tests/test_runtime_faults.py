@@ -277,14 +277,17 @@ def segment_pipeline(seg_onnx: Path, source, sinks) -> StreamPipeline:  # noqa: 
 
 
 class AtFrame(NullSink):
-    """Runs ``action`` once when frame ``at`` is written (something happens mid-stream)."""
+    """Runs ``action`` once, when the first frame from index ``at`` on is written (something
+    happens mid-stream). Not at exactly ``at``: a live source drops frames when the machine
+    is loaded, and an action that never fires would leave the stream running forever."""
 
     def __init__(self, at: int, action) -> None:  # noqa: ANN001
         super().__init__("at-frame")
-        self.at, self.action = at, action
+        self.at, self.action, self.done = at, action, False
 
     def write(self, index: int, rendered: np.ndarray | None, labels: np.ndarray) -> None:
-        if index == self.at:
+        if index >= self.at and not self.done:
+            self.done = True
             self.action()
 
 
