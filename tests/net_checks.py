@@ -3,6 +3,7 @@ checkpoint trees and what each optimiser stepped on."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,3 +56,34 @@ def record_steps(method: Any, monkeypatch: Any) -> dict[str, list[torch.Tensor |
 
     monkeypatch.setattr(method, "step", recording)
     return seen
+
+
+DDP_WORKER = """
+import sys, torch
+from edgeseg.config import Recipe, from_dict
+from edgeseg.train.trainer import Trainer
+import yaml
+trainer = Trainer(from_dict(Recipe, yaml.safe_load(open(sys.argv[1]))), progress=False)
+assert trainer.run() == 0
+nets = {"model": trainer.model, **trainer.method.networks}
+state = {name: {k: v.detach().clone() for k, v in getattr(net, "module", net).state_dict().items()}
+         for name, net in nets.items()}
+torch.save(state, sys.argv[2] + f"/rank{trainer.dist.rank}.pt")
+"""
+
+
+def run_ddp(recipe: dict, folder: Path, env: dict[str, str]) -> tuple[dict, dict]:
+    """Train ``recipe`` with torchrun on 2 CPU processes (gloo); each rank's networks after
+    the run (rank 0, rank 1), for checks that DDP kept them in sync."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    (folder / "r.yaml").write_text(yaml.safe_dump(recipe))
+    (folder / "worker.py").write_text(DDP_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(folder / "worker.py"), str(folder / "r.yaml"), str(folder)]
+    res = subprocess.run(cmd, env=env, cwd=folder, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return tuple(torch.load(folder / f"rank{r}.pt") for r in (0, 1))  # type: ignore[return-value]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from edgeseg.config import ConfigError, Recipe, from_dict
@@ -30,7 +28,7 @@ from edgeseg.train.nets.losses import class_frequency_weights
 from edgeseg.train.nets.static_loss import static_focal_loss
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
-from tests.net_checks import assert_same_tree, has_grad, record_steps, same, snapshot
+from tests.net_checks import assert_same_tree, has_grad, record_steps, run_ddp, same, snapshot
 
 C = 19
 STATIC = list(range(11))  # Cityscapes trainIds 0-10
@@ -750,18 +748,6 @@ def test_exported_graph_is_relight_segmenter_and_bias(run: Path, tiny_synth: Pat
 
 # --- DDP ---------------------------------------------------------------------------------------
 
-DDP_WORKER = """
-import sys, torch
-from edgeseg.config import Recipe, from_dict
-from edgeseg.train.trainer import Trainer
-import yaml
-trainer = Trainer(from_dict(Recipe, yaml.safe_load(open(sys.argv[1]))), progress=False)
-assert trainer.run() == 0
-nets = {"model": trainer.model, **trainer.method.networks}
-state = {name: {k: v.detach().clone() for k, v in getattr(net, "module", net).state_dict().items()}
-         for name, net in nets.items()}
-torch.save(state, sys.argv[2] + f"/rank{trainer.dist.rank}.pt")
-"""
 
 
 def test_ddp_gloo_keeps_every_network_in_sync(tiny_synth: Path, pairs: Path,
@@ -769,14 +755,7 @@ def test_ddp_gloo_keeps_every_network_in_sync(tiny_synth: Path, pairs: Path,
     out = tmp_path / "ddp"
     rec = _run_recipe(tiny_synth, pairs, tiny_checkpoint, out, 2)
     rec["data"]["val"] = []
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
-    (tmp_path / "worker.py").write_text(DDP_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(tmp_path / "worker.py"), str(tmp_path / "r.yaml"), str(tmp_path)]
-    res = subprocess.run(cmd, env=cli_env(), cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    rank0, rank1 = run_ddp(rec, tmp_path, cli_env())
     assert set(rank0) == {"model", "relight", "disc_d", "disc_n"}
     # every weight is all-reduced; the relighting net's BN statistics are each rank's own
     # between forwards (DDP broadcasts rank 0's at the next forward, SyncBN is not asked for)

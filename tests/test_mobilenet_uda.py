@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from edgeseg.config import ConfigError, Recipe, from_dict
@@ -23,7 +20,7 @@ from edgeseg.train.methods.mobilenet_uda import MobileNetUDA, Params, semantic_c
 from edgeseg.train.nets.cyclegan import ImageRange, cycle_loss
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
-from tests.net_checks import assert_same_tree
+from tests.net_checks import assert_same_tree, run_ddp
 from tests.net_checks import has_grad as _has_grad
 from tests.net_checks import no_grad as _no_grad
 from tests.net_checks import same as _same
@@ -426,18 +423,6 @@ def test_init_from_loads_the_source_only_weights(tiny_synth: Path, tmp_path: Pat
         uda(init_from=str(tmp_path / "nope.pt"))
 
 
-DDP_WORKER = """
-import sys, torch
-from edgeseg.config import Recipe, from_dict
-from edgeseg.train.trainer import Trainer
-import yaml
-trainer = Trainer(from_dict(Recipe, yaml.safe_load(open(sys.argv[1]))), progress=False)
-assert trainer.run() == 0
-nets = {"model": trainer.model, **trainer.method.networks}
-state = {name: {k: v.detach().clone() for k, v in getattr(net, "module", net).state_dict().items()}
-         for name, net in nets.items()}
-torch.save(state, sys.argv[2] + f"/rank{trainer.dist.rank}.pt")
-"""
 
 
 def test_ddp_gloo_keeps_every_network_in_sync(tiny_synth: Path, tmp_path: Path) -> None:
@@ -447,13 +432,7 @@ def test_ddp_gloo_keeps_every_network_in_sync(tiny_synth: Path, tmp_path: Path) 
     out = tmp_path / "ddp"
     rec = _uda_recipe(tiny_synth, out, iterations=3, freeze_model_fraction=0.0,
                       lambda_ce_source=1.0)
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rec))
-    (tmp_path / "worker.py").write_text(DDP_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(tmp_path / "worker.py"), str(tmp_path / "r.yaml"), str(tmp_path)]
-    res = subprocess.run(cmd, env=cli_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    rank0, rank1 = run_ddp(rec, tmp_path, cli_env())
     assert set(rank0) == {"model", *GENERATORS, "disc_img_s", "disc_img_t", "disc_feat_s",
                           "disc_feat_t"}
     assert_same_tree(rank0, rank1)
