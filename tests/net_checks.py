@@ -87,3 +87,19 @@ def run_ddp(recipe: dict, folder: Path, env: dict[str, str]) -> tuple[dict, dict
     res = subprocess.run(cmd, env=env, cwd=folder, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     return tuple(torch.load(folder / f"rank{r}.pt") for r in (0, 1))  # type: ignore[return-value]
+
+
+class ConstantD(nn.Module):
+    """A discriminator stand-in: scores every patch ``value`` on a map ``downsample`` times
+    smaller than its input, and records its inputs (what each discriminator saw)."""
+
+    def __init__(self, value: float, downsample: int = 1) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(value))
+        self.downsample = downsample
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        h, w = (s // self.downsample for s in x.shape[-2:])
+        return self.value * torch.ones(x.shape[0], 1, h, w)

@@ -28,7 +28,15 @@ from edgeseg.train.nets.losses import class_frequency_weights
 from edgeseg.train.nets.static_loss import static_focal_loss
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
-from tests.net_checks import assert_same_tree, has_grad, record_steps, run_ddp, same, snapshot
+from tests.net_checks import (
+    ConstantD,
+    assert_same_tree,
+    has_grad,
+    record_steps,
+    run_ddp,
+    same,
+    snapshot,
+)
 
 C = 19
 STATIC = list(range(11))  # Cityscapes trainIds 0-10
@@ -122,24 +130,20 @@ class PixelSegmenter(nn.Module):
         return self.conv(x)
 
 
-class ConstantD(nn.Module):
-    """A discriminator stand-in: scores every patch ``value``; records its inputs."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__()
-        self.value = nn.Parameter(torch.tensor(value))
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.detach().clone())
-        return self.value * torch.ones(x.shape[0], 1, x.shape[-2] // 4, x.shape[-1] // 4)
-
-
 def _stand_ins(m: DANIA) -> dict[str, nn.Module]:
     nets = {"relight": Affine(0.5, 0.1), "model": PixelSegmenter(),
-            "disc_d": ConstantD(0.3), "disc_n": ConstantD(-0.2)}
+            "disc_d": ConstantD(0.3, downsample=4), "disc_n": ConstantD(-0.2, downsample=4)}
     m.networks.update({k: v for k, v in nets.items() if k in m.networks})
     return nets
+
+
+def _stand_in_logits(m: DANIA, batch: dict[str, dict[str, torch.Tensor]]
+                     ) -> dict[str, torch.Tensor]:
+    """The stand-in segmenter's logits on each domain's relit image (0.5 x + 0.1), by hand."""
+    x = {"s": batch["source"]["image"], "td": batch["target"]["image"],
+         "tn": batch["target"]["night"]}
+    with torch.no_grad():
+        return {d: m.networks["model"].conv(0.5 * v + 0.1) for d, v in x.items()}
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -517,9 +521,7 @@ def test_ce_static_loss_and_no_fusion_and_no_reweighting() -> None:
     _stand_ins(m)
     batch = _batch()
     losses, _ = m.generator_losses(batch)
-    x = {"td": batch["target"]["image"], "tn": batch["target"]["night"]}
-    with torch.no_grad():
-        logits = {d: m.networks["model"].conv(0.5 * v + 0.1) for d, v in x.items()}
+    logits = _stand_in_logits(m, batch)
     w = class_frequency_weights(FREQ)
     pseudo = _pseudo_by_hand(torch.softmax(logits["td"], 1), torch.softmax(logits["tn"], 1), w)
     ce = F.cross_entropy(logits["tn"][:, STATIC], pseudo)
@@ -535,9 +537,7 @@ def test_ce_static_loss_and_no_fusion_and_no_reweighting() -> None:
     assert torch.equal(m.weights, torch.ones(C))
     losses, _ = m.generator_losses(batch)
     assert losses["loss_seg"].item() == pytest.approx(
-        _weighted_ce(logits_s := m.networks["model"].conv(0.5 * batch["source"]["image"] + 0.1),
-                     batch["source"]["label"], torch.ones(C)), rel=1e-5)
-    del logits_s
+        _weighted_ce(logits["s"], batch["source"]["label"], torch.ones(C)), rel=1e-5)
 
 
 def test_custom_fusion_and_focusing_parameters_are_used() -> None:
@@ -545,9 +545,7 @@ def test_custom_fusion_and_focusing_parameters_are_used() -> None:
     _stand_ins(m)
     batch = _batch()
     losses, _ = m.generator_losses(batch)
-    x = {"td": batch["target"]["image"], "tn": batch["target"]["night"]}
-    with torch.no_grad():
-        logits = {d: m.networks["model"].conv(0.5 * v + 0.1) for d, v in x.items()}
+    logits = _stand_in_logits(m, batch)
     w = class_frequency_weights(FREQ)
     pseudo = _pseudo_by_hand(torch.softmax(logits["td"], 1), torch.softmax(logits["tn"], 1), w,
                              h1=0.9, h2=0.3, u=0.2)
@@ -843,9 +841,7 @@ def test_ce_static_loss_ignores_warp_holes() -> None:
     hom = torch.tensor([[1.0, 0.0, -2.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     batch = _batch(homography=hom)
     losses, _ = m.generator_losses(batch)
-    x = {"td": batch["target"]["image"], "tn": batch["target"]["night"]}
-    with torch.no_grad():
-        logits = {d: m.networks["model"].conv(0.5 * v + 0.1) for d, v in x.items()}
+    logits = _stand_in_logits(m, batch)
     pseudo = _pseudo_by_hand(torch.softmax(logits["td"], 1), torch.softmax(logits["tn"], 1),
                              class_frequency_weights(FREQ), shift=2)
     assert (pseudo == 255).any()

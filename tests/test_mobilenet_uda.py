@@ -20,7 +20,7 @@ from edgeseg.train.methods.mobilenet_uda import MobileNetUDA, Params, semantic_c
 from edgeseg.train.nets.cyclegan import ImageRange, cycle_loss
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
-from tests.net_checks import assert_same_tree, run_ddp
+from tests.net_checks import ConstantD, assert_same_tree, run_ddp
 from tests.net_checks import has_grad as _has_grad
 from tests.net_checks import no_grad as _no_grad
 from tests.net_checks import same as _same
@@ -102,19 +102,6 @@ def test_gan_lr_schedules() -> None:
     assert m.schedules["model"](0) == m.schedules["model"](1) == 0.0
     assert 0 < m.schedules["model"](2) < 1.0  # poly over the whole run
     assert m.schedules["gen_s2t"](3) == 1.0
-
-
-class ConstantD(nn.Module):
-    """A discriminator stand-in: scores every patch ``value`` and records its inputs."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__()
-        self.value = nn.Parameter(torch.tensor(value))
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.detach().clone())
-        return self.value * torch.ones(x.shape[0], 1, *x.shape[-2:])
 
 
 def test_feature_adversarial_losses_and_inputs() -> None:

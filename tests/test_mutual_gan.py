@@ -34,7 +34,7 @@ from edgeseg.train.methods.mutual_gan import (
 from edgeseg.train.nets.registry import build_net, net_spec
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
-from tests.net_checks import assert_same_tree, record_steps
+from tests.net_checks import ConstantD, assert_same_tree, record_steps
 from tests.net_checks import has_grad as _has_grad
 from tests.net_checks import same as _same
 from tests.net_checks import snapshot as _snapshot
@@ -222,19 +222,6 @@ class Affine(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.inputs.append(x.detach().clone())
         return self.scale * x + self.shift
-
-
-class ConstantD(nn.Module):
-    """A discriminator stand-in: scores every patch ``value``; records its inputs."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__()
-        self.value = nn.Parameter(torch.tensor(value))
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.detach().clone())
-        return self.value * torch.ones(x.shape[0], 1, *x.shape[-2:])
 
 
 def _gen_term(score: float, mode: str) -> float:
