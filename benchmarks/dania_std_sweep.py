@@ -19,10 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
+from edgeseg.data import spread_indices
 from edgeseg.evaluate import FrameScorer, open_eval_dataset
 from edgeseg.fileio import atomic_path, write_text
 from edgeseg.runtime.stages import fit_frame, unfit_labels
@@ -56,10 +56,9 @@ def sweep(checkpoint: str, specs: list[str], stds: list[float], max_images: int 
         for spec in specs:
             data = open_eval_dataset(spec, predictor.label_space)
             scorers = {std: FrameScorer(predictor.label_space, data.label_space) for std in stds}
-            indices = range(len(data)) if not max_images else np.linspace(
-                0, len(data) - 1, min(max_images, len(data))).round().astype(int)
+            indices = spread_indices(len(data), max_images)  # as eval samples --max-images
             for i in tqdm(indices, desc=spec.rsplit(":", 1)[-1], leave=False):
-                sample = data[int(i)]
+                sample = data[i]
                 fitted, box = fit_frame(sample["image"], predictor.size)
                 logits = predictor.logits(fitted)
                 for std, bias in biases.items():
