@@ -349,13 +349,15 @@ class OptimConfig:
     weight_decay: float = 1e-4
     head_lr_mult: float = 1.0  # LR multiplier of the decoder/head (10x option)
     #: poly: (1 - t/T)^power; constant; step: gamma^(t // step_size); linear: constant
-    #: until decay_start x T, then linearly to 0 at T (CycleGAN)
-    schedule: Literal["poly", "constant", "step", "linear"] = "poly"
+    #: until decay_start x T, then linearly to 0 at T (CycleGAN); multistep: times gamma
+    #: at each of ``milestones`` (torch's MultiStepLR)
+    schedule: Literal["poly", "constant", "step", "linear", "multistep"] = "poly"
     power: float = 0.9
     warmup_iters: int = 0
     step_size: int = 0
     gamma: float = 0.1
     decay_start: float = 0.5  # schedule linear: share of the run before the decay starts
+    milestones: tuple[int, ...] = ()  # schedule multistep: iterations where the LR drops
     #: false: no weight decay on BatchNorm/LayerNorm weights and on biases (TF-slim and
     #: most detection/segmentation codebases regularise conv/linear weights only)
     decay_norm_and_bias: bool = True
@@ -373,6 +375,12 @@ class OptimConfig:
         check_range(self, "warmup_iters", 0)
         check_range(self, "step_size", 1 if self.schedule == "step" else 0)
         check_range(self, "gamma", 0, low_open=True)
+        if self.schedule == "multistep" and not self.milestones:
+            raise ValueError("schedule multistep needs milestones, e.g. [100000]")
+        if list(self.milestones) != sorted(set(self.milestones)) or any(
+                m < 1 for m in self.milestones):
+            raise ValueError(f"milestones {list(self.milestones)}: need increasing "
+                             "iterations >= 1")
 
 
 @dataclass(frozen=True)

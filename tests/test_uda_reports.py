@@ -86,3 +86,44 @@ def test_translations_grid_from_a_uda_checkpoint_and_a_clear_error_otherwise(
     with pytest.raises(SystemExit, match="has no network 'gen_s2t'") as err:
         grid.load_translator(tiny_checkpoint)  # a source-only checkpoint
     assert "\n" not in str(err.value)
+
+
+def test_translator_sweep_measures_by_hand() -> None:
+    sweep = _script("domain_extension_sweep")
+    assert sweep.gap_closed(0.0, 0.25, 1.0) == pytest.approx(0.25)
+    assert sweep.gap_closed(np.array([0.0, 0.0]), np.array([3.0, 4.0]), np.array([6.0, 8.0])) \
+        == pytest.approx(0.5)  # |(3, 4) - (6, 8)| = 5 of |(0, 0) - (6, 8)| = 10
+    assert sweep.gap_closed(1.0, 1.0, 0.0) == 0.0  # no change closes nothing
+    image = np.zeros((2, 3, 3), np.uint8)
+    image[...] = (10, 20, 30)  # RGB
+    assert sweep.luma(image) == pytest.approx(0.299 * 10 + 0.587 * 20 + 0.114 * 30)
+
+
+def test_translator_sweep_scores_the_source_labels_and_draws_a_grid(
+        tiny_synth: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The identity row is the segmenter's own mIoU on the source split (the number
+    `evaluate` gives); a translator's row scores the translated frames against the same
+    labels; the grid has source | translators | target columns."""
+    from edgeseg.config import Recipe, from_dict
+    from edgeseg.evaluate import evaluate, open_eval_dataset
+    from edgeseg.train.predict import TorchPredictor
+    from edgeseg.train.trainer import Trainer
+    from tests.test_mobilenet_uda import _uda_recipe
+
+    sweep = _script("domain_extension_sweep")
+    out = tmp_path / "uda"
+    assert Trainer(from_dict(Recipe, _uda_recipe(tiny_synth, out, iterations=1)),
+                   progress=False).run() == 0
+    source, target = f"synthetic:{tiny_synth}:day_val", f"synthetic:{tiny_synth}:night_val"
+    result, cols = sweep.sweep(str(tiny_checkpoint), {"t": f"{out / 'last.pt'}#gen_s2t"},
+                               source, target, "gen_s2t_ema")
+    predictor, ckpt = TorchPredictor.from_checkpoint(str(tiny_checkpoint))
+    expected = evaluate(predictor, open_eval_dataset(source, ckpt["label_space"]),
+                        ckpt["label_space"], progress=False).metrics.miou
+    assert result["identity"]["content_miou"] == pytest.approx(100 * expected)
+    assert result["identity"]["luma_gap_closed"] == 0.0
+    assert result["t"]["network"] == "gen_s2t"  # the #NETWORK suffix wins over --network
+    assert result["t"]["content_miou"] != result["identity"]["content_miou"]
+    png = tmp_path / "grid.png"
+    sweep.save_grid(cols, ["source", "t", "target"], png)
+    assert len(cols) == 3 and cv2.imread(str(png)) is not None

@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 
 def lr_factor(iteration: int, total: int, schedule: str = "poly", power: float = 0.9,
               warmup_iters: int = 0, step_size: int = 0, gamma: float = 0.1,
-              decay_start: float = 0.5) -> float:
+              decay_start: float = 0.5, milestones: tuple[int, ...] = ()) -> float:
     """Multiplier of the base LR at ``iteration`` (0-based) of ``total``."""
     if warmup_iters > 0 and iteration < warmup_iters:
         return (iteration + 1) / warmup_iters
@@ -26,10 +26,12 @@ def lr_factor(iteration: int, total: int, schedule: str = "poly", power: float =
         return max(0.0, 1.0 - iteration / max(1, total)) ** power
     if schedule == "step":
         return gamma ** (iteration // step_size) if step_size > 0 else 1.0
+    if schedule == "multistep":
+        return gamma ** sum(iteration >= m for m in milestones)
     if schedule == "linear":
         start = round(decay_start * total)
         return 1.0 if iteration < start else max(0.0, 1.0 - (iteration - start) / max(1, total - start))
-    raise ValueError(f"unknown LR schedule {schedule!r}; use poly, constant, step or linear")
+    raise ValueError(f"unknown LR schedule {schedule!r}; use poly, constant, step, linear or multistep")
 
 
 def set_lr(optimizer: Optimizer, factor: float) -> None:

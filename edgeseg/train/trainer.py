@@ -251,6 +251,9 @@ class Trainer:
         self.val_summaries: dict[str, Any] = {}  # the latest validation of each spec
         if ckpt is not None:
             self._resume(str(resume), ckpt)
+        self.notes = self.method.run_notes()
+        if self.notes:
+            self._log_main("method: " + "; ".join(f"{k} = {v}" for k, v in self.notes.items()))
         if self.dist.enabled:
             self.method.wrap_networks(self._ddp)
         self._stop = False
@@ -488,6 +491,8 @@ class Trainer:
         t = r.train
         if self.dist.is_main:
             self._prepare_run_dir()
+        if self.notes:
+            self._append_jsonl({"type": "method", "iter": self.iteration, **self.notes})
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         bar = tqdm(total=t.iterations, initial=self.iteration, desc=r.name, dynamic_ncols=True,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from edgeseg.train.methods.base import Method, MethodContext, NoParams, set_requires_grad
+from edgeseg.train.methods.cyclegan_fl import CycleGANFL
 from edgeseg.train.methods.dania import DANIA
+from edgeseg.train.methods.domain_extension import DomainExtension
 from edgeseg.train.methods.mobilenet_uda import MobileNetUDA
 from edgeseg.train.methods.mutual_gan import MutualGAN
 from edgeseg.train.methods.source_only import SourceOnly
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SourceOnly, MobileNetUDA, MutualGAN, DANIA)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SourceOnly, MobileNetUDA, MutualGAN, DANIA,
+                                                    CycleGANFL, DomainExtension)}
 
 
 def get_method(name: str) -> type[Method]:

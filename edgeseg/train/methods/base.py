@@ -99,7 +99,7 @@ def build_optimizer(cfg: OptimConfig, params: Any) -> Optimizer:
 
 def recipe_schedule(cfg: OptimConfig, total: int) -> Schedule:
     return lambda it: lr_factor(it, total, cfg.schedule, cfg.power, cfg.warmup_iters,
-                                cfg.step_size, cfg.gamma, cfg.decay_start)
+                                cfg.step_size, cfg.gamma, cfg.decay_start, cfg.milestones)
 
 
 def segmenter_spec(recipe: Recipe) -> NetSpec:
@@ -286,6 +286,12 @@ class Method:
     def exportable(self) -> dict[str, NetSpec]:
         """Networks a user may export on their own (``edgeseg export --network NAME``)."""
         return {n: s for n, s in self.specs.items() if s.role}
+
+    def run_notes(self) -> dict[str, Any]:
+        """Choices this run made that its recipe does not show (which network stood in for
+        a missing weights file, a derived statistic); the trainer prints them and writes
+        them to metrics.jsonl as a ``{"type": "method"}`` record."""
+        return {}
 
     # --- state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
