@@ -29,7 +29,7 @@ Losses:
   ``warmup_iters`` (paper: 10K of 50K).
 
 Ramps (Sec. 4.2): rho 0.5 -> 0.9 linearly over the run; lambda_ssl 50 -> 100, linearly
-from the end of the warm-up to the end of the run ("an initial value of 50 ... until it
+from the end of the warm-up to the last iteration ("an initial value of 50 ... until it
 has doubled at the end of the training": initial = when SSL starts). Both are recipe
 values: a number or ``{start, end, begin, until}``; unset, they follow the run length.
 
@@ -160,10 +160,10 @@ class DomainExtension(Method):
                               "layer; set student_dropout: 0")
         for m in self.dropouts:
             m.p = p.student_dropout
-        total = r.train.iterations
+        last = r.train.iterations - 1  # iterations are 0-based: the end values apply here
         self.lambda_ssl = p.lambda_ssl if p.lambda_ssl is not None else Ramp(
-            50.0, 100.0, min(p.warmup_iters, total), total)
-        self.rho = p.rho if p.rho is not None else Ramp(0.5, 0.9, 0, total)
+            50.0, 100.0, p.warmup_iters, max(p.warmup_iters, last))
+        self.rho = p.rho if p.rho is not None else Ramp(0.5, 0.9, 0, last)
 
     def deploy(self) -> Deploy:
         return Deploy(segmenter="teacher")
