@@ -129,7 +129,7 @@ def save_grid(cols: list[list[np.ndarray]], titles: list[str], out: Path) -> Non
                 ax.set_title(title, fontsize=8)
     fig.tight_layout()
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=72, format="png")
     plt.close(fig)
 
 
