@@ -8,10 +8,13 @@ from edgeseg.train.methods.dania import DANIA
 from edgeseg.train.methods.domain_extension import DomainExtension
 from edgeseg.train.methods.mobilenet_uda import MobileNetUDA
 from edgeseg.train.methods.mutual_gan import MutualGAN
+from edgeseg.train.methods.sait_segment import SaitSegment
+from edgeseg.train.methods.sait_translate import SaitTranslate
 from edgeseg.train.methods.source_only import SourceOnly
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SourceOnly, MobileNetUDA, MutualGAN, DANIA,
-                                                    CycleGANFL, DomainExtension)}
+                                                    CycleGANFL, DomainExtension, SaitTranslate,
+                                                    SaitSegment)}
 
 
 def get_method(name: str) -> type[Method]:

@@ -8,4 +8,5 @@ from edgeseg.train.nets import (  # noqa: F401  (register their kinds)
     discriminator,
     generator,
     relight,
+    sait,
 )

@@ -79,7 +79,7 @@ def _vgg19_features(last: int) -> nn.Sequential:
     return nn.Sequential(*layers[:last + 1])
 
 
-class _Normalise(nn.Module):
+class Normalise(nn.Module):
     """RGB in [-1, 1] -> ``(x01 - mean) / std``."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -110,7 +110,7 @@ class VGG19Features(nn.Module):
             raise ValueError(f"unknown VGG-19 layer {layer!r}; use one of {list(VGG19_LAYERS)}")
         self.layer = layer
         self.source = "random weights"
-        self.normalise = _Normalise(IMAGENET_MEAN, IMAGENET_STD)
+        self.normalise = Normalise(IMAGENET_MEAN, IMAGENET_STD)
         self.features = _vgg19_features(VGG19_LAYERS[layer])
         _freeze(self)
 
@@ -183,7 +183,7 @@ class SegmenterEncoderFeatures(nn.Module):
         if not hasattr(self.segmenter, "forward_features"):
             raise TypeError(f"{type(self.segmenter).__name__} has no forward_features; "
                             "pass a SegmentationModel")
-        self.normalise = _Normalise(mean, std)
+        self.normalise = Normalise(mean, std)
         self.name = name
         _freeze(self)
 
