@@ -58,6 +58,44 @@ def record_steps(method: Any, monkeypatch: Any) -> dict[str, list[torch.Tensor |
     return seen
 
 
+def record_phases(method: Any, monkeypatch: Any
+                  ) -> list[tuple[tuple[str, ...], set[str], set[str]]]:
+    """Wrap ``method.step``: before each step, (the stepped networks, the networks holding
+    gradients, the networks with trainable parameters), to check each phase's routing."""
+    calls: list[tuple[tuple[str, ...], set[str], set[str]]] = []
+    step = method.step
+
+    def recording(*names: str) -> None:
+        grads = {n for n, net in method.networks.items()
+                 if any(p.grad is not None for p in net.parameters())}
+        trainable = {n for n, net in method.networks.items()
+                     if any(p.requires_grad for p in net.parameters())}
+        calls.append((names, grads, trainable))
+        step(*names)
+
+    monkeypatch.setattr(method, "step", recording)
+    return calls
+
+
+def assert_resumes_exactly(recipe: dict, straight: Path) -> tuple[dict, dict]:
+    """Train ``recipe`` (its output_dir) for 2 iterations, resume it to the end, and check
+    its last.pt equals the uninterrupted run's in ``straight`` (the segmenter and every
+    method state); returns both checkpoints (straight, resumed) for further checks."""
+    from edgeseg.config import Recipe, from_dict
+    from edgeseg.train.checkpoint import load_checkpoint
+    from edgeseg.train.trainer import Trainer
+
+    out = Path(recipe["output_dir"])
+    assert Trainer(from_dict(Recipe, recipe), progress=False).run(until=2) == 0
+    resumed = Trainer(from_dict(Recipe, recipe), resume=str(out / "last.pt"), progress=False)
+    assert resumed.iteration == 2 and resumed.run() == 0
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(out / "last.pt")
+    assert a["iteration"] == b["iteration"] == recipe["train"]["iterations"]
+    assert_same_tree(a["model"], b["model"], "model")
+    assert_same_tree(a["method_state"], b["method_state"], "method_state")
+    return a, b
+
+
 DDP_WORKER = """
 import sys, torch
 from edgeseg.config import Recipe, from_dict

@@ -35,7 +35,13 @@ from edgeseg.train.nets.vgg import SegmenterEncoderFeatures, VGG19Features
 from edgeseg.train.schedule import lr_factor
 from edgeseg.train.trainer import Trainer
 from tests.conftest import tiny_recipe
-from tests.net_checks import ConstantD, assert_same_tree, record_steps
+from tests.net_checks import (
+    ConstantD,
+    assert_resumes_exactly,
+    assert_same_tree,
+    record_phases,
+    record_steps,
+)
 from tests.net_checks import same as _same
 from tests.net_checks import snapshot as _snapshot
 
@@ -498,18 +504,7 @@ def test_feature_net_is_frozen_and_each_phase_has_its_own_gradients(
     never move (BatchNorm statistics included); every generator and discriminator does."""
     m = _method()
     before = {n: _snapshot(net) for n, net in m.networks.items()}
-    calls: list[tuple[tuple[str, ...], set[str], set[str]]] = []
-    step = m.step
-
-    def recording(*names: str) -> None:
-        grads = {n for n, net in m.networks.items()
-                 if any(p.grad is not None for p in net.parameters())}
-        trainable = {n for n, net in m.networks.items()
-                     if any(p.requires_grad for p in net.parameters())}
-        calls.append((names, grads, trainable))
-        step(*names)
-
-    monkeypatch.setattr(m, "step", recording)
+    calls = record_phases(m, monkeypatch)
     m.train_step(_batch(), 0)
     assert calls == [(GENERATORS, set(GENERATORS), set(GENERATORS)),
                      (DISCRIMINATORS, set(DISCRIMINATORS), {*GENERATORS, *DISCRIMINATORS})]
@@ -693,16 +688,9 @@ def test_resume_is_exact_for_every_network_ema_and_pool(
         run: Path, tiny_synth: Path, tiny_checkpoint: Path, tmp_path: Path,
         capfd: pytest.CaptureFixture[str]) -> None:
     rec = _run_recipe(tiny_synth, tmp_path / "two", tiny_checkpoint)
-    assert Trainer(from_dict(Recipe, rec), progress=False).run(until=2) == 0
-    resumed = Trainer(from_dict(Recipe, rec), resume=str(tmp_path / "two" / "last.pt"),
-                      progress=False)
-    assert resumed.iteration == 2 and resumed.run() == 0
+    a, b = assert_resumes_exactly(rec, run)
     note = f"method: feature_net = {STAND_IN_NOTE} of {tiny_checkpoint}"
     assert capfd.readouterr().out.count(note) == 2  # printed by both trainers
-    a, b = load_checkpoint(run / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
-    assert a["iteration"] == b["iteration"] == 4
-    assert_same_tree(a["model"], b["model"], "model")
-    assert_same_tree(a["method_state"], b["method_state"], "method_state")
     notes = [r for r in _logs(tmp_path / "two") if r["type"] == "method"]
     assert [r["iter"] for r in notes] == [0, 2]
     train = [r for r in _logs(tmp_path / "two") if r["type"] == "train"]

@@ -32,7 +32,7 @@ from edgeseg.train.methods.domain_extension import (
 from edgeseg.train.schedule import Ramp, value_at
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
-from tests.net_checks import assert_same_tree, record_steps, run_ddp
+from tests.net_checks import assert_resumes_exactly, assert_same_tree, record_steps, run_ddp
 from tests.net_checks import has_grad as _has_grad
 from tests.net_checks import same as _same
 from tests.net_checks import snapshot as _snapshot
@@ -806,14 +806,7 @@ def test_trainer_run_on_the_stage1_translator_deploys_the_teacher(
 def test_resume_is_exact(stage1: Path, stage2: Path, tiny_synth: Path, tiny_checkpoint: Path,
                          tmp_path: Path) -> None:
     rec = _stage2(tiny_synth, tmp_path / "two", stage1, tiny_checkpoint)
-    assert Trainer(from_dict(Recipe, rec), progress=False).run(until=2) == 0
-    resumed = Trainer(from_dict(Recipe, rec), resume=str(tmp_path / "two" / "last.pt"),
-                      progress=False)
-    assert resumed.iteration == 2 and resumed.run() == 0
-    a, b = load_checkpoint(stage2 / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
-    assert a["iteration"] == b["iteration"] == 4
-    assert_same_tree(a["model"], b["model"], "model")
-    assert_same_tree(a["method_state"], b["method_state"], "method_state")
+    a, b = assert_resumes_exactly(rec, stage2)
     assert set(a["method_state"]["networks"]) == {"teacher", "translator"}
     assert a["method_state"]["optimizers"]["model"]["state"]
 

@@ -35,7 +35,13 @@ from edgeseg.train.nets.discriminator import PatchDiscriminator
 from edgeseg.train.nets.registry import build_net, net_spec
 from edgeseg.train.trainer import Trainer
 from tests.conftest import cli_env, tiny_recipe
-from tests.net_checks import ConstantD, assert_same_tree, record_steps, run_ddp
+from tests.net_checks import (
+    ConstantD,
+    assert_resumes_exactly,
+    assert_same_tree,
+    record_steps,
+    run_ddp,
+)
 from tests.net_checks import has_grad as _has_grad
 from tests.net_checks import no_grad as _no_grad
 from tests.net_checks import same as _same
@@ -643,14 +649,7 @@ def test_the_target_stream_carries_pseudo_labels_only(tiny_synth: Path, tiny_che
 def test_resume_is_exact(run: Path, tiny_synth: Path, tiny_checkpoint: Path,
                          derived: dict[str, str], tmp_path: Path) -> None:
     rec = _run_recipe(tiny_synth, tmp_path / "two", derived, tiny_checkpoint)
-    assert Trainer(from_dict(Recipe, rec), progress=False).run(until=2) == 0
-    resumed = Trainer(from_dict(Recipe, rec), resume=str(tmp_path / "two" / "last.pt"),
-                      progress=False)
-    assert resumed.iteration == 2 and resumed.run() == 0
-    a, b = load_checkpoint(run / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
-    assert a["iteration"] == b["iteration"] == 4
-    assert_same_tree(a["model"], b["model"], "model")
-    assert_same_tree(a["method_state"], b["method_state"], "method_state")
+    a, b = assert_resumes_exactly(rec, run)
     assert a["method_state"]["optimizers"]["disc_seg"]["state"]
     start = load_checkpoint(tiny_checkpoint)["model"]
     assert not _same(start, a["model"])  # M trained from the init_from weights

@@ -46,7 +46,7 @@ from edgeseg.train.nets.sait import (
 from edgeseg.train.nets.spade import SPADE, LayerNorm2d, SPADEResBlock
 from edgeseg.train.trainer import Trainer
 from tests.conftest import tiny_recipe
-from tests.net_checks import assert_same_tree, record_steps
+from tests.net_checks import assert_resumes_exactly, assert_same_tree, record_phases, record_steps
 from tests.net_checks import same as _same
 from tests.net_checks import snapshot as _snapshot
 
@@ -666,18 +666,7 @@ def test_each_phase_has_its_own_gradients_and_m_is_frozen(
     encoder, generator and discriminator moves."""
     m = _method()
     before = {n: _snapshot(net) for n, net in m.networks.items()}
-    calls: list[tuple[tuple[str, ...], set[str], set[str]]] = []
-    step = m.step
-
-    def recording(*names: str) -> None:
-        grads = {n for n, net in m.networks.items()
-                 if any(p.grad is not None for p in net.parameters())}
-        trainable = {n for n, net in m.networks.items()
-                     if any(p.requires_grad for p in net.parameters())}
-        calls.append((names, grads, trainable))
-        step(*names)
-
-    monkeypatch.setattr(m, "step", recording)
+    calls = record_phases(m, monkeypatch)
     m.train_step(_batch(), 0)
     # the composites are views of enc/gen (+ the frozen M): they show their parts' state
     assert calls == [(TRAINED, {*TRAINED, *COMPOSITES}, {*TRAINED, *COMPOSITES}),
@@ -821,14 +810,7 @@ def test_trainer_run_keeps_m_and_stores_the_composites(run: Path, tiny_checkpoin
 def test_resume_is_exact(run: Path, tiny_synth: Path, tiny_checkpoint: Path,
                          tmp_path: Path) -> None:
     rec = _run_recipe(tiny_synth, tmp_path / "two", tiny_checkpoint)
-    assert Trainer(from_dict(Recipe, rec), progress=False).run(until=2) == 0
-    resumed = Trainer(from_dict(Recipe, rec), resume=str(tmp_path / "two" / "last.pt"),
-                      progress=False)
-    assert resumed.iteration == 2 and resumed.run() == 0
-    a, b = load_checkpoint(run / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
-    assert a["iteration"] == b["iteration"] == 4
-    assert_same_tree(a["model"], b["model"], "model")
-    assert_same_tree(a["method_state"], b["method_state"], "method_state")
+    a, b = assert_resumes_exactly(rec, run)
 
 
 def test_export_and_derive_the_composite_translator(run: Path, tiny_synth: Path,

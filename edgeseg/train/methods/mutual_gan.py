@@ -79,7 +79,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from edgeseg.config import OptimConfig
 from edgeseg.models.compose import Deploy
@@ -93,6 +92,7 @@ from edgeseg.train.nets.cyclegan import (
 )
 from edgeseg.train.nets.gan_loss import GANMode
 from edgeseg.train.nets.generator import Upsample
+from edgeseg.train.nets.losses import mean_l1
 from edgeseg.train.nets.registry import net_spec
 
 ENCODERS = ("enc_s", "enc_t")
@@ -139,11 +139,6 @@ class Params:
                              "of stride 1 or 2")
         if self.pool_size < 0:
             raise ValueError("pool_size must be >= 0")
-
-
-def mean_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """||a - b||_1 of Eq. 7 and Eq. 11 as a mean absolute error (in fp32 under AMP)."""
-    return F.l1_loss(a.float(), b.float())
 
 
 class MutualGAN(Method):

@@ -86,14 +86,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from edgeseg.config import ConfigError, OptimConfig
 from edgeseg.models.compose import Deploy
 from edgeseg.train.methods.base import Method, segmenter_spec, set_requires_grad
 from edgeseg.train.nets.cyclegan import ImageRange, check_crops
 from edgeseg.train.nets.discriminator import MultiScaleGANLoss
-from edgeseg.train.nets.losses import symmetric_cross_entropy
+from edgeseg.train.nets.losses import mean_l1, symmetric_cross_entropy
 from edgeseg.train.nets.registry import net_spec
 from edgeseg.train.nets.sait import SaitTranslator
 from edgeseg.train.nets.spade import ResizeMode
@@ -142,11 +141,6 @@ class Params:
         if self.disc_layers < 2 or self.disc_scales < 1:
             raise ValueError(f"disc_layers {self.disc_layers}, disc_scales {self.disc_scales}: "
                              "need >= 2 convs per scale and >= 1 scale")
-
-
-def mean_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """||a - b|| of Eq. 2 and 4: the mean absolute error, in fp32 under AMP."""
-    return F.l1_loss(a.float(), b.float())
 
 
 class SaitTranslate(Method):

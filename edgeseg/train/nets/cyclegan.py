@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from edgeseg.config import ConfigError
 from edgeseg.train.nets.gan_loss import GANLoss, GANMode
 from edgeseg.train.nets.generator import ResnetGenerator, Upsample
 from edgeseg.train.nets.image_pool import ImagePool
+from edgeseg.train.nets.losses import mean_l1
 from edgeseg.train.nets.registry import net_spec
 
 if TYPE_CHECKING:  # the method interface sits above the nets
@@ -53,7 +53,7 @@ class ImageRange:
 
 def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """CycleGAN Eq. 2, one direction: mean absolute error of the round trip."""
-    return F.l1_loss(reconstructed.float(), original.float())
+    return mean_l1(reconstructed, original)
 
 
 def check_crops(method: Method, smallest: int, discriminators: str, fix: str = "") -> None:

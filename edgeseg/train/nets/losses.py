@@ -1,5 +1,6 @@
 """Losses and class weights shared by the UDA methods (pure torch/numpy).
 
+- `mean_l1`: the ||a - b||_1 terms of the translation methods, as a mean absolute error;
 - `symmetric_cross_entropy`: the semantically-adaptive I2I paper's L_SCE (Eq. 5);
 - `confidence_mask` / `confidence_masked_mse`: domain extension's mean-teacher
   consistency loss (domain-extension.txt Eq. 14-15);
@@ -21,6 +22,13 @@ import torch.nn.functional as F
 from edgeseg.errors import EdgesegError
 
 FrequencyLike = Sequence[float] | np.ndarray | torch.Tensor
+
+
+def mean_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """||a - b||_1 as a mean absolute error, in fp32 under AMP: CycleGAN's normalisation of
+    its L1 terms, which the papers' norms (cycle, reconstruction, distillation, latent and
+    mutual-information terms) are read as."""
+    return F.l1_loss(a.float(), b.float())
 
 
 def symmetric_cross_entropy(logits_original: torch.Tensor,
