@@ -15,7 +15,8 @@ the EMA generator ``gen_s2t_ema``):
   A translation that erases or invents objects loses it; so does the domain gap itself,
   which is why the untranslated source (``identity``) and the gap numbers stand beside it.
 - ``feature_gap_closed``: 1 - d(G(S), T) / d(S, T), d the distance between the mean
-  globally pooled encoder features (the segmenter's ``out``) of two image sets; 1 = the
+  globally pooled encoder features (the segmenter's ``out``, through the feature loss's
+  own stand-in network, `SegmenterEncoderFeatures`) of two image sets; 1 = the
   translations look like the target to the segmenter's encoder, 0 = no change.
 - ``luma_gap_closed``: the same with the mean luma (ITU-R 601) of each set: brightness
   alone, independent of any network.
@@ -36,6 +37,7 @@ import torch
 from edgeseg.data import spread_indices
 from edgeseg.evaluate import FrameScorer, open_eval_dataset
 from edgeseg.fileio import atomic_path, write_text
+from edgeseg.train.nets.vgg import SegmenterEncoderFeatures
 from edgeseg.train.predict import TorchPredictor, TorchTranslator
 
 
@@ -51,20 +53,11 @@ def gap_closed(source: np.ndarray, translated: np.ndarray, target: np.ndarray) -
     return 1.0 - after / before if before > 0 else float("nan")
 
 
-class Encoder:
-    """Globally pooled encoder features (``out``) of the segmenter, on RGB frames."""
-
-    def __init__(self, predictor: TorchPredictor) -> None:
-        self.p = predictor
-
-    @torch.no_grad()
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
-        x = (x - self.p.mean) / self.p.std
-        model = self.p.model
-        seg = getattr(model, "segmenter", model)
-        feats = seg.forward_features(x)["out"]
-        return feats.mean(dim=(0, 2, 3)).numpy()
+def pooled_features(encoder: SegmenterEncoderFeatures, rgb: np.ndarray) -> np.ndarray:
+    """The globally pooled encoder features of one uint8 RGB frame."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        return encoder(x).mean(dim=(0, 2, 3)).numpy()
 
 
 def translate_rgb(translator: TorchTranslator, rgb: np.ndarray) -> np.ndarray:
@@ -75,7 +68,12 @@ def translate_rgb(translator: TorchTranslator, rgb: np.ndarray) -> np.ndarray:
 def sweep(segmenter: str, runs: dict[str, str], source: str, target: str, network: str,
           max_images: int = 0) -> tuple[dict, list[list[np.ndarray]]]:
     predictor, ckpt = TorchPredictor.from_checkpoint(segmenter)
-    encoder = Encoder(predictor)
+    stand_in = SegmenterEncoderFeatures(getattr(predictor.model, "segmenter", predictor.model),
+                                        tuple(ckpt["mean"]), tuple(ckpt["std"]))
+
+    def encoder(rgb: np.ndarray) -> np.ndarray:
+        return pooled_features(stand_in, rgb)
+
     src = open_eval_dataset(source, ckpt["label_space"])
     tgt = open_eval_dataset(target, ckpt["label_space"])
     s_idx = spread_indices(len(src), max_images or len(src))
