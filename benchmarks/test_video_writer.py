@@ -1,7 +1,9 @@
 """Cost per frame of the recording writers `edgeseg run` can use, on this CPU, same frames.
 
-- ``pyav-h264-frag``: H.264 (libx264, veryfast/zerolatency, one keyframe a second) in
-  fragmented MP4 through PyAV, the default: plays after kill -9 and in browsers;
+- ``pyav-h264-frag-PRESET``: H.264 (libx264, zerolatency, one keyframe a second) in
+  fragmented MP4 through PyAV, the default: plays after kill -9 and in browsers; at
+  ``ultrafast`` (`edgeseg run`'s default: the encoder shares the cores with the engine)
+  and ``veryfast`` (`--video-preset veryfast`: smaller files for more CPU);
 - ``opencv-mp4v``: OpenCV's VideoWriter (MPEG-4 part 2), the fallback without PyAV.
 
 Each round writes the same 480x360 rendered overlays (the generator's night drive through
@@ -42,16 +44,19 @@ def rendered() -> list[np.ndarray]:
     return frames
 
 
-@pytest.mark.parametrize("writer", ["pyav", "opencv"], ids=["pyav-h264-frag", "opencv-mp4v"])
-def test_video_writer_cost_per_frame(benchmark, writer: str, rendered: list[np.ndarray],  # noqa: ANN001
-                                     tmp_path: Path) -> None:
+@pytest.mark.parametrize(("writer", "preset"), [("pyav", "ultrafast"), ("pyav", "veryfast"),
+                                                ("opencv", "ultrafast")],
+                         ids=["pyav-h264-frag-ultrafast", "pyav-h264-frag-veryfast",
+                              "opencv-mp4v"])
+def test_video_writer_cost_per_frame(benchmark, writer: str, preset: str,  # noqa: ANN001
+                                     rendered: list[np.ndarray], tmp_path: Path) -> None:
     if writer == "pyav" and pyav_h264()[0] is None:
         pytest.skip(pyav_h264()[2])
     out = tmp_path / "rec.mp4"
     labels = np.zeros(1)
 
     def record() -> None:
-        sink = VideoSink(str(out), out, 10.0, writer=writer)
+        sink = VideoSink(str(out), out, 10.0, writer=writer, preset=preset)
         sink.check()
         for i, image in enumerate(rendered):
             sink.write(i, image, labels)
@@ -63,5 +68,5 @@ def test_video_writer_cost_per_frame(benchmark, writer: str, rendered: list[np.n
                                 size=SIZE, bytes=out.stat().st_size)
     cap = cv2.VideoCapture(str(out))
     assert cap.isOpened() and cap.read()[0]
-    print(f"\n{writer}: {per_frame_ms:.2f} ms/frame at {SIZE}, {out.stat().st_size} bytes "
+    print(f"\n{writer} ({preset}): {per_frame_ms:.2f} ms/frame at {SIZE}, {out.stat().st_size} bytes "
           f"for {len(rendered)} frames")

@@ -25,6 +25,8 @@ MODULE_COMMANDS: list[tuple[str, str, str]] = [
      "derive a dataset from a checkpoint: translated images or pseudo-labels"),
     ("rounds", "edgeseg.train.rounds",
      "alternate translator and segmenter trainings with derived data (bidirectional rounds)"),
+    ("strip", "edgeseg.train.strip",
+     "a checkpoint without optimiser/RNG state, to share or start from (not to resume)"),
     ("export", "edgeseg.export.export_cli", "export a checkpoint to ONNX with a parity gate"),
     ("quantize", "edgeseg.export.precision_cli", "make the fp16 or int8 (Q/DQ) variant of an ONNX"),
     ("lint", "edgeseg.export.lint_cli", "TensorRT pre-flight check of an ONNX (no GPU needed)"),

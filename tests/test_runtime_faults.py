@@ -27,9 +27,10 @@ from edgeseg.fileio import OutputError
 from edgeseg.runtime.backends.onnxruntime import OrtBackend
 from edgeseg.runtime.overlay import OverlayRenderer, OverlayStyle, hud_layout
 from edgeseg.runtime.pipeline import StreamPipeline
-from edgeseg.runtime.sinks import NullSink, VideoSink, open_sink, partial_path
+from edgeseg.runtime.sinks import NullSink, SinkError, VideoSink, open_sink, partial_path
 from edgeseg.runtime.sources import CaptureSource, ImageFolderSource, Reconnect, SourceLostError
 from edgeseg.runtime.stages import SegmentStage, StageChain
+from edgeseg.videoio import pyav_h264
 from tests.conftest import cli_env, unprivileged
 from tests.onnx_models import block_scene, export_tiny
 from tests.test_runtime_stream import count_frames
@@ -256,6 +257,35 @@ def test_recording_is_h264_with_the_users_umask_and_says_so(seg_onnx: Path,
     assert count_frames(fallback) == 4
     video = json.loads((tmp_path / "s2.json").read_text())["video"][0]
     assert video["writer"] == "opencv" and "not fragmented" in video["container"]
+
+
+def x264_settings(path: Path) -> str:
+    """The option string x264 writes into its SEI (what the encoder really ran with)."""
+    data = path.read_bytes()
+    start = data.index(b"x264 - core")
+    return data[start:data.index(b"\x00", start)].decode("ascii", "replace")
+
+
+def test_recording_preset_reaches_the_encoder(seg_onnx: Path, tmp_path: Path) -> None:
+    if pyav_h264()[1] != "libx264":
+        pytest.skip(f"PyAV's H.264 encoder here is {pyav_h264()[1] or 'missing'}, not libx264")
+    runs = {}
+    for preset in (None, "veryfast"):
+        out = tmp_path / f"{preset}.mp4"
+        extra = ["--video-preset", preset] if preset else []
+        assert main(["run", str(seg_onnx), "--source", "synthetic:night:96x64:4", "--sink",
+                     str(out), "--summary", str(tmp_path / f"{preset}.json"), "--no-progress",
+                     *extra]) == 0
+        assert decoded_frames(out) == 4
+        runs[preset] = (x264_settings(out),
+                        json.loads((tmp_path / f"{preset}.json").read_text())["video"][0])
+    # the live default is ultrafast (CAVLC, no sub-pixel refinement); veryfast uses CABAC
+    assert "cabac=0" in runs[None][0] and "subme=0" in runs[None][0]
+    assert runs[None][1]["codec"] == "h264 (libx264, ultrafast)"
+    assert "cabac=1" in runs["veryfast"][0] and "subme=2" in runs["veryfast"][0]
+    assert runs["veryfast"][1]["codec"] == "h264 (libx264, veryfast)"
+    with pytest.raises(SinkError, match="unknown x264 preset 'placebo'"):
+        VideoSink(str(tmp_path / "x.mp4"), tmp_path / "x.mp4", preset="placebo")
 
 
 def test_a_second_writer_of_the_same_recording_is_refused(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import pytest
 import torch
 import yaml
 
+from edgeseg.cli import main
 from edgeseg.config import Recipe, from_dict
 from edgeseg.data import DatasetError
 from edgeseg.fileio import OutputError
@@ -186,15 +187,26 @@ def test_resume_with_another_model_config_is_one_line(tiny_synth: Path, tmp_path
     assert "model.width_mult 0.25 (checkpoint) vs 0.5" in msg and "model.aspp_channels 32" in msg
 
 
-def test_resume_refuses_weights_only_corrupt_and_foreign_method(tiny_synth: Path,
-                                                                tmp_path: Path) -> None:
+def test_resume_refuses_weights_only_corrupt_and_foreign_method(
+        tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     assert Trainer(_recipe(tiny_synth, run, train__iterations=1), progress=False).run() == 0
     ckpt = torch.load(run / "last.pt", weights_only=True)
-    weights = {k: v for k, v in ckpt.items() if k not in ("method_state", "streams", "rng")}
-    torch.save(weights, tmp_path / "weights.pt")
+    assert main(["strip", str(run / "last.pt"), "-o", str(tmp_path / "weights.pt")]) == 0
+    stripped = load_checkpoint(tmp_path / "weights.pt")
+    assert not {"streams", "rng", "method_state"} & set(stripped)
+    assert (tmp_path / "weights.pt").stat().st_size < 0.6 * (run / "last.pt").stat().st_size
     line = _one_line_error(_train_cli("--resume", str(tmp_path / "weights.pt"), cwd=tmp_path))
     assert "weights only" in line and "model.init_from" in line
+    # what it is for: the start of another run, weights as trained
+    start = Trainer(_recipe(tiny_synth, tmp_path / "next", train__iterations=1,
+                            model__init_from=str(tmp_path / "weights.pt")), progress=False)
+    for name, value in start.model.state_dict().items():
+        assert torch.equal(value, ckpt["model"][name]), name
+    before = (run / "last.pt").read_bytes()
+    assert main(["strip", str(run / "last.pt"), "-o", str(run / "last.pt")]) == 2
+    assert "-o is the checkpoint itself" in capsys.readouterr().err
+    assert (run / "last.pt").read_bytes() == before
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((run / "last.pt").read_bytes()[:50_000])
     line = _one_line_error(_train_cli("--resume", str(truncated), cwd=tmp_path))

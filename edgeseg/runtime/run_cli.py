@@ -38,6 +38,7 @@ from edgeseg.runtime.stages import (
     frame_to_input,
 )
 from edgeseg.runtime.timing import time_calls
+from edgeseg.videoio import LIVE_PRESET, X264_PRESETS
 
 EXIT_INTERRUPTED = 130
 
@@ -71,6 +72,7 @@ class StreamConfig:
     progress: bool = True
     stall_s: float = 10.0  # a live source silent this long ends the run (0: never)
     video_writer: VideoWriterChoice = "auto"
+    video_preset: str = LIVE_PRESET  # x264 preset of H.264 recordings (see videoio)
     manifest_check: bool = True  # False: run an engine whose manifest is missing (warns)
     device: str = "auto"  # cpu, cuda[:N] or auto: the GPU index goes to TensorRT / ORT's CUDA EP
 
@@ -159,7 +161,8 @@ def run_stream(engine: str | Path, cfg: StreamConfig) -> RunSummary:
                              reconnect=cfg.reconnect)
         try:
             fps = cfg.fps or source.fps or 10.0
-            sinks = [open_sink(spec, fps, cfg.video_writer) for spec in cfg.sinks]
+            sinks = [open_sink(spec, fps, cfg.video_writer, cfg.video_preset)
+                     for spec in cfg.sinks]
             renderer = OverlayRenderer(meta.labels, meta.palette, cfg.style) \
                 if meta.labels else None
             scorer = None
@@ -259,6 +262,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video-writer", default="auto", choices=["auto", "pyav", "opencv"],
                         help="auto: H.264 in fragmented MP4 through PyAV (plays after a crash, "
                              "in browsers) when installed, else OpenCV's mp4v")
+    parser.add_argument("--video-preset", default=LIVE_PRESET, choices=X264_PRESETS,
+                        help="x264 preset of H.264 recordings (FFmpeg's -preset): the default "
+                             "ultrafast leaves the cores to the engine (about a third of "
+                             "veryfast's CPU per frame, about 1.5x the bytes); veryfast or "
+                             "slower for smaller files where CPU is to spare")
     parser.add_argument("--no-manifest-check", action="store_true",
                         help="run an ONNX Runtime engine (.ort.onnx) whose manifest is missing, "
                              "skipping the check that it was built for this CPU (warns)")
@@ -284,7 +292,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         trust_engine_code=args.trust_engine_code,
         reconnect=Reconnect(attempts=args.reconnect_attempts), progress=not args.no_progress,
         stall_s=args.stall_timeout,
-        video_writer=args.video_writer, manifest_check=not args.no_manifest_check,
+        video_writer=args.video_writer, video_preset=args.video_preset,
+        manifest_check=not args.no_manifest_check,
         device=str(args.device))
 
 

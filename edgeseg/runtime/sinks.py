@@ -41,7 +41,7 @@ from edgeseg.fileio import (
     write_image,
 )
 from edgeseg.runtime.sources import VIDEO_SUFFIXES
-from edgeseg.videoio import VideoEncoder, VideoWriterChoice, VideoWriterUnavailable
+from edgeseg.videoio import LIVE_PRESET, VideoEncoder, VideoWriterChoice, VideoWriterUnavailable
 
 
 class SinkError(OutputError):
@@ -123,13 +123,13 @@ class VideoSink(Sink):
 
     def __init__(self, spec: str, path: Path, fps: float = 10.0,
                  writer: VideoWriterChoice = "auto", keyframe_s: float = 1.0,
-                 sync_s: float = 5.0) -> None:
+                 sync_s: float = 5.0, preset: str = LIVE_PRESET) -> None:
         super().__init__(spec)
         self.path, self.fps = path, fps
         self.partial = partial_path(path)
         self.sync_s = sync_s
         try:
-            self.encoder = VideoEncoder(self.partial, fps, writer, keyframe_s)
+            self.encoder = VideoEncoder(self.partial, fps, writer, keyframe_s, preset)
         except VideoWriterUnavailable as exc:
             raise SinkError(f"{spec}: {exc}") from None
         self.fd: int | None = None
@@ -296,8 +296,10 @@ class WindowSink(Sink):
             self.opened = False
 
 
-def open_sink(spec: str, fps: float = 10.0, video_writer: VideoWriterChoice = "auto") -> Sink:
-    """The sink for ``spec`` (see the module docstring)."""
+def open_sink(spec: str, fps: float = 10.0, video_writer: VideoWriterChoice = "auto",
+              video_preset: str = LIVE_PRESET) -> Sink:
+    """The sink for ``spec`` (see the module docstring); ``video_preset`` is the x264 preset
+    of H.264 recordings."""
     if spec == "null":
         return NullSink(spec)
     if spec == "window" or spec.startswith("window:"):
@@ -310,10 +312,10 @@ def open_sink(spec: str, fps: float = 10.0, video_writer: VideoWriterChoice = "a
             raise SinkError(f"{spec}: expected {kind}:FOLDER")
         return FolderSink(spec, Path(rest), labels=kind == "labels")
     if sep and kind == "video":
-        return VideoSink(spec, Path(rest), fps, video_writer)
+        return VideoSink(spec, Path(rest), fps, video_writer, preset=video_preset)
     path = Path(spec)
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        return VideoSink(spec, path, fps, video_writer)
+        return VideoSink(spec, path, fps, video_writer, preset=video_preset)
     raise SinkError(f"{spec}: unknown sink; use window (or display://0), null, OUT.mp4, "
                     "frames:DIR or labels:DIR")
 
