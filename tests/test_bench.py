@@ -24,7 +24,13 @@ from edgeseg.cli import main
 from edgeseg.contract.metadata import metadata_of, set_metadata
 from edgeseg.errors import EdgesegError
 from edgeseg.labels import CAMVID11, cityscapes_to, remap_labels
-from edgeseg.runtime.latency import END_TO_END, measure, measure_latency, summarize, time_stages
+from edgeseg.runtime.latency import (
+    END_TO_END,
+    interleaved_latency,
+    measure,
+    summarize,
+    time_stages,
+)
 from tests.onnx_models import SIZE, block_scene, export_tiny
 
 H, W = SIZE
@@ -120,12 +126,19 @@ def test_time_stages_keeps_reported_stages_and_drops_partial_ones() -> None:
     assert len(result.times_ms) == 5 and result.total is result.stats[END_TO_END]
 
 
-def test_measure_latency_is_shared_with_build_engine() -> None:
+def test_interleaved_latency_rotates_and_is_shared_with_build_engine() -> None:
     from edgeseg.export import variants
 
-    assert variants.measure_latency is measure_latency
-    p50, mean = measure_latency(lambda image: image.sum(), np.ones((4, 4)), 1, 3)
-    assert 0 <= p50 and 0 <= mean
+    assert variants.interleaved_latency is interleaved_latency
+    calls: list[int] = []
+    fns = [lambda image, k=k: calls.append(k) for k in range(3)]
+    stats = interleaved_latency(fns, np.ones((2, 2)), iterations=4, rounds=2, warmup=1)
+    # round 1 in order, one warm-up call + 2 timed each; round 2 starts one further along
+    assert calls == [0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1, 2, 2, 0, 0]
+    assert len(stats) == 3 and all(p50 >= 0 and mean >= 0 for p50, mean in stats)
+    calls.clear()
+    interleaved_latency(fns[:2], np.ones((2, 2)), iterations=3, rounds=5, warmup=0)
+    assert calls == [0, 1, 1, 0, 0, 1]  # rounds capped at the calls: one call per round
 
 
 def test_onnx_target_splits_stages_and_runs_batches(fp32: Path) -> None:

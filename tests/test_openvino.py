@@ -350,8 +350,9 @@ def test_run_bench_and_compare_take_an_openvino_engine(models: dict[str, Path], 
 
 def test_precision_auto_measures_the_openvino_candidates(models: dict[str, Path],
                                                          tmp_path: Path) -> None:
+    from edgeseg.export.ov_builder import openvino_has_bf16
     from edgeseg.export.profile import CalibrationConfig, ParityConfig
-    from edgeseg.export.variants import choose_precision
+    from edgeseg.export.variants import candidate_profile, choose_precision
 
     profile = BuildProfile(
         backend="openvino", threads=1, precision="auto",
@@ -359,14 +360,25 @@ def test_precision_auto_measures_the_openvino_candidates(models: dict[str, Path]
         parity=ParityConfig(frames=4, min_agreement=0.5, max_miou_drop=100.0, iterations=3))
     out = tmp_path / "auto.ov.blob"
     manifest = choose_precision(models["fp32"], out, profile, "cmd")
-    rows = {(r["precision"], r["flavour"]): r for r in manifest.selection}
-    assert set(rows) == {("fp32", ""), ("int8", "tensorrt"), ("int8", "onnxruntime")}
+    rows = {r["label"]: r for r in manifest.selection}
+    bf16 = {"int8-bf16"} if openvino_has_bf16() else set()
+    assert set(rows) == {"fp32", "int8", "int8-ort"} | bf16
+    assert (rows["int8"]["flavour"], rows["int8-ort"]["flavour"]) == ("tensorrt", "onnxruntime")
     assert all(r["passed"] and r["latency_ms_p50"] > 0 for r in rows.values())
     assert (tmp_path / "auto.ov.blob.int8.onnx").is_file()  # TensorRT style: Jetson's file too
     assert (tmp_path / "auto.ov.blob.int8-ort.onnx").is_file()
+    assert {r["inference_precision"] for k, r in rows.items() if k != "int8-bf16"} == {"f32"}
+    if bf16:  # the same int8 file, its layers outside Q/DQ in bf16
+        assert rows["int8-bf16"]["inference_precision"] == "bf16"
+        assert rows["int8-bf16"]["onnx"] == rows["int8"]["onnx"]
+        assert not (tmp_path / "auto.ov.blob.int8-bf16.onnx").exists()
     assert manifest.backend == "openvino"
-    assert manifest.precision == min(rows.values(), key=lambda r: r["latency_ms_p50"])[
-        "precision"]
+    winner = min(rows.values(), key=lambda r: r["latency_ms_p50"])
+    assert (manifest.precision, manifest.build.inference_precision) == (
+        winner["precision"], winner["inference_precision"])
+    assert candidate_profile(profile, "int8-bf16").inference_precision == "bf16"
+    assert candidate_profile(profile, "int8").inference_precision == "f32"
+    assert candidate_profile(profile, "int8").precision is None
 
 
 def test_shipped_openvino_profiles(models: dict[str, Path], tmp_path: Path) -> None:

@@ -34,6 +34,18 @@ from edgeseg.runtime.backends.openvino import (
 from edgeseg.runtime.compat import MachineInfo
 
 
+def openvino_has_bf16(device: str = "CPU") -> bool:
+    """Whether OpenVINO's ``device`` computes bf16 in hardware (a CPU with AVX512_BF16 or
+    AMX: its OPTIMIZATION_CAPABILITIES name BF16); False without OpenVINO."""
+    if device.split(".")[0].upper() != "CPU":
+        return False
+    try:
+        caps = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001 - not installed, or a plugin that cannot say
+        return False
+    return "BF16" in caps
+
+
 def _specs(compiled: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return [port_spec(p) for p in compiled.inputs], [port_spec(p) for p in compiled.outputs]
 

@@ -25,7 +25,7 @@ import numpy as np
 from edgeseg.contract.metadata import read_metadata
 from edgeseg.errors import EdgesegError
 from edgeseg.metrics import Thresholds
-from edgeseg.runtime.latency import measure_latency
+from edgeseg.runtime.latency import interleaved_latency
 
 
 def make_variant(src: str | Path, dst: str | Path, precision: str, *, calib: str | None = None,
@@ -112,6 +112,7 @@ class Candidate:
     onnx: str
     flavour: str = ""  # int8: the Q/DQ flavour (tensorrt / onnxruntime)
     high_precision: str = ""  # int8: the type outside the Q/DQ pairs (fp32 / fp16)
+    inference_precision: str = ""  # OpenVINO: the precision its layers outside Q/DQ run in
     label: str = ""  # the table's name for it (int8-ort: the onnxruntime flavour on OpenVINO)
     latency_ms_p50: float = float("nan")
     latency_ms_mean: float = float("nan")
@@ -218,22 +219,27 @@ def judge(score: SetScore, fp32: SetScore | None, gate: Any) -> SetScore:
 
 
 def _score(engine: Path, sets: list[ScoringSet], references: list[list[np.ndarray]] | None,
-           iterations: int, device: int = 0) -> tuple[Candidate, list[list[np.ndarray]]]:
+           device: int = 0) -> tuple[Candidate, list[list[np.ndarray]], Any]:
+    """Predict every scoring frame with ``engine``; returns the candidate's scores, the
+    predictions and the predictor, still open (`choose_precision` times them together)."""
     from edgeseg.argtypes import Device
     from edgeseg.contract.manifest import manifest_path, read_manifest
     from edgeseg.runtime.predictor import BackendPredictor, open_engine
 
     on_gpu = manifest_path(engine).is_file() and read_manifest(engine).backend == "tensorrt"
     where = Device("cuda", device) if on_gpu else Device("cpu")  # as build-engine built it
-    with contextlib.closing(BackendPredictor(open_engine(engine, where))) as predict:
+    predict = BackendPredictor(open_engine(engine, where))
+    try:
         preds = [[predict(img) for img in s.images] for s in sets]
-        p50, mean = measure_latency(predict, sets[0].images[0], iterations=iterations)
-        space = predict.meta.label_space
-    cand = Candidate(precision="", onnx="", latency_ms_p50=p50, latency_ms_mean=mean)
+    except BaseException:
+        predict.close()
+        raise
+    space = predict.meta.label_space
+    cand = Candidate(precision="", onnx="")
     for i, s in enumerate(sets):
         ref = references[i] if references is not None else None
         cand.scores.append(score_predictions(preds[i], s, ref, space))
-    return cand, preds
+    return cand, preds, predict
 
 
 def _summarise(cand: Candidate, fp32: Candidate | None, gate: Any) -> None:
@@ -257,6 +263,11 @@ def _summarise(cand: Candidate, fp32: Candidate | None, gate: Any) -> None:
 INT8_ORT = "int8-ort"
 #: the variant name of the int8 file that is fp16 outside its Q/DQ pairs (TensorRT)
 INT8_FP16 = "int8-fp16"
+#: OpenVINO on a CPU with bf16 (AVX512_BF16, AMX): the int8 file with bf16 layers outside its
+#: Q/DQ pairs; the same file as ``int8``, built with ``inference_precision: bf16``
+INT8_BF16 = "int8-bf16"
+#: interleaved rounds `choose_precision` times its candidates in
+TIMING_ROUNDS = 4
 
 
 def candidate_kind(label: str, flavour: str) -> tuple[str, str, str]:
@@ -266,10 +277,20 @@ def candidate_kind(label: str, flavour: str) -> tuple[str, str, str]:
         return "int8", "tensorrt", "fp16"
     if label == INT8_ORT:
         return "int8", "onnxruntime", "fp32"
+    if label == INT8_BF16:
+        return "int8", flavour, "fp32"
     return label, flavour, "fp32"
 
 
-def default_candidates(backend: str, flavour: str | None) -> list[str]:
+def candidate_profile(profile: Any, label: str) -> Any:
+    """The build profile of candidate ``label``: precision from its file, and OpenVINO's
+    precision outside Q/DQ (bf16 for ``int8-bf16``, else the profile's)."""
+    if label == INT8_BF16:
+        return replace(profile, precision=None, inference_precision="bf16")
+    return replace(profile, precision=None)
+
+
+def default_candidates(backend: str, flavour: str | None, bf16: bool = False) -> list[str]:
     """What ``auto`` builds and measures for ``backend``: ONNX Runtime's CPU kernels run
     fp16 through casts (slower than fp32), so no fp16 there nor on OpenVINO's CPU (whose
     fp32 layers can run in bf16 instead, `inference_precision`). OpenVINO runs both int8
@@ -278,11 +299,14 @@ def default_candidates(backend: str, flavour: str | None) -> list[str]:
     profile pins a flavour, so it is kept only where it still wins within the budget.
     TensorRT builds strongly typed (every tensor keeps its ONNX type), so its int8
     candidates are the int8 file as it is (fp32 outside the Q/DQ pairs) and ``int8-fp16``,
-    fp16 outside them: the engine TensorRT 10's ``--int8 --fp16`` built."""
+    fp16 outside them: the engine TensorRT 10's ``--int8 --fp16`` built. ``bf16``: OpenVINO
+    on a CPU with bf16 arithmetic also measures ``int8-bf16`` (the int8 file with its
+    layers outside Q/DQ in bf16, OpenVINO's own default there), judged by the same gate."""
     if backend == "onnxruntime":
         return ["fp32", "int8"]
     if backend == "openvino":
-        return ["fp32", "int8"] + ([INT8_ORT] if flavour is None else [])
+        return ["fp32", "int8"] + ([INT8_BF16] if bf16 else []) + \
+            ([INT8_ORT] if flavour is None else [])
     return ["fp32", "fp16", "int8"] + ([INT8_FP16] if flavour in (None, "tensorrt") else [])
 
 
@@ -312,7 +336,11 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
     backend = resolve_backend(profile.backend, device)
     cal, gate = profile.calibration, profile.parity
     if candidates is None:
-        candidates = default_candidates(backend, cal.flavour)
+        from edgeseg.export.ov_builder import openvino_has_bf16
+
+        bf16 = backend == "openvino" and profile.inference_precision == "f32" and \
+            openvino_has_bf16(profile.ov_device)
+        candidates = default_candidates(backend, cal.flavour, bf16)
     flavour = cal.flavour or default_flavour(backend)
     spec = meta.input
     hw = spec.shape[1:3] if spec.format == "uint8-nhwc-bgr" else spec.shape[2:4]
@@ -323,27 +351,36 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
     where = "; ".join(f"{s.set} {s.data} ({len(s.images)} frames)" for s in sets)
     budget = Thresholds(gate.min_agreement, gate.max_miou_drop)
     print(f"choosing the precision on this machine ({backend}), accuracy on {where}; "
-          f"thresholds per set: {budget.describe()}:\n  {TABLE_HEADER}")
-    with tempfile.TemporaryDirectory(prefix="edgeseg-auto-") as tmp:
+          f"thresholds per set: {budget.describe()}", flush=True)
+    made: set[Path] = set()
+    with tempfile.TemporaryDirectory(prefix="edgeseg-auto-") as tmp, \
+            contextlib.ExitStack() as open_engines:
+        timed: list[tuple[Candidate, Any]] = []
         for label in candidates:
             precision, kind, high = candidate_kind(label, flavour)
-            onnx_path = fp32_onnx if precision == "fp32" else variant_path(out, label)
+            file_label = "int8" if label == INT8_BF16 else label  # the same file, bf16 layers
+            onnx_path = fp32_onnx if precision == "fp32" else variant_path(out, file_label)
+            build = candidate_profile(profile, label)
             note = ""
             try:
-                if precision != "fp32":
+                if precision != "fp32" and onnx_path not in made:
                     make_variant(fp32_onnx, onnx_path, precision, calib=cal.data,
                                  calib_frames=cal.frames, method=cal.method, flavour=kind,
                                  cache=calib_cache_path(out) if precision == "int8" else None,
                                  made_by="build-engine", high_precision=high)
+                    made.add(onnx_path)
                 engine = Path(tmp) / f"{label}{ENGINE_SUFFIXES[backend]}"
-                build_engine(onnx_path, engine, replace(profile, precision=None), command,
-                             device=device)
-                cand, preds = _score(engine, sets, references, gate.iterations, device)
+                build_engine(onnx_path, engine, build, command, device=device)
+                cand, preds, predict = _score(engine, sets, references, device)
+                open_engines.callback(predict.close)
+                timed.append((cand, predict))
             except EdgesegError as exc:
                 cand, preds, note = Candidate(precision, str(onnx_path)), None, f"({exc})"
             cand.precision, cand.onnx, cand.note = precision, str(onnx_path), note[:300]
             cand.flavour = kind if precision == "int8" else ""
             cand.high_precision = high if precision == "int8" else ""
+            cand.inference_precision = build.inference_precision if backend == "openvino" \
+                else ""
             cand.label = label
             if precision == "fp32":
                 if preds is None:
@@ -353,7 +390,17 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
             elif preds is not None:
                 _summarise(cand, results[0], gate)
             results.append(cand)
-            print("\n".join(f"  {row}" for row in cand.rows()), flush=True)
+            print(f"  {label}: scored" + (f" {note}" if note else ""), flush=True)
+        # every candidate timed in the same rounds, rotating: no order or drift favours one
+        print(f"timing {len(timed)} candidates in {TIMING_ROUNDS} interleaved rounds, "
+              f"{gate.iterations} calls each", flush=True)
+        stats = interleaved_latency([p for _, p in timed], sets[0].images[0],
+                                    gate.iterations, TIMING_ROUNDS)
+        for (cand, _), (p50, mean) in zip(timed, stats):
+            cand.latency_ms_p50, cand.latency_ms_mean = p50, mean
+    print(f"  {TABLE_HEADER}")
+    for cand in results:
+        print("\n".join(f"  {row}" for row in cand.rows()), flush=True)
     winner = min((c for c in results if c.passed), key=lambda c: c.latency_ms_p50)
     rejected = [f"{c.label or c.precision} (over budget on "
                 f"{', '.join(s.set for s in c.scores if not s.passed)})"
@@ -361,7 +408,7 @@ def choose_precision(fp32_onnx: str | Path, out: str | Path, profile: Any, comma
     print(f"auto: fastest within budget on this machine: {winner.label or winner.precision} "
           f"({winner.latency_ms_p50:.2f} ms p50)"
           + (f"; rejected {', '.join(rejected)}" if rejected else ""))
-    manifest = build_engine(winner.onnx, out, replace(profile, precision=None), command,
+    manifest = build_engine(winner.onnx, out, candidate_profile(profile, winner.label), command,
                             selection=[_json_safe(asdict(c)) for c in results], device=device)
     return manifest
 

@@ -1,6 +1,6 @@
 """Timing loops and latency statistics: every latency number in edgeseg is computed here.
 
-`edgeseg bench`, ``build-engine --precision auto`` (`measure_latency`) and the
+`edgeseg bench`, ``build-engine --precision auto`` (`interleaved_latency`) and the
 benchmark suites share one definition of warm-up, percentiles and throughput,
 so numbers from different commands can be put side by side. numpy only, and in
 the runtime (below export and bench) because the engine-choosing code in
@@ -69,11 +69,22 @@ def summarize(times_ms: Sequence[float], batch: int = 1) -> LatencyStats:
                         max_ms=s.max, batch=batch)
 
 
-def measure_latency(predict: Any, image: np.ndarray, warmup: int = 3,
-                    iterations: int = 20) -> tuple[float, float]:
-    """(p50, mean) milliseconds of ``predict(image)`` end to end (pre/post-processing in)."""
-    stats = summarize(time_calls(lambda: predict(image), warmup, iterations))
-    return stats.p50_ms, stats.mean_ms
+def interleaved_latency(predicts: Sequence[Callable[[np.ndarray], Any]], image: np.ndarray,
+                        iterations: int = 20, rounds: int = 4, warmup: int = 3
+                        ) -> list[tuple[float, float]]:
+    """(p50, mean) ms of each ``predict(image)``, timed in ``rounds`` rounds whose order
+    rotates, ``iterations`` calls each in all: a machine whose speed drifts (a shared VM,
+    thermal throttling) then biases none of them, as timing one after the other would."""
+    if not predicts:
+        return []
+    rounds = max(1, min(rounds, iterations))
+    per_round = -(-iterations // rounds)
+    times: list[list[float]] = [[] for _ in predicts]
+    for r in range(rounds):
+        for i in [*range(r % len(predicts), len(predicts)), *range(r % len(predicts))]:
+            times[i] += time_calls(lambda i=i: predicts[i](image), warmup if r == 0 else 0,
+                                   per_round)
+    return [(s.p50_ms, s.mean_ms) for s in (summarize(t) for t in times)]
 
 
 # --------------------------------------------------------------------- stages
