@@ -17,6 +17,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from edgeseg.data.transforms import LowLight
 from edgeseg.errors import EdgesegError
 
 
@@ -256,6 +257,7 @@ class StreamConfig:
     scale_range: tuple[float, float] | None = None
     flip: bool | None = None
     color_jitter: float | None = None
+    low_light: LowLight | None = None
     batch_size: int | None = None
     #: a folder written by ``edgeseg derive pseudo-label`` for this stream's dataset: the
     #: stream's ``label`` (255 below the threshold) and ``confidence`` come from it
@@ -296,6 +298,8 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     flip: bool = True
     color_jitter: float = 0.0
+    #: dusk/night imitation on the training images (`edgeseg.data.transforms.LowLight`)
+    low_light: LowLight = field(default_factory=LowLight)
     batch_size: int = 8
     val_batch_size: int = 1
     workers: int = 2
@@ -337,6 +341,7 @@ class DataConfig:
             resize=pick(own.resize, self.resize),
             scale_range=pick(own.scale_range, self.scale_range), flip=pick(own.flip, self.flip),
             color_jitter=pick(own.color_jitter, self.color_jitter),
+            low_light=pick(own.low_light, self.low_light),
             batch_size=pick(own.batch_size, self.batch_size), pseudo_labels=own.pseudo_labels)
 
 

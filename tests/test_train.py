@@ -287,3 +287,62 @@ def test_source_only_freeze_bn_keeps_running_statistics(tiny_synth: Path, tmp_pa
     assert trainer.run() == 0
     assert torch.equal(bn.running_mean, stats) == freeze_bn
     assert not torch.equal(bn.weight, weight)
+
+
+def test_source_only_median_frequency_weights_by_hand(tiny_synth: Path, tmp_path: Path) -> None:
+    """SegNet's balancing: w_k = median(freq) / freq_k, freq_k = class k's pixels over the
+    pixels of the images containing k; the weighted CE is sum w_y * nll / sum w_y."""
+    from edgeseg.data import open_dataset
+
+    recipe = from_dict(Recipe, tiny_recipe(tiny_synth, tmp_path / "run", train__iterations=1)
+                       | {"method": {"name": "source_only",
+                                     "params": {"class_weights": "median_frequency"}}})
+    trainer = Trainer(recipe, progress=False)
+    pixels, image_pixels = np.zeros(19), np.zeros(19)
+    for sample in open_dataset(f"synthetic:{tiny_synth}:day_train", "cityscapes19"):
+        ids = np.asarray(sample["label"]).ravel()
+        ids = ids[ids != 255]
+        for k in np.unique(ids):
+            pixels[k] += (ids == k).sum()
+            image_pixels[k] += ids.size
+    present = pixels > 0
+    assert 2 < present.sum() < 19  # some classes absent: they keep weight 1
+    freq = np.where(present, pixels / np.maximum(image_pixels, 1), 0.0)
+    want = np.ones(19)
+    want[present] = np.median(freq[present]) / freq[present]
+    method = trainer.method
+    assert method.class_weights.tolist() == pytest.approx(want.tolist(), rel=1e-5)
+
+    # inside the method: the logged loss is the weighted CE of the model's own output
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 32, 48, generator=gen)
+    y = torch.randint(0, 19, (2, 32, 48), generator=gen)
+    y[0, :4] = 255
+    model = method.net("model")
+    torch.manual_seed(5)  # the same dropout masks in both forwards
+    with torch.no_grad():
+        logp = torch.log_softmax(model(x).float(), 1)
+    valid = y != 255
+    ys = y[valid]
+    nll = -logp.permute(0, 2, 3, 1)[valid].gather(1, ys[:, None])[:, 0]
+    w = torch.tensor(want, dtype=torch.float32)[ys]
+    torch.manual_seed(5)
+    logged = method.train_step({"source": {"image": x, "label": y}}, 0)
+    assert logged["loss_seg_src"] == pytest.approx(float((w * nll).sum() / w.sum()), rel=1e-4)
+    assert logged["loss_seg_src"] != pytest.approx(float(nll.mean()), rel=1e-3)
+    assert trainer.run() == 0
+    notes = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    note = next(n for n in notes if n.get("type") == "method")
+    assert note["class_weights"]["road"] == pytest.approx(want[0], rel=1e-3)
+
+
+def test_low_light_reaches_the_streams_it_is_set_for(tiny_synth: Path, tmp_path: Path) -> None:
+    rec = tiny_recipe(tiny_synth, tmp_path / "run", train__iterations=1)
+    rec["method"] = {"name": "mobilenet_uda"}
+    rec["data"]["target"] = f"synthetic:{tiny_synth}:night_train"
+    rec["data"]["low_light"] = {"p": 0.5, "gamma": [1.2, 2.0]}
+    rec["data"]["streams"] = {"target": {"low_light": {"p": 0.0}}}
+    trainer = Trainer(from_dict(Recipe, rec), progress=False)
+    source = trainer.streams.streams["source"].loader.dataset.transform.low_light
+    assert (source.p, source.gamma) == (0.5, (1.2, 2.0))
+    assert trainer.streams.streams["target"].loader.dataset.transform.low_light is None

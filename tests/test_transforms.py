@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from edgeseg.data.transforms import (
+    LowLight,
     TrainTransform,
     color_jitter,
+    darken,
     hflip,
+    low_light,
     pad_to,
     random_crop,
     resize,
@@ -102,6 +105,54 @@ def test_color_jitter_is_per_image_and_spares_the_label():
     assert np.array_equal(out["label"], sample["label"])
     assert out["image"].dtype == np.uint8
     assert color_jitter(sample["image"], np.random.default_rng(0), 0.0) is sample["image"]
+
+
+def test_darken_by_hand():
+    image = np.array([[[0, 128, 255]]], np.uint8)
+    # 0.5 * 255 * (128/255)^2 = 32.12 -> 32; 0.5 * 255 = 127.5 -> 128 (round half to even: 128)
+    assert darken(image, 2.0, 0.5).tolist() == [[[0, 32, 128]]]
+    assert darken(image, 1.0, 1.0).tolist() == image.tolist()  # identity
+    assert darken(image, 0.5, 1.0).tolist() == [[[0, 181, 255]]]  # 255 * sqrt(128/255)
+    noisy = darken(np.full((64, 64, 3), 100, np.uint8), 1.0, 1.0, 5.0, np.random.default_rng(0))
+    assert 4.0 < noisy.astype(np.float64).std() < 6.0 and abs(noisy.mean() - 100) < 0.5
+
+
+def test_low_light_draws_p_gamma_exposure_noise_in_order():
+    cfg = LowLight(p=0.5, gamma=(1.5, 2.5), exposure=(0.4, 0.8), noise=(0.0, 0.0))
+    image = np.full((4, 4, 3), 200, np.uint8)
+    for seed in range(8):
+        rng, ref = np.random.default_rng(seed), np.random.default_rng(seed)
+        out = low_light(image, rng, cfg)
+        if ref.random() >= 0.5:
+            assert out is image
+            continue
+        gamma, exposure = ref.uniform(1.5, 2.5), ref.uniform(0.4, 0.8)
+        ref.uniform(0.0, 0.0)
+        assert np.array_equal(out, darken(image, gamma, exposure))
+        assert rng.random() == ref.random()  # the same draws, no more
+    untouched = np.random.default_rng(3)
+    assert low_light(image, untouched, LowLight()) is image  # p 0: draws nothing
+    assert untouched.random() == np.random.default_rng(3).random()
+
+
+def test_low_light_in_the_transform_darkens_images_not_labels():
+    sample = block_sample()
+    plain = TrainTransform(crop=None, scale_range=(1.0, 1.0), flip=False)
+    off = TrainTransform(crop=None, scale_range=(1.0, 1.0), flip=False,
+                         low_light=LowLight(p=0.0))
+    on = TrainTransform(crop=None, scale_range=(1.0, 1.0), flip=False,
+                        low_light=LowLight(p=1.0, gamma=(2.0, 2.0), exposure=(0.5, 0.5),
+                                           noise=(0.0, 0.0)))
+    a, b = plain(sample, np.random.default_rng(0)), off(sample, np.random.default_rng(0))
+    assert all(np.array_equal(a[k], b[k]) for k in ("image", "night", "label"))
+    dark = on(sample, np.random.default_rng(0))
+    for key in ("image", "night"):
+        assert np.array_equal(dark[key], darken(sample[key], 2.0, 0.5))
+    assert np.array_equal(dark["label"], sample["label"])
+    with pytest.raises(ValueError, match="low_light.exposure"):
+        LowLight(p=0.5, exposure=(0.0, 1.0)).validate()
+    with pytest.raises(ValueError, match="low_light.noise"):
+        LowLight(p=0.5, noise=(3.0, 1.0)).validate()
 
 
 def test_input_sample_is_not_modified():

@@ -52,6 +52,7 @@ where the crop padded it; ``flipped`` is 1.0 when the window was then mirrored.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -282,6 +283,49 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, amount: float) -> 
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class LowLight:
+    """Photometric augmentation that imitates dusk and night on day frames (``data.low_light``).
+
+    With probability ``p`` an image becomes ``exposure * 255 * (x / 255) ** gamma`` plus
+    Gaussian sensor noise of standard deviation ``noise`` (in 0..255 levels), each value
+    drawn uniformly from its range per image: gamma > 1 crushes the mid-tones as a dark
+    exposure does, the exposure factor dims the whole frame, and the noise is what a
+    sensor adds at high gain. ``p`` 0 (the default) draws nothing from the generator.
+    """
+
+    p: float = 0.0
+    gamma: tuple[float, float] = (1.0, 2.5)
+    exposure: tuple[float, float] = (0.35, 1.0)
+    noise: tuple[float, float] = (0.0, 6.0)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"low_light.p={self.p}: expected a probability in [0, 1]")
+        for key, positive in (("gamma", True), ("exposure", True), ("noise", False)):
+            lo, hi = getattr(self, key)
+            if not ((lo > 0) if positive else (lo >= 0)) or lo > hi:
+                raise ValueError(f"low_light.{key}={[lo, hi]}: expected "
+                                 f"{'0 <' if positive else '0 <='} min <= max")
+
+
+def darken(image: np.ndarray, gamma: float, exposure: float, noise: float = 0.0,
+           rng: np.random.Generator | None = None) -> np.ndarray:
+    """``exposure * 255 * (image / 255) ** gamma`` (+ N(0, noise) with ``rng``), as uint8."""
+    img = exposure * 255.0 * np.power(image.astype(np.float32) / 255.0, np.float32(gamma))
+    if noise > 0 and rng is not None:
+        img = img + rng.normal(0.0, noise, img.shape).astype(np.float32)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def low_light(image: np.ndarray, rng: np.random.Generator, cfg: LowLight) -> np.ndarray:
+    """`LowLight`'s draw for one image: one uniform for ``p``, then gamma, exposure, noise."""
+    if cfg.p <= 0 or rng.random() >= cfg.p:
+        return image
+    gamma, exposure, noise = (rng.uniform(*r) for r in (cfg.gamma, cfg.exposure, cfg.noise))
+    return darken(image, gamma, exposure, noise, rng)
+
+
 def to_chw_float(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (3, H, W) float32 ``(x/255 - mean) / std``.
@@ -323,13 +367,15 @@ class TrainTransform:
     then colour jitter drawn independently for each image; records ``crop_box``.
 
     ``crop``/``resize`` are (h, w) or None; ``scale_range`` the factor range;
-    ``color_jitter`` the jitter amount (0 disables). The generator is drawn in this
-    order: scale (unless the range is (1, 1)), crop top and left (with a crop), flip
-    (with flip), jitter per image in key order.
+    ``color_jitter`` the jitter amount (0 disables); ``low_light`` the dusk/night
+    imitation (`LowLight`). The generator is drawn in this order: scale (unless the range
+    is (1, 1)), crop top and left (with a crop), flip (with flip), jitter per image in key
+    order, then low light per image in key order.
     """
 
     def __init__(self, crop: Size | None = None, scale_range: tuple[float, float] = (1.0, 1.0),
-                 flip: bool = True, color_jitter: float = 0.0, resize: Size | None = None) -> None:
+                 flip: bool = True, color_jitter: float = 0.0, resize: Size | None = None,
+                 low_light: LowLight | None = None) -> None:
         if scale_range[0] <= 0 or scale_range[0] > scale_range[1]:
             raise ValueError(f"scale_range {scale_range}: expected 0 < low <= high")
         self.crop = tuple(crop) if crop else None
@@ -337,6 +383,7 @@ class TrainTransform:
         self.flip = flip
         self.color_jitter = color_jitter
         self.resize = tuple(resize) if resize else None
+        self.low_light = low_light if low_light is not None and low_light.p > 0 else None
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         out = _align_to_image(sample)
@@ -358,10 +405,15 @@ class TrainTransform:
             for key, value in out.items():
                 if kind_of(key, value) == IMAGE:
                     out[key] = color_jitter(value, rng, self.color_jitter)
+        if self.low_light is not None:
+            for key, value in out.items():
+                if kind_of(key, value) == IMAGE:
+                    out[key] = low_light(value, rng, self.low_light)
         out["crop_box"] = np.array([top, left, window[0], window[1], factor, float(flipped)],
                                    np.float32)
         return out
 
     def __repr__(self) -> str:
         return (f"TrainTransform(crop={self.crop}, scale_range={self.scale_range}, "
-                f"flip={self.flip}, color_jitter={self.color_jitter}, resize={self.resize})")
+                f"flip={self.flip}, color_jitter={self.color_jitter}, resize={self.resize}, "
+                f"low_light={self.low_light})")

@@ -140,7 +140,8 @@ def build_streams(recipe: Recipe, method: Method, label_space: LabelSpace,
         if cfg.align == "homography":
             reader, provenance[name]["alignment"] = align_stream(reader, recipe, name, cfg, dist)
         transform = TrainTransform(crop=cfg.crop, scale_range=cfg.scale_range, flip=cfg.flip,
-                                   color_jitter=cfg.color_jitter, resize=cfg.resize)
+                                   color_jitter=cfg.color_jitter, resize=cfg.resize,
+                                   low_light=cfg.low_light)
         dataset = AugmentedDataset(reader, transform, d.mean, d.std, recipe.seed + 1000 * i,
                                    crop_box=crop_box)
         streams[name] = Stream(dataset, cfg.batch_size, d.workers, dist.rank, dist.world_size,
