@@ -380,3 +380,27 @@ def test_colour_label_png_is_refused_grey_as_rgb_is_read(tmp_path):
     cv2.imwrite(str(label), np.dstack([ids, ids + 1, ids]))
     with pytest.raises(DatasetError, match=r"single-channel label id map, got a 3-channel"):
         CamVidDataset(root, "day_train")[0]
+
+
+def test_synthetic_splits_join_with_plus_in_another_label_space(tiny_synth: Path) -> None:
+    """All weathers in one source stream (synthetic pretraining in CamVid's classes)."""
+    day = open_dataset(f"synthetic:{tiny_synth}:day_train")
+    night = open_dataset(f"synthetic:{tiny_synth}:night_train")
+    both = open_dataset(f"synthetic:{tiny_synth}:day_train+night_train", "camvid11")
+    assert len(both) == len(day) + len(night)
+    names = [both.items[i].name for i in range(len(both))]
+    assert len(set(names)) == len(names) and names[0].startswith("day_")
+    assert names[len(day)] == f"night_{night.items[0].name}"
+    first_night = both[len(day)]
+    assert np.array_equal(first_night["image"], night[0]["image"])
+    mapping = cityscapes_to(get_label_space("camvid11"))
+    lut = np.full(256, 255, np.uint8)
+    for cs, cv in mapping.items():
+        lut[cs] = cv
+    want = lut[night[0]["label"]]
+    assert np.array_equal(first_night["label"], want)
+    assert set(np.unique(first_night["label"])) <= set(range(11)) | {255}
+    with pytest.raises(DatasetError, match="fog_train"):
+        open_dataset(f"synthetic:{tiny_synth}:day_train+fog_train")
+    with pytest.raises(DatasetError, match="SPLIT\\+SPLIT"):
+        open_dataset(f"synthetic:{tiny_synth}:day_train+")

@@ -26,35 +26,45 @@ class _SynthReader(Reader):
     labels_required = True
     layout = LAYOUT
 
-    def split_file(self) -> Path:
+    def split_file(self, split: str | None = None) -> Path:
+        split = split or self.split
         splits = self.root / "splits"
-        path = splits / f"{self.split}.txt"
-        if self.split and path.is_file():
+        path = splits / f"{split}.txt"
+        if split and path.is_file():
             return path
         available = ", ".join(sorted(p.stem for p in splits.glob("*.txt"))) or "none"
-        problem = (f"split file for split {self.split!r} not found" if self.split
+        problem = (f"split file for split {split!r} not found" if split
                    else "a synthetic dataset needs a split, e.g. synthetic:ROOT:night_val")
-        raise DatasetError(f"{path if self.split else self.root}: {problem} (available: "
+        raise DatasetError(f"{path if split else self.root}: {problem} (available: "
                            f"{available}). Expected layout:\n{self.layout}")
 
 
 class SyntheticDataset(_SynthReader):
-    """One split (e.g. ``day_train``, ``night_val``) of a synthetic scene set.
+    """One split (e.g. ``day_train``, ``night_val``) of a synthetic scene set, or several
+    joined with ``+`` (``day_train+dusk_train+night_train+fog_train+rain_train``: every
+    domain, e.g. to pretrain on all weathers).
 
     Sample names are scene ids, so the day and night versions of a val scene
-    share a name.
+    share a name; in a joined split they are ``<domain>_<scene_id>``, unique.
     """
 
     def __init__(self, root: str | Path, split: str | None = None) -> None:
         super().__init__(root, split)
-        path = self.split_file()
+        parts = (split or "").split("+")
+        if len(parts) > 1 and not all(parts):
+            raise DatasetError(f"{self.root}: split {split!r}: expected SPLIT or "
+                               "SPLIT+SPLIT+..., e.g. day_train+night_train")
         items = []
-        for line in self.read_list(path):
-            domain, _, scene = line.partition("/")
-            if not domain or not scene or "/" in scene:
-                raise DatasetError(f"{path}: expected lines '<domain>/<scene_id>', got {line!r}")
-            items.append(Item(scene, self.root / "images" / domain / f"{scene}.png",
-                              self.root / "labels" / f"{scene}.png"))
+        for part in parts:
+            path = self.split_file(part or None)
+            for line in self.read_list(path):
+                domain, _, scene = line.partition("/")
+                if not domain or not scene or "/" in scene:
+                    raise DatasetError(f"{path}: expected lines '<domain>/<scene_id>', got "
+                                       f"{line!r}")
+                name = scene if len(parts) == 1 else f"{domain}_{scene}"
+                items.append(Item(name, self.root / "images" / domain / f"{scene}.png",
+                                  self.root / "labels" / f"{scene}.png"))
         self.finish(items, path)
 
 
