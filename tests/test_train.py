@@ -346,3 +346,24 @@ def test_low_light_reaches_the_streams_it_is_set_for(tiny_synth: Path, tmp_path:
     source = trainer.streams.streams["source"].loader.dataset.transform.low_light
     assert (source.p, source.gamma) == (0.5, (1.2, 2.0))
     assert trainer.streams.streams["target"].loader.dataset.transform.low_light is None
+
+
+def test_median_frequency_counts_in_the_recipes_label_space_and_image_budget(
+        tiny_synth: Path, tmp_path: Path) -> None:
+    from edgeseg.data import open_dataset
+    from edgeseg.train.nets.losses import class_frequencies, median_frequency_weights
+
+    def weights(**params: object) -> list[float]:
+        rec = tiny_recipe(tiny_synth, tmp_path / "run", model__num_classes=11)
+        rec["data"]["label_space"] = "camvid11"
+        rec["data"]["val"] = []
+        rec["method"] = {"name": "source_only",
+                         "params": {"class_weights": "median_frequency", **params}}
+        return Trainer(from_dict(Recipe, rec), progress=False).method.class_weights.tolist()
+
+    source = open_dataset(f"synthetic:{tiny_synth}:day_train", "camvid11")  # mapped labels
+    for budget in (None, 3):
+        want = median_frequency_weights(class_frequencies(
+            source, 11, max_images=budget, per_present_image=True)).tolist()
+        assert weights(frequency_images=budget) == pytest.approx(want, rel=1e-6)
+    assert weights(frequency_images=3) != pytest.approx(weights(), rel=1e-3)
