@@ -31,7 +31,9 @@ from edgeseg.runtime.sinks import NullSink, SinkError, open_sink
 from edgeseg.runtime.sources import (
     CaptureSource,
     Reconnect,
+    Source,
     SourceError,
+    SourceFrame,
     SourceLostError,
     open_source,
 )
@@ -141,8 +143,27 @@ def test_latest_policy_drops_stale_frames_and_bounds_latency(seg_onnx: Path) -> 
         def write(self, index: int, rendered: np.ndarray | None, labels: np.ndarray) -> None:
             time.sleep(0.04)
 
+    class Camera(Source):
+        """Frames rendered beforehand, delivered at 100 fps like a camera whatever the CPU
+        load (a source that renders them slows down with the machine and drops nothing)."""
+
+        def __init__(self, count: int) -> None:
+            super().__init__("camera")
+            drive = open_source("synthetic:night:96x64:8")
+            self.images = [f.image for f in iter(drive.read, None)]
+            self.count, self.index, self.start = count, 0, time.perf_counter()
+
+        def read(self) -> SourceFrame | None:
+            if self.index == self.count:
+                return None
+            time.sleep(max(0.0, self.start + self.index / 100 - time.perf_counter()))
+            image = self.images[self.index % len(self.images)]
+            frame = SourceFrame(self.index, image, time.perf_counter(), None, str(self.index))
+            self.index += 1
+            return frame
+
     backend = OrtBackend.from_onnx(seg_onnx, intra_op_threads=1)
-    source = open_source("synthetic:night:96x64:120")
+    source = Camera(120)
     pipeline = StreamPipeline(source, StageChain([SegmentStage(backend)]), [SlowSink("slow")],
                               policy="latest", queue_size=1)
     summary = pipeline.run()
