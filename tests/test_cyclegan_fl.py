@@ -489,9 +489,9 @@ def test_each_network_steps_the_gradient_of_its_objective(
     got_disc = [g for n in DISCRIMINATORS for g in seen[n]]
     assert all(g is not None for g in got_gen + got_disc)
     for got, want in zip(got_gen, want_gen):
-        assert torch.allclose(got, want, rtol=1e-3, atol=1e-6)
+        assert torch.allclose(got, want, rtol=2e-3, atol=1e-5)
     for got, want in zip(got_disc, want_disc):
-        assert torch.allclose(got, want, rtol=1e-3, atol=1e-6)
+        assert torch.allclose(got, want, rtol=2e-3, atol=1e-5)
 
 
 # --- what moves and what stays ------------------------------------------------------------
