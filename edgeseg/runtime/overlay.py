@@ -91,7 +91,7 @@ DARKEN_LUT = (np.arange(256) // 3).astype(np.uint8)
 def paste_legend(image: np.ndarray, legend: np.ndarray | None,
                  mask: np.ndarray | None = None) -> None:
     """Paste the legend into the top-right corner, darkening behind it (in place).
-    ``mask``: the legend's drawn pixels (uint8, H x W), computed when not given; a renderer
+    ``mask``: the legend's drawn pixels (`legend_mask`), computed when not given; a renderer
     passes the one it cached (finding them costs more than the paste at 480x360)."""
     if legend is None or legend.shape[1] > image.shape[1] // 3:
         return
@@ -99,13 +99,14 @@ def paste_legend(image: np.ndarray, legend: np.ndarray | None,
     region = image[:h, -w:]
     if mask is None:
         mask = legend_mask(legend)
-    cv2.LUT(region, DARKEN_LUT, dst=region)  # region // 3, one table lookup per byte
-    cv2.copyTo(legend, mask, region)
+    # numpy writes through the strided view; OpenCV's dst= on a view is not safe
+    np.take(DARKEN_LUT, region, out=region)  # region // 3, one table lookup per byte
+    np.copyto(region, legend, where=mask)
 
 
 def legend_mask(legend: np.ndarray) -> np.ndarray:
-    """The legend's drawn (non-black) pixels as an OpenCV mask."""
-    return legend.any(axis=2).astype(np.uint8)
+    """The legend's drawn (non-black) pixels, H x W x 1 (broadcasts over the channels)."""
+    return legend.any(axis=2, keepdims=True)
 
 
 def hud_layout(lines: Sequence[str], width: int, height: int
