@@ -17,7 +17,6 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from edgeseg.data.transforms import LowLight
 from edgeseg.errors import EdgesegError
 
 
@@ -239,6 +238,33 @@ class ModelConfig:
 #: streams whose dataset a top-level ``data.NAME`` key may name (shorthands of
 #: ``data.streams.NAME.data``)
 SHORTHAND_STREAMS = ("source", "target", "pairs")
+
+
+@dataclass(frozen=True)
+class LowLight:
+    """Photometric augmentation that imitates dusk and night on day frames (``data.low_light``;
+    applied by `edgeseg.data.transforms.low_light`).
+
+    With probability ``p`` an image becomes ``exposure * 255 * (x / 255) ** gamma`` plus
+    Gaussian sensor noise of standard deviation ``noise`` (in 0..255 levels), each value
+    drawn uniformly from its range per image: gamma > 1 crushes the mid-tones as a dark
+    exposure does, the exposure factor dims the whole frame, and the noise is what a
+    sensor adds at high gain. ``p`` 0 (the default) draws nothing from the generator.
+    """
+
+    p: float = 0.0
+    gamma: tuple[float, float] = (1.0, 2.5)
+    exposure: tuple[float, float] = (0.35, 1.0)
+    noise: tuple[float, float] = (0.0, 6.0)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"low_light.p={self.p}: expected a probability in [0, 1]")
+        for key, positive in (("gamma", True), ("exposure", True), ("noise", False)):
+            lo, hi = getattr(self, key)
+            if not ((lo > 0) if positive else (lo >= 0)) or lo > hi:
+                raise ValueError(f"low_light.{key}={[lo, hi]}: expected "
+                                 f"{'0 <' if positive else '0 <='} min <= max")
 
 
 @dataclass(frozen=True)

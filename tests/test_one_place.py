@@ -103,7 +103,7 @@ def test_every_path_feeds_the_same_input(setup: tuple[Path, str, np.ndarray],
 
     check_onnx_parity(model, model, sample_frames(spec, SIZE, 1))
     take("export parity gate")
-    _score(model, scoring_sets(spec, None, 1, SIZE), None, iterations=1)
+    _score(model, scoring_sets(spec, None, 1, SIZE), None)[2].close()
     take("--precision auto")
     with open_target(model, device="cpu") as target:
         frames, _ = latency_frames(spec, 1, target.size)
@@ -192,8 +192,10 @@ def test_compare_bench_and_auto_report_the_same_scores(setup: tuple[Path, str, n
     with open_target(model, device="cpu") as a, open_target(other, device="cpu") as b:
         bench = check_bench_parity(a, [b], spec, max_images=3)
     sets = scoring_sets(spec, None, 3, SIZE, "cityscapes19")
-    fp32, refs = _score(model, sets, None, iterations=1)
-    cand, _ = _score(other, sets, refs, iterations=1)
+    fp32, refs, first = _score(model, sets, None)
+    cand, _, second = _score(other, sets, refs)
+    first.close()
+    second.close()
     assert summary["frames"] == bench.frames == fp32.scores[0].frames == 3
     row = bench.variants[0]
     assert bench.reference_metrics is not None and row.metrics is not None

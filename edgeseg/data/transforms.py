@@ -52,12 +52,12 @@ where the crop padded it; ``flipped`` is 1.0 when the window was then mirrored.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
+from edgeseg.config import LowLight
 from edgeseg.labels import IGNORE_INDEX
 
 Sample = dict[str, Any]
@@ -281,32 +281,6 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, amount: float) -> 
     grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
     img = (img - grey[..., None]) * s + grey[..., None]
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
-
-@dataclass(frozen=True)
-class LowLight:
-    """Photometric augmentation that imitates dusk and night on day frames (``data.low_light``).
-
-    With probability ``p`` an image becomes ``exposure * 255 * (x / 255) ** gamma`` plus
-    Gaussian sensor noise of standard deviation ``noise`` (in 0..255 levels), each value
-    drawn uniformly from its range per image: gamma > 1 crushes the mid-tones as a dark
-    exposure does, the exposure factor dims the whole frame, and the noise is what a
-    sensor adds at high gain. ``p`` 0 (the default) draws nothing from the generator.
-    """
-
-    p: float = 0.0
-    gamma: tuple[float, float] = (1.0, 2.5)
-    exposure: tuple[float, float] = (0.35, 1.0)
-    noise: tuple[float, float] = (0.0, 6.0)
-
-    def validate(self) -> None:
-        if not 0.0 <= self.p <= 1.0:
-            raise ValueError(f"low_light.p={self.p}: expected a probability in [0, 1]")
-        for key, positive in (("gamma", True), ("exposure", True), ("noise", False)):
-            lo, hi = getattr(self, key)
-            if not ((lo > 0) if positive else (lo >= 0)) or lo > hi:
-                raise ValueError(f"low_light.{key}={[lo, hi]}: expected "
-                                 f"{'0 <' if positive else '0 <='} min <= max")
 
 
 def darken(image: np.ndarray, gamma: float, exposure: float, noise: float = 0.0,
