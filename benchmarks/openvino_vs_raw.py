@@ -28,6 +28,7 @@ The CPU model, its flags and the thread count come from /proc/cpuinfo and go int
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -84,6 +85,15 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "openvino": openvino.__version__,
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
             "opencv": cv2.__version__}
+
+
+@functools.cache
+def ov_core() -> Any:
+    """One Core for the raw OpenVINO side, as an application keeps one (a Core per model
+    loads a CPU plugin each, and freeing them out of order leaves a dangling signal stack)."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 # ----------------------------------------------------------------------------- compute bound
@@ -160,11 +170,10 @@ def int8_peak_model(path: Path, channels: int = 512, size: int = 64) -> float:
 
 
 def measure_int8_peak(workdir: Path, threads: int, iterations: int = 40) -> dict[str, Any]:
-    import openvino as ov
 
     path = workdir / "int8peak.onnx"
     macs = int8_peak_model(path)
-    compiled = ov.Core().compile_model(str(path), "CPU", {
+    compiled = ov_core().compile_model(str(path), "CPU", {
         "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
         "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
@@ -291,12 +300,11 @@ class Contender:
 
 
 def raw_openvino(model: Path, threads: int, precision: str | None) -> Callable[[np.ndarray], Any]:
-    import openvino as ov
 
     props: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
     if precision:
         props["INFERENCE_PRECISION_HINT"] = precision
-    compiled = ov.Core().compile_model(str(model), "CPU", props)
+    compiled = ov_core().compile_model(str(model), "CPU", props)
     request = compiled.create_infer_request()
     output = compiled.outputs[0]
     return lambda frame: request.infer({0: frame[None]})[output]
@@ -305,9 +313,8 @@ def raw_openvino(model: Path, threads: int, precision: str | None) -> Callable[[
 def raw_openvino_async(model: Path, threads: int) -> Callable[[np.ndarray], Any]:
     """The same request through the asynchronous API (start_async + wait), as benchmark_app
     and `edgeseg run` drive it."""
-    import openvino as ov
 
-    compiled = ov.Core().compile_model(str(model), "CPU", {
+    compiled = ov_core().compile_model(str(model), "CPU", {
         "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
         "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
@@ -376,7 +383,7 @@ def raw_async_fps(engine_manifest: dict[str, Any], model: Path, frames: list[np.
                              "NUM_STREAMS": b["streams"]}
     if b["threads"]:
         props["INFERENCE_NUM_THREADS"] = b["threads"]
-    compiled = ov.Core().compile_model(str(model), "CPU", props)
+    compiled = ov_core().compile_model(str(model), "CPU", props)
     queue = ov.AsyncInferQueue(compiled, b["infer_requests"])
     for i in range(2 * b["infer_requests"]):
         queue.start_async({0: frames[i % len(frames)][None]})

@@ -296,6 +296,47 @@ def test_openvino_runtime_needs_neither_torch_nor_onnx(models: dict[str, Path],
     assert "onnx openvino cityscapes19 (1, 64, 96)" in done.stdout
 
 
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack and /proc/self/maps")
+def test_engines_closed_in_any_order_leave_the_signal_stack_mapped(models: dict[str, Path],
+                                                                   engine: Path) -> None:
+    """Two engines open, closed first-opened first (as a precision search or a user's code
+    may): the thread's alternate signal stack must still be mapped memory afterwards. With a
+    Core per engine, OpenVINO's CPU plugin restored the stack it found when its Core was
+    freed, leaving it on the other plugin's unmapped stack (memory a later allocation
+    reuses and the next signal overwrites: the crashes this guards against)."""
+    code = textwrap.dedent(f"""
+        import ctypes, faulthandler, gc
+        import numpy as np
+        from edgeseg.runtime.backends import open_backend
+        from edgeseg.runtime.predictor import load_backend
+
+        class Stack(ctypes.Structure):
+            _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int),
+                        ("size", ctypes.c_size_t)]
+
+        def stack_mapped():
+            s = Stack()
+            assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(s)) == 0
+            sp = s.sp or 0
+            spans = (line.split()[0].split("-") for line in open("/proc/self/maps"))
+            return sp == 0 or any(int(a, 16) <= sp < int(b, 16) for a, b in spans)
+
+        faulthandler.enable()  # as pytest and most services do: a signal stack is in use
+        frame = np.zeros((1, 64, 96, 3), np.uint8)
+        first = open_backend({str(engine)!r})
+        second = load_backend({str(models["fp32"])!r}, "openvino", threads=1)
+        first.infer(frame), second.infer(frame)
+        first.close(); del first; gc.collect()
+        second.close(); del second; gc.collect()
+        print("mapped", stack_mapped())
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "mapped True" in done.stdout
+
+
 # ------------------------------------------------------------------ the commands
 
 

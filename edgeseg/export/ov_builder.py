@@ -28,6 +28,7 @@ from edgeseg.export.profile import (
 from edgeseg.runtime.backends.openvino import (
     import_openvino,
     load_properties,
+    openvino_core,
     ov_error,
     port_spec,
 )
@@ -35,15 +36,13 @@ from edgeseg.runtime.compat import MachineInfo
 
 
 def openvino_has_bf16(device: str = "CPU") -> bool:
-    """Whether OpenVINO's ``device`` computes bf16 in hardware (a CPU with AVX512_BF16 or
-    AMX: its OPTIMIZATION_CAPABILITIES name BF16); False without OpenVINO."""
+    """Whether OpenVINO's ``device`` computes bf16 in hardware: a CPU with AVX512_BF16 or
+    AMX-BF16 (read from the CPU flags, without loading OpenVINO: its thread pool would
+    stay in the calling process)."""
     if device.split(".")[0].upper() != "CPU":
         return False
-    try:
-        caps = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    except Exception:  # noqa: BLE001 - not installed, or a plugin that cannot say
-        return False
-    return "BF16" in caps
+    isa = set(MachineInfo.detect("onnxruntime").device.cpu_isa or ())
+    return bool(isa & {"avx512_bf16", "amx_bf16"})
 
 
 def _specs(compiled: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -61,7 +60,7 @@ def build_openvino(onnx_path: Path, engine_path: Path, meta: ModelMetadata,
     if machine.device is None:
         raise EngineBuildError(f"{onnx_path}: cannot build for OpenVINO {target}: "
                                f"{machine.note}")
-    core = ov.Core()
+    core = openvino_core()
     props = load_properties(target, hint=profile.performance_hint, threads=profile.threads,
                             streams=profile.streams, precision=profile.inference_precision)
     if verbose:

@@ -123,9 +123,9 @@ def _openvino_device(target: str) -> tuple[DeviceInfo | None, tuple[str, ...], s
     sees, why the device is None). The CPU is described as for ONNX Runtime (model, arch,
     ISA flags), so a manifest compares the same way; other devices by OpenVINO's name."""
     try:
-        import openvino
+        from edgeseg.runtime.backends.openvino import openvino_core
 
-        core = openvino.Core()
+        core = openvino_core()
         available = tuple(core.available_devices)
     except Exception as exc:  # noqa: BLE001 - a plugin that fails to load: say so, never raise
         return None, (), f"OpenVINO cannot list its devices ({exc})"

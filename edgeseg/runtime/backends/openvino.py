@@ -21,6 +21,7 @@ OpenVINO is imported inside the functions, so importing this module never needs 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -53,6 +54,24 @@ def import_openvino() -> Any:
             f"OpenVINO is not installed ({exc}); pip install 'edgeseg[openvino]' "
             "(or build with --backend onnxruntime)") from None
     return openvino
+
+
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, kept until exit: every build, engine and device
+    query shares it. Each Core loads its own CPU plugin, and on Linux that plugin installs a
+    larger signal stack for AMX in the creating thread and, when freed, restores the one it
+    found and unmaps its own; Cores freed in any order but the reverse of their creation
+    leave the thread's signal stack on unmapped memory, which a later allocation reuses and
+    the next signal handled there overwrites. One Core, never freed, never does that."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = import_openvino().Core()
+        return _CORE
 
 
 def ov_error(exc: BaseException) -> str:
@@ -148,7 +167,7 @@ class OvBackend(Backend):
         if verbose:
             props["LOG_LEVEL"] = "LOG_INFO"
         try:
-            compiled = ov.Core().import_model(engine_path.read_bytes(), target, props)
+            compiled = openvino_core().import_model(engine_path.read_bytes(), target, props)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with C++ traces
             raise EngineLoadError(f"{engine_path}: OpenVINO {ov.__version__} cannot load it on "
                                   f"{target} ({ov_error(exc)}). Rebuild: "
@@ -176,7 +195,7 @@ class OvBackend(Backend):
             raise EdgesegError(f"{path}: no such ONNX file")
         props = load_properties(device, hint=hint, threads=threads, streams=streams,
                                 precision=precision)
-        core = ov.Core()
+        core = openvino_core()
         try:
             model = core.read_model(str(path))
             compiled = core.compile_model(model, device, props)
