@@ -389,6 +389,18 @@ def test_run_bench_and_compare_take_an_openvino_engine(models: dict[str, Path], 
     assert "says it is an OpenVINO engine, not ONNX Runtime; use --backend openvino" in err
 
 
+def test_bf16_detection_agrees_with_openvino() -> None:
+    """`openvino_has_bf16` reads the CPU flags (no Core of its own); it must say what the
+    CPU plugin says of itself, and never bf16 for a device that is not the CPU."""
+    from edgeseg.export.ov_builder import openvino_has_bf16
+    from edgeseg.runtime.ov_core import openvino_core
+
+    caps = openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert openvino_has_bf16("CPU") == ("BF16" in caps)
+    assert openvino_has_bf16("cpu") == ("BF16" in caps)
+    assert not openvino_has_bf16("GPU.0") and not openvino_has_bf16("NPU")
+
+
 def test_precision_auto_measures_the_openvino_candidates(models: dict[str, Path],
                                                          tmp_path: Path) -> None:
     from edgeseg.export.ov_builder import openvino_has_bf16

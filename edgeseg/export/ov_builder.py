@@ -28,11 +28,11 @@ from edgeseg.export.profile import (
 from edgeseg.runtime.backends.openvino import (
     import_openvino,
     load_properties,
-    openvino_core,
     ov_error,
     port_spec,
 )
 from edgeseg.runtime.compat import MachineInfo
+from edgeseg.runtime.ov_core import openvino_core
 
 
 def openvino_has_bf16(device: str = "CPU") -> bool:

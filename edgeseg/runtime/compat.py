@@ -26,6 +26,7 @@ from edgeseg.contract.manifest import (
 )
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import sha256_file
+from edgeseg.runtime.ov_core import openvino_core
 
 logger = logging.getLogger("edgeseg.runtime")
 
@@ -123,8 +124,6 @@ def _openvino_device(target: str) -> tuple[DeviceInfo | None, tuple[str, ...], s
     sees, why the device is None). The CPU is described as for ONNX Runtime (model, arch,
     ISA flags), so a manifest compares the same way; other devices by OpenVINO's name."""
     try:
-        from edgeseg.runtime.backends.openvino import openvino_core
-
         core = openvino_core()
         available = tuple(core.available_devices)
     except Exception as exc:  # noqa: BLE001 - a plugin that fails to load: say so, never raise

@@ -21,7 +21,6 @@ OpenVINO is imported inside the functions, so importing this module never needs 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -39,6 +38,7 @@ from edgeseg.runtime.backends.base import (
     InferResult,
     check_frames,
 )
+from edgeseg.runtime.ov_core import openvino_core
 
 #: OpenVINO device names `build-engine --ov-device` accepts (GPU.N picks an Intel GPU)
 OV_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
@@ -54,24 +54,6 @@ def import_openvino() -> Any:
             f"OpenVINO is not installed ({exc}); pip install 'edgeseg[openvino]' "
             "(or build with --backend onnxruntime)") from None
     return openvino
-
-
-_CORE: Any = None
-_CORE_LOCK = threading.Lock()
-
-
-def openvino_core() -> Any:
-    """The process's one ``openvino.Core``, kept until exit: every build, engine and device
-    query shares it. Each Core loads its own CPU plugin, and on Linux that plugin installs a
-    larger signal stack for AMX in the creating thread and, when freed, restores the one it
-    found and unmaps its own; Cores freed in any order but the reverse of their creation
-    leave the thread's signal stack on unmapped memory, which a later allocation reuses and
-    the next signal handled there overwrites. One Core, never freed, never does that."""
-    global _CORE
-    with _CORE_LOCK:
-        if _CORE is None:
-            _CORE = import_openvino().Core()
-        return _CORE
 
 
 def ov_error(exc: BaseException) -> str:
