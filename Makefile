@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgeseg demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
 
 bench: $(STAMP) bench-openvino
 	$(PY) -m pytest -q benchmarks --benchmark-json=benchmarks/results/latest-bench.json
