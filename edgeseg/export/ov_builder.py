@@ -37,8 +37,8 @@ from edgeseg.runtime.ov_core import openvino_core
 
 def openvino_has_bf16(device: str = "CPU") -> bool:
     """Whether OpenVINO's ``device`` computes bf16 in hardware: a CPU with AVX512_BF16 or
-    AMX-BF16 (read from the CPU flags, without loading OpenVINO: its thread pool would
-    stay in the calling process)."""
+    AMX-BF16, read from the CPU flags (what the CPU plugin reports as BF16 in its
+    OPTIMIZATION_CAPABILITIES), so asking does not need OpenVINO loaded."""
     if device.split(".")[0].upper() != "CPU":
         return False
     isa = set(MachineInfo.detect("onnxruntime").device.cpu_isa or ())
