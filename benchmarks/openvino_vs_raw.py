@@ -170,7 +170,6 @@ def int8_peak_model(path: Path, channels: int = 512, size: int = 64) -> float:
 
 
 def measure_int8_peak(workdir: Path, threads: int, iterations: int = 40) -> dict[str, Any]:
-
     path = workdir / "int8peak.onnx"
     macs = int8_peak_model(path)
     compiled = ov_core().compile_model(str(path), "CPU", {
@@ -300,7 +299,6 @@ class Contender:
 
 
 def raw_openvino(model: Path, threads: int, precision: str | None) -> Callable[[np.ndarray], Any]:
-
     props: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
     if precision:
         props["INFERENCE_PRECISION_HINT"] = precision
@@ -313,7 +311,6 @@ def raw_openvino(model: Path, threads: int, precision: str | None) -> Callable[[
 def raw_openvino_async(model: Path, threads: int) -> Callable[[np.ndarray], Any]:
     """The same request through the asynchronous API (start_async + wait), as benchmark_app
     and `edgeseg run` drive it."""
-
     compiled = ov_core().compile_model(str(model), "CPU", {
         "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
         "INFERENCE_PRECISION_HINT": "f32"})

@@ -296,7 +296,6 @@ def test_openvino_runtime_needs_neither_torch_nor_onnx(models: dict[str, Path],
     assert "onnx openvino cityscapes19 (1, 64, 96)" in done.stdout
 
 
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack and /proc/self/maps")
 def test_engines_closed_in_any_order_leave_the_signal_stack_mapped(models: dict[str, Path],
                                                                    engine: Path) -> None:

@@ -31,7 +31,7 @@ from edgeseg.runtime.backends.openvino import (
     ov_error,
     port_spec,
 )
-from edgeseg.runtime.compat import MachineInfo
+from edgeseg.runtime.compat import MachineInfo, cpu_device
 from edgeseg.runtime.ov_core import openvino_core
 
 
@@ -41,7 +41,7 @@ def openvino_has_bf16(device: str = "CPU") -> bool:
     OPTIMIZATION_CAPABILITIES), so asking does not need OpenVINO loaded."""
     if device.split(".")[0].upper() != "CPU":
         return False
-    isa = set(MachineInfo.detect("onnxruntime").device.cpu_isa or ())
+    isa = set(cpu_device().cpu_isa or ())
     return bool(isa & {"avx512_bf16", "amx_bf16"})
 
 

@@ -41,7 +41,8 @@ _ISA_FLAGS = frozenset({
 # ------------------------------------------------------------------ this machine
 
 
-def _cpu_device() -> DeviceInfo:
+def cpu_device() -> DeviceInfo:
+    """This machine's CPU: model name, architecture and the ISA flags edgeseg tracks."""
     name, flags = "", []
     try:
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
@@ -130,7 +131,7 @@ def _openvino_device(target: str) -> tuple[DeviceInfo | None, tuple[str, ...], s
         return None, (), f"OpenVINO cannot list its devices ({exc})"
     base = target.split(".")[0].upper()
     if base in ("CPU", "AUTO"):  # AUTO starts on the CPU (and cannot export a compiled model)
-        return _cpu_device(), available, ""
+        return cpu_device(), available, ""
     if target not in available and base not in available:
         return None, available, (f"OpenVINO sees no {target} device here (available: "
                                  f"{', '.join(available) or 'none'})")
@@ -169,7 +170,7 @@ class MachineInfo:
             device, available, ov_note = _openvino_device(target or "CPU")
             note = "; ".join(n for n in (note, ov_note) if n)
         else:
-            device = _cpu_device()
+            device = cpu_device()
         return cls(backend, version, device, note, available)
 
     def describe(self) -> str:
