@@ -68,8 +68,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args, edgeseg=main)
 
 
-def _add_module_commands(sub: argparse._SubParsersAction) -> None:
+def _add_module_commands(sub: argparse._SubParsersAction, only: str | None) -> None:
     for name, module_name, help_text in MODULE_COMMANDS:
+        if only is not None and name != only:  # listed by name, its module not imported
+            sub.add_parser(name, help=help_text, allow_abbrev=False)
+            continue
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:  # an optional extra is not installed
@@ -113,7 +116,16 @@ def package_version() -> str:
     return __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
+def selected_command(argv: list[str]) -> str | None:
+    """The sub-command ``argv`` names: its first word that is not a flag (the top-level
+    flags take no value), or None (``--help``, ``--version``, nothing)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only`` (a command's name, or "" for none), the other module
+    commands are listed without importing their modules, so a command starts in the time its
+    own imports take (no torch for the torch-free ones) and ``edgeseg --help`` in none."""
     from edgeseg.argtypes import add_device_argument, non_negative_int, positive_int
 
     parser = argparse.ArgumentParser(
@@ -125,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgeseg {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _add_module_commands(sub)
+    _add_module_commands(sub, only)
 
     p = sub.add_parser("train", help="train a recipe (train/*.yaml); torchrun for DDP",
                        allow_abbrev=False)
@@ -170,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(selected_command(argv) or "")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -402,3 +402,41 @@ def test_cli_run_takes_uris_alpha_and_device(seg_onnx: Path, video: Path,
     assert done.returncode == 0, done.stderr
     info = json.loads(summary.read_text())
     assert f"file://{video}" in json.dumps(info) and "3 frames" in done.stdout
+
+
+# ------------------------------------------------------------------ start-up imports
+
+
+_LOADED = ("import json, sys; from edgeseg.cli import main, MODULE_COMMANDS\n"
+           "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as exc:\n    rc = exc.code\n"
+           "mods = {m for _, m, _ in MODULE_COMMANDS} | {'edgeseg.eval_cli'}\n"
+           "print(json.dumps([rc, sorted(m for m in sys.modules if m in mods), 'torch' in sys.modules]))")
+
+
+def loaded_by(*argv: str) -> tuple[int, list[str], bool]:
+    """``edgeseg ARGV`` in a fresh interpreter: its exit status, the command modules it had
+    imported at the end, and whether torch was imported."""
+    done = subprocess.run([sys.executable, "-c", _LOADED, *argv], env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip(), done.stderr
+    rc, modules, torch = json.loads(done.stdout.strip().splitlines()[-1])
+    return rc, modules, torch
+
+
+def test_a_command_loads_its_own_module_and_no_torch(seg_onnx: Path, video: Path,
+                                                     tmp_path: Path) -> None:
+    """A command imports its own module only (`--help` none), and the torch-free paths (an
+    ONNX file through inspect, run and eval) never torch: each start costs what it uses."""
+    assert loaded_by("--help") == (0, [], False)
+    assert loaded_by("inspect", str(seg_onnx)) == (0, ["edgeseg.export.inspect_cli"], False)
+    assert loaded_by("run", str(seg_onnx), "--source", str(video), "--sink", "null",
+                     "--max-frames", "2") == (0, ["edgeseg.runtime.run_cli"], False)
+    root = tmp_path / "camvid"
+    for sub in ("images", "labels"):
+        (root / sub / "day").mkdir(parents=True)
+    rgb, label = block_scene(np.random.default_rng(0))
+    cv2.imwrite(str(root / "images" / "day" / "a.png"), rgb[..., ::-1])
+    cv2.imwrite(str(root / "labels" / "day" / "a.png"), np.zeros_like(label))
+    assert loaded_by("eval", str(seg_onnx), "--data", f"camvid:{root}:day") == (
+        0, ["edgeseg.eval_cli"], False)
+    assert loaded_by("build-engine", "--help")[:2] == (0, ["edgeseg.export.build_cli"])
