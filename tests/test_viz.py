@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgeseg import viz
-from edgeseg.labels import CITYSCAPES19, IGNORE_INDEX
+from edgeseg.labels import CITYSCAPES19, IGNORE_INDEX, colorize, palette_lut
 from edgeseg.metrics import ConfusionMatrix, SegMetrics
 
 SPACE = CITYSCAPES19
@@ -67,6 +67,18 @@ def test_overlay_colours_labels_and_keeps_ignore() -> None:
     assert (solid[gt == 0] == SPACE.palette[0]).all()
     with pytest.raises(ValueError):
         viz.overlay(image, gt[:, :10], SPACE)
+
+
+def test_colorize_maps_each_id_to_its_colour_in_either_channel_order() -> None:
+    ids = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    ids[0, 0] = IGNORE_INDEX
+    strided = np.repeat(ids, 2, axis=1)[:, ::2]  # a non-contiguous view of the same ids
+    for bgr in (False, True):
+        out = colorize(strided, palette_lut(SPACE.palette, bgr=bgr))
+        assert out.shape == (4, 6, 3) and out.dtype == np.uint8
+        for (y, x), k in np.ndenumerate(ids):
+            want = SPACE.palette[k] if k < len(SPACE.palette) else (0, 0, 0)
+            assert tuple(out[y, x]) == tuple(want[::-1] if bgr else want), (k, bgr)
 
 
 def test_side_by_side_and_legend() -> None:
