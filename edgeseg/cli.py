@@ -44,6 +44,18 @@ MODULE_COMMANDS: list[tuple[str, str, str]] = [
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from edgeseg.config import ConfigError, load_recipe
+
+    if args.dry_run:
+        if args.resume:
+            raise ConfigError("--dry-run checks a recipe before a new run; it cannot be "
+                              "combined with --resume")
+        if not args.recipe:
+            raise ConfigError("--dry-run needs a recipe, e.g. edgeseg train "
+                              "train/source_only_synthetic.yaml --dry-run")
+        from edgeseg.train.dry_run import dry_run
+
+        dry_run(args.recipe, args.set)
+        return 0
     from edgeseg.train.trainer import Trainer, resume_recipe
 
     if args.resume:
@@ -150,6 +162,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="CKPT",
                    help="continue a run from its last.pt with the recipe saved in it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build everything the recipe builds and run 2 iterations on a few "
+                        "generated synthetic scenes in a temp folder (no dataset, start "
+                        "checkpoint or output_dir is touched); see train/README.md")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="mIoU / per-class IoU of a checkpoint, ONNX file or engine",

@@ -243,8 +243,7 @@ class Trainer:
         ctx = MethodContext(recipe, self.model, self.device, self.dist, amp)
         self.method: Method = method_cls(ctx, params)
         if resume is None:
-            for name, init in recipe.method.init_from.items():
-                self._log_main(init_network(self.method, name, init))
+            self.init_networks()
         self.streams = build_streams(recipe, self.method, self.label_space, self.dist)
         self.iteration = 0
         self.best: dict[str, Any] = {}
@@ -301,6 +300,12 @@ class Trainer:
         return ckpt
 
     # --- set-up -------------------------------------------------------------------
+    def init_networks(self) -> None:
+        """Start the networks named in ``method.init_from`` from their checkpoints, once the
+        method has built them (the dry run overrides it to write those files first)."""
+        for name, init in self.recipe.method.init_from.items():
+            self._log_main(init_network(self.method, name, init))
+
     def _ddp(self, name: str, net: torch.nn.Module) -> torch.nn.Module:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(
