@@ -2,18 +2,23 @@
 
 Every ``train/*.yaml`` (found by glob, so a new recipe is covered) must build and step
 2 iterations on the generated fixture with nothing written outside the dry run's temp
-folder, which is gone afterwards. The recipes run in this process (one torch start-up
-for all of them); one subprocess runs the real command line.
+folder, which is gone afterwards. The recipes run in a pool of one process per core (one
+torch start-up each, not one per recipe); one subprocess runs the real command line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,7 +26,7 @@ import torch
 import yaml
 
 from edgeseg.cli import main
-from edgeseg.train.dry_run import ITERATIONS, dry_run
+from edgeseg.train.dry_run import ITERATIONS, DryRunReport, dry_run
 from tests.conftest import REPO, cli_env
 
 RECIPES = sorted((REPO / "train").glob("*.yaml"))
@@ -70,9 +75,18 @@ def test_recipes_found() -> None:
     assert len(RECIPES) >= 30, RECIPES
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
-def test_every_recipe_dry_runs(recipe: Path, isolated: tuple[Path, Path],
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def _dry_run_in_worker(recipe: str, root: str) -> tuple[DryRunReport, dict[str, object]]:
+    """One recipe's dry run in a pool process: its own empty working folder and temp root
+    under ``root`` (both must be empty again afterwards), one torch thread; returns the
+    report and what the test checks beyond it."""
+    torch.set_num_threads(1)
+    cwd, tmp = Path(root) / "cwd", Path(root) / "tmp"
+    cwd.mkdir(parents=True)
+    tmp.mkdir()
+    os.chdir(cwd)
+    tempfile.tempdir = str(tmp)
+    # torch keeps its compiler cache in the temp root of whatever imports it first
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(root) / "torch-cache")
     seen: dict[str, object] = {}
 
     def inspect(run_dir: Path) -> None:  # the run folder before the temp folder goes
@@ -80,9 +94,35 @@ def test_every_recipe_dry_runs(recipe: Path, isolated: tuple[Path, Path],
         seen["iters"] = [r["iter"] for r in records if r["type"] == "train"]
         ckpt = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True, mmap=True)
         seen["ckpt_iteration"] = ckpt["iteration"]
-        seen["run_dir"] = run_dir
+        seen["run_dir"] = str(run_dir)
 
-    report = dry_run(str(recipe), inspect=inspect)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        report = dry_run(recipe, inspect=inspect)
+    seen["out"] = out.getvalue()
+    seen["left"] = sorted(p.name for p in [*cwd.iterdir(), *tmp.iterdir()])
+    return report, seen
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future]]:
+    """Every recipe's dry run, started at once on a pool of one process per core (each on
+    one thread: the paper-sized recipes are compute, and 2 cores halve the wall time);
+    each test waits for its own."""
+    root = _temp_parent(tmp_path_factory.mktemp("dry"))
+    workers = max(1, min(2, os.cpu_count() or 1))
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            yield {p.stem: pool.submit(_dry_run_in_worker, str(p), str(root / p.stem))
+                   for p in RECIPES}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_dry_runs(recipe: Path, dry_runs: dict[str, Future]) -> None:
+    report, seen = dry_runs[recipe.stem].result(timeout=600)
+    assert not seen["left"], f"the dry run left files behind: {seen['left']}"
     assert seen["iters"] == [1, 2]
     assert seen["ckpt_iteration"] == ITERATIONS == report.iterations
     assert [r["iter"] for r in report.train] == [1, 2]
@@ -92,7 +132,7 @@ def test_every_recipe_dry_runs(recipe: Path, isolated: tuple[Path, Path],
         assert report.val, "a recipe with validation specs validated nothing"
     assert report.networks[0] == "model" and report.optimizers
     assert not Path(str(seen["run_dir"])).exists()
-    out = capsys.readouterr().out
+    out = str(seen["out"])
     assert f"iteration 2/{ITERATIONS}:" in out and "builds and steps" in out
     original = yaml.safe_load(recipe.read_text())
     assert original["name"] == report.recipe.name  # the recipe's own model and method ran

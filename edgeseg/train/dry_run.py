@@ -412,7 +412,7 @@ class DryRun:
             self.note(f"data: {FIXTURE_TRAIN} training scenes ({', '.join(FIXTURE_DOMAINS)}), "
                       f"{FIXTURE_VAL} val scene per domain"
                       + (f", {FIXTURE_PAIRS} day/night pairs" if self.fixture.pairs else "")
-                      + f" at {_wxh(FIXTURE_SIZE)} from the synthetic generator "
+                      + f" at {_hw(FIXTURE_SIZE)} from the synthetic generator "
                       f"({time.perf_counter() - tic:.1f} s), in {self.original.data.label_space}")
             stage = "preparing its inputs"
             data = to_dict(self.original)
@@ -510,10 +510,7 @@ def _quiet() -> Iterator[None]:
 
 
 def _hw(size: Any) -> str:
-    return f"{size[0]}x{size[1]}"
-
-
-def _wxh(size: tuple[int, int]) -> str:
+    """A size pair as printed, in its own order (crops are (h, w), frames (w, h))."""
     return f"{size[0]}x{size[1]}"
 
 
