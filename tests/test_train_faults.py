@@ -246,6 +246,16 @@ def test_out_of_range_keys_fail_before_training(tiny_synth: Path, tmp_path: Path
     assert not (tmp_path / "run").exists()
 
 
+def test_unknown_method_is_one_line(tiny_synth: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = _write_recipe(tmp_path / "r.yaml", tiny_synth, tmp_path / "run")
+    assert main(["train", str(recipe), "--set", "method.name=mutual_gann"]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "method.name: unknown method 'mutual_gann'" in lines[0], lines
+    assert "mutual_gan," in lines[0]  # the names it could have been
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_key_and_missing_val_folder(tiny_synth: Path, tmp_path: Path) -> None:
     recipe = _write_recipe(tmp_path / "r.yaml", tiny_synth, tmp_path / "run")
     line = _one_line_error(_train_cli(str(recipe), "--set", "train.iteratons=5", cwd=tmp_path))

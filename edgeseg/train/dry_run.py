@@ -175,8 +175,8 @@ class DryRun:
         self.lines: list[str] = []
         try:
             self.method_cls = get_method(recipe.method.name)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: method.name: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         try:  # the trainer validates them too; here before any file is written for them
             self.params = from_dict(self.method_cls.Params, recipe.method.params,
                                     "method.params")

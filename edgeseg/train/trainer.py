@@ -211,6 +211,9 @@ class Trainer:
                 f"model.num_classes={recipe.model.num_classes} but data.label_space "
                 f"{self.label_space.name} has {self.label_space.num_classes} classes"
             )
+        # a mistyped method or parameter fails before the run folder exists
+        method_cls = get_method(recipe.method.name)
+        params = from_dict(method_cls.Params, recipe.method.params, "method.params")
         if resume is None and (self.run_dir / "last.pt").exists():
             raise ConfigError(
                 f"{self.run_dir} already holds a run (last.pt); continue it with --resume "
@@ -237,8 +240,6 @@ class Trainer:
         if recipe.train.sync_bn and self.dist.enabled:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
-        method_cls = get_method(recipe.method.name)
-        params = from_dict(method_cls.Params, recipe.method.params, "method.params")
         amp = recipe.train.amp and self.device.type == "cuda"
         ctx = MethodContext(recipe, self.model, self.device, self.dist, amp)
         self.method: Method = method_cls(ctx, params)

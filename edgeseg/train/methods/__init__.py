@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgeseg.config import ConfigError
 from edgeseg.train.methods.base import Method, MethodContext, NoParams, set_requires_grad
 from edgeseg.train.methods.cyclegan_fl import CycleGANFL
 from edgeseg.train.methods.dania import DANIA
@@ -18,10 +19,12 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (SourceOnly, MobileNetUDA
 
 
 def get_method(name: str) -> type[Method]:
+    """The method class of ``method.name``; a `ConfigError` (one line) for an unknown one."""
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}") from None
+        raise ConfigError(f"method.name: unknown method {name!r}; one of "
+                          f"{', '.join(sorted(METHODS))}") from None
 
 
 __all__ = ["METHODS", "Method", "MethodContext", "NoParams", "get_method", "set_requires_grad"]
