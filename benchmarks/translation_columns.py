@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeseg.data import open_dataset
 from edgeseg.fileio import write_image
-from edgeseg.viz import side_by_side
+from edgeseg.viz import _text_bar, side_by_side  # the title bar bench reports use
 
 
 def translated_frame(folder: Path, name: str) -> np.ndarray:
@@ -33,12 +33,6 @@ def translated_frame(folder: Path, name: str) -> np.ndarray:
         raise SystemExit(f"{folder}: no translation of {name}; is it an `edgeseg derive "
                          "translate` output of the same source dataset?")
     return cv2.cvtColor(cv2.imread(str(found[0])), cv2.COLOR_BGR2RGB)
-
-
-def titled(image: np.ndarray, title: str) -> np.ndarray:
-    bar = np.full((22, image.shape[1], 3), 255, np.uint8)
-    cv2.putText(bar, title, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.concatenate([bar, image])
 
 
 def main() -> None:
@@ -62,8 +56,8 @@ def main() -> None:
     grid = np.concatenate([np.concatenate([r, np.full((4, r.shape[1], 3), 255, np.uint8)])
                            for r in rows])
     width = source[int(picks[0])]["image"].shape[1]
-    header = side_by_side(*(titled(np.zeros((0, width, 3), np.uint8), t)
-                            for t in ["source", *(t for t, _ in columns)]), gap=4)
+    header = side_by_side(*(_text_bar(t, width) for t in ["source", *(t for t, _ in columns)]),
+                          gap=4)
     write_image(args.out, np.concatenate([header, grid]))
     print(f"wrote {args.out}: {len(picks)} frames x {len(columns)} runs")
 
