@@ -111,19 +111,27 @@ def test_eval_skips_a_split_without_labels(tiny_checkpoint: Path, capsys) -> Non
     assert "day_val" in captured.out and "sidewalk" in captured.out
 
 
-def test_demo_end_to_end(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_demo_end_to_end(tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
     """`make demo`'s code path: synth -> train -> eval day/night -> pictures -> export ->
     engine (--precision auto) -> night drive streamed into demo.mp4 (2 iterations, 12
-    frames), then a second run reuses the cached model and engine."""
+    frames, a smaller scene set), then a second run reuses the cached model and engine."""
     import json
 
     import cv2
 
+    from edgeseg import demo
+
+    small = ["--train", "40", "--val", "8"]  # the demo's own set is 320 + 24 per domain
+    args = list(demo.SYNTH_ARGS)
+    for flag, value in zip(small[::2], small[1::2]):
+        args[args.index(flag) + 1] = value
+    monkeypatch.setattr(demo, "SYNTH_ARGS", args)
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--iterations", "2", "--max-frames", "12"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "gap" in text and "night_val" in text
+    assert "[1/5] generating" in text and (out / "synth" / "meta.json").exists()
     # no TensorRT here: an OpenVINO engine where openvino is installed, else ONNX Runtime's
     from edgeseg.export.build_engine import cpu_backend
 

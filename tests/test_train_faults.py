@@ -46,6 +46,21 @@ def _train_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           env=cli_env(), cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+def _train_cli_all(arg_lists: list[tuple[str, ...]], cwd: Path
+                   ) -> list[subprocess.CompletedProcess]:
+    """`_train_cli` for several argument lists at once (the refusals are independent and each
+    spends its time starting an interpreter)."""
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "edgeseg.cli", "train", *args, "--no-progress"], env=cli_env(),
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for args in arg_lists]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
 def _one_line_error(res: subprocess.CompletedProcess) -> str:
     """The single error line of a CLI run that must fail cleanly (exit 2, no traceback)."""
     assert res.returncode == 2, res.stdout + res.stderr
@@ -166,13 +181,16 @@ def test_resume_keeps_the_runs_overrides(tiny_synth: Path, tmp_path: Path) -> No
     assert ckpt["recipe"]["optim"]["lr"] == 0.005
     assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["iterations"] == 3
     # keys that decide what an iteration computes are refused, in one line
-    for key in ("data.batch_size=1", "optim.lr=0.1", "seed=5", "model.aspp_channels=16"):
-        line = _one_line_error(_train_cli("--resume", str(run / "last.pt"), "--set",
-                                          "train.iterations=4", "--set", key, cwd=tmp_path))
+    keys = ("data.batch_size=1", "optim.lr=0.1", "seed=5", "model.aspp_channels=16")
+    resume = ("--resume", str(run / "last.pt"))
+    results = _train_cli_all([(*resume, "--set", "train.iterations=4", "--set", key)
+                              for key in keys]
+                             + [(*resume, "--set", "train.iterations=2")], cwd=tmp_path)
+    for key, res in zip(keys, results):
+        line = _one_line_error(res)
         assert key.split("=")[0] in line, line
-    line = _one_line_error(_train_cli("--resume", str(run / "last.pt"), "--set",
-                                      "train.iterations=2", cwd=tmp_path))
-    assert "below the checkpoint's iteration 3" in line
+    assert "below the checkpoint's iteration 3" in _one_line_error(results[-1])
+    assert load_checkpoint(run / "last.pt")["iteration"] == 3  # the refusals changed nothing
 
 
 def test_resume_with_another_model_config_is_one_line(tiny_synth: Path, tmp_path: Path) -> None:
