@@ -383,3 +383,62 @@ def test_a_translator_in_front_of_a_frozen_segmenter(
         scale = want.abs().max().item()
         assert scale > 0.1 and torch.allclose(got, want, atol=1e-5 * scale, rtol=1e-4)
         assert (got - plain).abs().max().item() > 1e-2 * scale  # the translator ran
+
+
+# --- bf16 autocast on CPU --------------------------------------------------------------
+
+def test_cpu_bf16_probe_reads_the_cpus_own_flags() -> None:
+    from edgeseg.train.trainer import cpu_has_native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to compare the probe with (not Linux)")
+    flags = set(next(ln for ln in cpuinfo.read_text().splitlines()
+                     if ln.startswith("flags")).split(":", 1)[1].split())
+    if "avx512_bf16" in flags:
+        assert cpu_has_native_bf16()
+    elif not {"amx_tile", "amx_bf16"} & flags:
+        assert not cpu_has_native_bf16()
+    # AMX alone (no AVX512-BF16): usable only where the kernel grants AMX state; torch asks
+
+
+def test_cpu_bf16_runs_the_forward_in_bf16_and_the_weights_in_fp32(
+        tiny_synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.cpu_bf16: the method's autocast region computes convolutions in bf16 with no
+    gradient scaling; the weights, their gradients and the checkpoint stay fp32. Off, the
+    same region is fp32. The probe is set both ways so every CPU runs both branches."""
+    from edgeseg.train import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: True)
+    x = torch.randn(1, 3, 16, 16)
+    conv = nn.Conv2d(3, 4, 3)
+    runs = {}
+    for flag in (True, False):
+        rec = from_dict(Recipe, tiny_recipe(tiny_synth, tmp_path / str(flag),
+                                            train__iterations=2, train__cpu_bf16=flag))
+        t = Trainer(rec, progress=False)
+        assert t.method.ctx.cpu_bf16 is flag and not t.method.scaler.is_enabled()
+        with t.method.autocast():
+            assert conv(x).dtype == (torch.bfloat16 if flag else torch.float32)
+        before = {k: v.clone() for k, v in t.model.state_dict().items()}
+        assert t.run() == 0
+        state = ckpt_io.load_checkpoint(tmp_path / str(flag) / "last.pt")["model"]
+        assert all(v.dtype == before[k].dtype for k, v in state.items())
+        assert any(not torch.equal(v, before[k]) for k, v in state.items() if v.is_floating_point())
+        runs[flag] = state
+    # the two precisions took different steps from the same start (the flag reached the loss)
+    assert any(not torch.equal(runs[True][k], runs[False][k]) for k in runs[True]
+               if runs[True][k].is_floating_point())
+
+
+def test_cpu_bf16_without_native_bf16_is_one_line_before_the_run_folder(
+        tiny_synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeseg.train import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: False)
+    rec = from_dict(Recipe, tiny_recipe(tiny_synth, tmp_path / "run", train__cpu_bf16=True))
+    with pytest.raises(ConfigError) as err:
+        Trainer(rec, progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg and "train.cpu_bf16=false" in msg and "native bf16" in msg
+    assert not (tmp_path / "run").exists()

@@ -142,6 +142,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where bf16 autocast
+    pays; elsewhere oneDNN emulates it, slower than fp32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def use_cpu_bf16(recipe: Recipe, device: torch.device) -> bool:
+    """``train.cpu_bf16`` on the device the run got; a one-line refusal on a CPU without
+    native bf16 (the recipe asked for speed that this machine cannot give)."""
+    if not recipe.train.cpu_bf16 or device.type != "cpu":
+        return False
+    if not cpu_has_native_bf16():
+        raise ConfigError("train.cpu_bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), "
+                          "where bf16 autocast is slower than fp32; run with "
+                          "--set train.cpu_bf16=false")
+    return True
+
+
 def load_init_weights(model: torch.nn.Module, recipe: Recipe) -> None:
     """Load the segmenter of ``model.init_from`` (e.g. the source-only stage of a UDA
     method); its model spec, label space and normalisation must be the recipe's."""
@@ -197,6 +216,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, resume: str | None = None, progress: bool = True) -> None:
         self.progress = progress
         self.device = resolve_device(recipe.train.device)
+        self.cpu_bf16 = use_cpu_bf16(recipe, self.device)
         if recipe.train.threads > 0 and self.device.type == "cpu":
             torch.set_num_threads(recipe.train.threads)
         self.dist: DistInfo = init_distributed(self.device.type)
@@ -241,7 +261,7 @@ class Trainer:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
         amp = recipe.train.amp and self.device.type == "cuda"
-        ctx = MethodContext(recipe, self.model, self.device, self.dist, amp)
+        ctx = MethodContext(recipe, self.model, self.device, self.dist, amp, self.cpu_bf16)
         self.method: Method = method_cls(ctx, params)
         if resume is None:
             self.init_networks()

@@ -57,7 +57,8 @@ class MethodContext:
     model: nn.Module  # the segmenter, unwrapped
     device: torch.device
     dist: DistInfo
-    amp: bool
+    amp: bool  # CUDA fp16 autocast with gradient scaling
+    cpu_bf16: bool = False  # CPU bf16 autocast (no scaling: bf16 has fp32's exponent range)
 
 
 def set_requires_grad(modules: nn.Module | Iterable[nn.Module], flag: bool) -> None:
@@ -233,9 +234,13 @@ class Method:
         raise NotImplementedError
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if not self.ctx.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self.ctx.device.type, dtype=torch.float16)
+        """The mixed-precision region of a forward: fp16 on CUDA (``train.amp``), bf16 on a
+        CPU that has it (``train.cpu_bf16``), else fp32."""
+        if self.ctx.amp:
+            return torch.autocast(self.ctx.device.type, dtype=torch.float16)
+        if self.ctx.cpu_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
