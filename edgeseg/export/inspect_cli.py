@@ -1,7 +1,8 @@
 """``edgeseg inspect FILE``: what an ONNX file or an engine is, without running it.
 
 For an ONNX file: its edgeseg metadata (precision, labels, normalisation, I/O
-contract), opset, size, parameter count and op counts. For an engine (any file
+contract), opset, size, parameter count, compute (GMACs at the graph's input shape, by
+op; `edgeseg.export.macs`) and op counts. For an engine (any file
 with a manifest beside it, or the manifest itself): backend and version,
 device, precision, I/O and profiles, hashes, the rebuild command, the model
 metadata, and whether it would load on this machine.
@@ -54,36 +55,44 @@ def _metadata_lines(meta: ModelMetadata) -> list[str]:
     return lines
 
 
-def _iter_nodes(graph: Any) -> Any:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:  # If/Loop/Scan bodies
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _iter_nodes(sub)
-
-
 def describe_onnx(path: Path) -> dict[str, Any]:
+    from edgeseg.export.macs import MacCountError, count_macs, count_parameters, iter_nodes
+
     model = load_onnx(path, external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     try:
         meta: ModelMetadata | None = ModelMetadata.from_props(props, str(path))
     except MetadataError:
         meta = None
-    params = sum(int(_prod(t.dims)) for t in model.graph.initializer)
+    macs: dict[str, Any] | None = None
+    try:
+        count = count_macs(model)
+        params, macs_error = count.params, None
+        macs = {"total": count.total, "by_op": count.by_op,
+                "inputs": {k: list(v) for k, v in count.inputs.items()}}
+    except MacCountError as exc:  # a dynamic input shape: parameters still count
+        params, macs_error = count_parameters(model), str(exc)
     return {
         "file": str(path), "kind": "onnx", "bytes": path.stat().st_size,
         "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
-        "parameters": params, "ops": dict(Counter(n.op_type for n in _iter_nodes(model.graph))
-                                          .most_common()),
-        "metadata": props, "_meta": meta,
+        "parameters": params, "macs": macs,
+        "ops": dict(Counter(n.op_type for n in iter_nodes(model.graph)).most_common()),
+        "metadata": props, "_meta": meta, "_macs_error": macs_error,
     }
 
 
-def _prod(dims: Any) -> int:
-    out = 1
-    for d in dims:
-        out *= int(d)
-    return out
+def _compute_line(info: dict[str, Any]) -> str:
+    """``2.35 GMACs at 1x3x360x480 (Conv 2.30, ConvTranspose 0.05)``, or why not counted."""
+    macs = info["macs"]
+    if macs is None:
+        return f"  compute     not counted: {info['_macs_error']}"
+    shapes = {name: "x".join("?" if d is None else str(d) for d in dims)
+              for name, dims in macs["inputs"].items()}
+    at = (next(iter(shapes.values())) if len(shapes) == 1
+          else ", ".join(f"{name} {dims}" for name, dims in shapes.items()))
+    ops = ", ".join(f"{op} {n / 1e9:.2f}" for op, n in macs["by_op"].items())
+    return (f"  compute     {macs['total'] / 1e9:.2f} GMACs at {at}"
+            + (f" ({ops})" if ops else " (no Conv, ConvTranspose, MatMul or Gemm)"))
 
 
 def describe_engine(engine: Path) -> dict[str, Any]:
@@ -104,6 +113,7 @@ def _print_onnx(info: dict[str, Any]) -> None:
         print("  no edgeseg metadata (not exported by `edgeseg export`)")
     else:
         print("\n".join(_metadata_lines(meta)))
+    print(_compute_line(info))
     print("  ops         " + ", ".join(f"{op} {n}" for op, n in info["ops"].items()))
 
 
