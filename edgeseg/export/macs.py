@@ -73,21 +73,19 @@ class MacCount:
         return self.total / 1e9
 
 
-def iter_nodes(graph: Any) -> Iterator[Any]:
-    """Every node of ``graph`` and of the ``If``/``Loop``/``Scan`` bodies inside it."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from iter_nodes(sub)
-
-
 def _iter_graphs(graph: Any) -> Iterator[Any]:
+    """``graph`` and the ``If``/``Loop``/``Scan`` bodies inside it, at any depth."""
     yield graph
     for node in graph.node:
         for attr in node.attribute:
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                 yield from _iter_graphs(sub)
+
+
+def iter_nodes(graph: Any) -> Iterator[Any]:
+    """Every node of ``graph`` and of its subgraphs."""
+    for g in _iter_graphs(graph):
+        yield from g.node
 
 
 def _prod(dims: Sequence[int]) -> int:
