@@ -22,7 +22,7 @@ The committed ``methods.md`` adds ``--skip-latency`` (its command is at its end)
 Each ``--row NAME=PREFIX`` reads ``PREFIX.fp32.onnx`` and ``PREFIX.int8.onnx``, the translator
 run in front of them where the method deploys one (``PREFIX.translator.fp32.onnx`` /
 ``.int8.onnx``, the ``edgeseg eval --translator`` chain), ``PREFIX-train-metrics.jsonl`` and
-``PREFIX-recipe.yaml``. A row without its fp32 file is listed as "not run yet". Writes
+``PREFIX-recipe.yaml``. A row without its fp32 file is listed as "no ONNX yet" (not trained, or its files not committed). Writes
 ``OUT.md``, ``OUT.json`` and ``OUT.png`` (``--out``, default
 ``benchmarks/results/camvid/methods``). ``--skip-eval`` reuses ``PREFIX-eval.json`` (fp32 only)
 and ``--skip-latency`` skips the engine builds and timing, so the table can be redone cheaply.
@@ -60,7 +60,7 @@ DUSK_NOTE = (f"{DUSK_MARK} dusk_train: its 62 frames are also the unlabelled tar
              "training frames of the adaptation methods (transductive: the models saw these "
              "images, not their labels) and the int8 files' calibration frames. The dusk_test "
              "labels are withheld and not used here.")
-NOT_RUN = "not run yet"
+NOT_RUN = "no ONNX yet"
 CLASSES = ("sky", "building", "pole", "road", "sidewalk", "tree", "sign", "fence", "car",
            "pedestrian", "bicyclist")
 DEFAULT_CAMVID = "../shared/data/camvid"
@@ -239,7 +239,7 @@ def measure_latency(name: str, int8: Path, translator: Path | None, backend: str
 def measure_row(spec: RowSpec, specs: dict[str, str], *, skip_eval: bool, skip_latency: bool,
                 max_frames: int, backend: str, threads: int, iterations: int,
                 workdir: Path) -> dict[str, Any]:
-    """Everything the table shows for one method; ``status`` "not run yet" without fp32."""
+    """Everything the table shows for one method; ``status`` "no ONNX yet" without fp32."""
     files = spec.files()
     row: dict[str, Any] = {"prefix": str(spec.prefix), "files": files, "note": spec.note}
     if files["fp32"] is None:

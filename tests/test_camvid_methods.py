@@ -1,5 +1,5 @@
 """benchmarks/camvid_methods.py: the all-method CamVid table from hand-made rows (delta
-arithmetic, "not run yet" rows, the transductive mark on dusk numbers, MACs over a chain),
+arithmetic, "no ONNX yet" rows, the transductive mark on dusk numbers, MACs over a chain),
 and runs on the committed source_only files."""
 
 from __future__ import annotations
