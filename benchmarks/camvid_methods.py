@@ -17,7 +17,7 @@ Run from the repository root (the final table, on a quiet machine):
         --row-note "sait=trained (see its report); ONNX files not committed yet" \\
         --threads 2 --iterations 50
 
-The committed ``methods.md`` adds ``--skip-latency`` (its command is at its end).
+The committed ``methods.md`` names the command that wrote it at its end.
 
 Each ``--row NAME=PREFIX`` reads ``PREFIX.fp32.onnx`` and ``PREFIX.int8.onnx``, the translator
 run in front of them where the method deploys one (``PREFIX.translator.fp32.onnx`` /
