@@ -156,8 +156,9 @@ def use_cpu_bf16(recipe: Recipe, device: torch.device) -> bool:
         return False
     if not cpu_has_native_bf16():
         raise ConfigError("train.cpu_bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), "
-                          "where bf16 autocast is slower than fp32; run with "
-                          "--set train.cpu_bf16=false")
+                          "where bf16 autocast is slower than fp32; start the run with "
+                          "--set train.cpu_bf16=false (a run trained in bf16 resumes only on "
+                          "a CPU with bf16)")
     return True
 
 
