@@ -13,8 +13,8 @@ Run from the repository root (the final table, on a quiet machine):
         --row sait=benchmarks/results/camvid/sait \\
         --row-note "source_only=2-core AMD EPYC shared with other jobs; 1500 it from scratch" \\
         --row-note "mobilenet_uda=2 cores, 1 torch thread, 2 runs side by side; 1000 it from source_only" \\
-        --row-note "mutual_gan=trained (see its report); translator ONNX not committed yet" \\
-        --row-note "sait=trained (see its report); ONNX files not committed yet" \\
+        --row-note "mutual_gan=short runs only (see its report); no translator committed" \\
+        --row-note "sait=2-core Xeon, 1 thread, beside another run; 2 rounds x (translator 800 it + segmenter 1000 it) from the CamVid start" \\
         --threads 2 --iterations 50
 
 The committed ``methods.md`` names the command that wrote it at its end.
@@ -51,6 +51,7 @@ import yaml
 from tqdm import tqdm
 
 from edgeseg.fileio import atomic_path, write_json, write_text
+from edgeseg.labels import get_label_space
 
 SPLITS = ("day_val", "dusk_train")
 TRANSDUCTIVE = "dusk_train"
@@ -61,8 +62,8 @@ DUSK_NOTE = (f"{DUSK_MARK} dusk_train: its 62 frames are also the unlabelled tar
              "images, not their labels) and the int8 files' calibration frames. The dusk_test "
              "labels are withheld and not used here.")
 NOT_RUN = "no ONNX yet"
-CLASSES = ("sky", "building", "pole", "road", "sidewalk", "tree", "sign", "fence", "car",
-           "pedestrian", "bicyclist")
+#: the per-class columns: the CamVid label space every committed file predicts
+CLASSES = get_label_space("camvid11").names
 DEFAULT_CAMVID = "../shared/data/camvid"
 DEFAULT_OUT = Path("benchmarks/results/camvid/methods")
 

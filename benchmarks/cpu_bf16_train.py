@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from edgeseg.config import ConfigError, Recipe, apply_overrides, from_dict, load_recipe, to_dict
+from edgeseg.config import ConfigError, load_recipe
 from edgeseg.fileio import write_text
 from edgeseg.runtime.compat import cpu_device
 from edgeseg.train.trainer import Trainer, cpu_has_native_bf16
@@ -37,7 +37,7 @@ def time_recipe(path: str, bf16: bool, iterations: int, threads: int) -> dict:
                      "train.val_every=0", "train.ckpt_every=0", "train.log_every=1",
                      f"train.threads={threads}", "data.workers=0", "data.val=[]",
                      f"train.cpu_bf16={str(bf16).lower()}", "train.device=cpu"]
-        recipe = from_dict(Recipe, apply_overrides(to_dict(load_recipe(path)), overrides))
+        recipe = load_recipe(path, overrides)
         assert Trainer(recipe, progress=False).run() == 0
         rows = [json.loads(x) for x in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["type"] == "train"]
