@@ -122,10 +122,10 @@ def test_demo_end_to_end(tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: 
     from edgeseg import demo
 
     small = ["--train", "40", "--val", "8"]  # the demo's own set is 320 + 24 per domain
-    args = list(demo.SYNTH_ARGS)
+    synth_args = list(demo.SYNTH_ARGS)
     for flag, value in zip(small[::2], small[1::2]):
-        args[args.index(flag) + 1] = value
-    monkeypatch.setattr(demo, "SYNTH_ARGS", args)
+        synth_args[synth_args.index(flag) + 1] = value
+    monkeypatch.setattr(demo, "SYNTH_ARGS", synth_args)
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--iterations", "2", "--max-frames", "12"]
     assert main(args) == 0

@@ -42,21 +42,25 @@ def _write_recipe(path: Path, synth: Path, out: Path, **over: object) -> Path:
 
 
 def _train_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgeseg.cli", "train", *args, "--no-progress"],
-                          env=cli_env(), cwd=cwd, capture_output=True, text=True, timeout=300)
+    return _train_cli_all([args], cwd)[0]
 
 
 def _train_cli_all(arg_lists: list[tuple[str, ...]], cwd: Path
                    ) -> list[subprocess.CompletedProcess]:
-    """`_train_cli` for several argument lists at once (the refusals are independent and each
-    spends its time starting an interpreter)."""
+    """`edgeseg train ARGS --no-progress` for several argument lists at once (independent
+    runs such as refusals spend most of their time starting an interpreter)."""
     procs = [subprocess.Popen(
         [sys.executable, "-m", "edgeseg.cli", "train", *args, "--no-progress"], env=cli_env(),
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for args in arg_lists]
     done = []
     for proc in procs:
-        out, err = proc.communicate(timeout=300)
+        try:
+            out, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
         done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
     return done
 
