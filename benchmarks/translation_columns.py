@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeseg.data import open_dataset
 from edgeseg.fileio import write_image
-from edgeseg.viz import _text_bar, side_by_side  # the title bar bench reports use
+from edgeseg.viz import side_by_side, text_bar
 
 
 def translated_frame(folder: Path, name: str) -> np.ndarray:
@@ -56,7 +56,7 @@ def main() -> None:
     grid = np.concatenate([np.concatenate([r, np.full((4, r.shape[1], 3), 255, np.uint8)])
                            for r in rows])
     width = source[int(picks[0])]["image"].shape[1]
-    header = side_by_side(*(_text_bar(t, width) for t in ["source", *(t for t, _ in columns)]),
+    header = side_by_side(*(text_bar(t, width) for t in ["source", *(t for t, _ in columns)]),
                           gap=4)
     write_image(args.out, np.concatenate([header, grid]))
     print(f"wrote {args.out}: {len(picks)} frames x {len(columns)} runs")

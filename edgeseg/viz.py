@@ -85,7 +85,8 @@ def side_by_side(*images: np.ndarray, gap: int = 0, fill: int = 255) -> np.ndarr
     return np.concatenate(parts, axis=1)
 
 
-def _text_bar(text: str, width: int, height: int = 24, scale: float = 0.5) -> np.ndarray:
+def text_bar(text: str, width: int, height: int = 24, scale: float = 0.5) -> np.ndarray:
+    """A title strip ``width`` pixels wide to stack above a panel (one look for every grid)."""
     bar = np.full((height, width, 3), _BG, np.uint8)
     (_, th), _ = cv2.getTextSize(text, _FONT, scale, 1)
     cv2.putText(bar, text, (4, (height + th) // 2), _FONT, scale, _FG, 1, cv2.LINE_AA)
@@ -152,9 +153,9 @@ def save_overlay_grid(
     gap = 4
     blocks: list[np.ndarray] = [
         side_by_side(
-            _text_bar("image", pw),
-            _text_bar("prediction", pw),
-            _text_bar("ground truth", pw),
+            text_bar("image", pw),
+            text_bar("prediction", pw),
+            text_bar("ground truth", pw),
             gap=gap,
         )
     ]
@@ -171,7 +172,7 @@ def save_overlay_grid(
         else:
             gt_panel = overlay(img_s, _resize(np.asarray(gt, np.uint8), pw, True), space, alpha)
         row_img = side_by_side(img_s, pred_panel, gt_panel, gap=gap)
-        blocks += [_text_bar(str(title), row_img.shape[1]), row_img]
+        blocks += [text_bar(str(title), row_img.shape[1]), row_img]
     width = blocks[0].shape[1]
     blocks.append(legend_strip(space, width))
     grid = np.concatenate(blocks, axis=0)

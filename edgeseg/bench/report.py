@@ -27,11 +27,11 @@ from edgeseg.runtime.latency import END_TO_END, LatencyResult
 from edgeseg.viz import (  # the shared Agg-canvas helpers, so every chart looks the same
     _new_figure,
     _save_figure,
-    _text_bar,
     legend_strip,
     overlay,
     plot_iou_delta_bars,
     side_by_side,
+    text_bar,
 )
 
 #: stage columns of the latency table, in path order
@@ -204,7 +204,7 @@ def save_parity_montage(path: str | Path, p: ParityResult, panel_width: int = 32
     titles = ["image", "ground truth", f"{p.reference} (reference)"]
     titles += [f"{v.name} ({100 * v.pixel_agreement:.2f} % agree)" for v in p.variants]
     gap = 4
-    blocks = [side_by_side(*(_text_bar(t, panel_width, scale=0.4) for t in titles), gap=gap)]
+    blocks = [side_by_side(*(text_bar(t, panel_width, scale=0.4) for t in titles), gap=gap)]
     for s in p.samples:
         h, w = s.image.shape[:2]
         ph = max(1, round(h * panel_width / w))
@@ -226,9 +226,9 @@ def save_parity_montage(path: str | Path, p: ParityResult, panel_width: int = 32
             panel[pred != ref] = DISAGREE_RGB
             panels.append(panel)
         row = side_by_side(*panels, gap=gap)
-        blocks += [_text_bar(s.name, row.shape[1]), row]
+        blocks += [text_bar(s.name, row.shape[1]), row]
     width = blocks[0].shape[1]
-    blocks.append(_text_bar("magenta: pixels where the variant disagrees with the reference",
+    blocks.append(text_bar("magenta: pixels where the variant disagrees with the reference",
                             width))
     blocks.append(legend_strip(space, width))
     write_image(path, np.concatenate(blocks, axis=0), rgb=True)
