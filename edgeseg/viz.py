@@ -183,7 +183,7 @@ def save_overlay_grid(
 # --- charts -----------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     """A matplotlib Figure on an Agg canvas (no pyplot, no global backend switch)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -193,7 +193,8 @@ def _new_figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save_figure(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a figure atomically, in the format its suffix names (PNG by default)."""
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt)
@@ -219,7 +220,7 @@ def plot_iou_bars(path: str | Path, results: dict[str, SegMetrics], title: str =
     x = np.arange(len(names))
     k = len(results)
     bar_w = 0.8 / k
-    fig = _new_figure(max(6.0, 0.45 * len(names) * max(1, k / 2) + 2), 4.5)
+    fig = new_figure(max(6.0, 0.45 * len(names) * max(1, k / 2) + 2), 4.5)
     ax = fig.add_subplot()
     for i, (label, r) in enumerate(results.items()):
         vals = np.array([100 * r.per_class.get(n, math.nan) for n in names])
@@ -236,7 +237,7 @@ def plot_iou_bars(path: str | Path, results: dict[str, SegMetrics], title: str =
     ax.legend(loc="upper right", fontsize="small")
     if title:
         ax.set_title(title)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_iou_delta_bars(
@@ -259,7 +260,7 @@ def plot_iou_delta_bars(
         and not (math.isnan(base.per_class[n]) or math.isnan(other.per_class[n]))
     ]
     deltas = np.array([100 * (other.per_class[n] - base.per_class[n]) for n in names])
-    fig = _new_figure(max(6.0, 0.4 * len(names) + 2), 4.0)
+    fig = new_figure(max(6.0, 0.4 * len(names) + 2), 4.0)
     ax = fig.add_subplot()
     colours = ["tab:green" if d >= 0 else "tab:red" for d in deltas]
     bars = ax.bar(np.arange(len(names)), deltas, 0.7, color=colours)
@@ -274,4 +275,4 @@ def plot_iou_delta_bars(
         dm = f"{100 * (other.miou - base.miou):+.2f}"
     summary = f"mIoU {base_name} {_pct(base.miou)} -> {other_name} {_pct(other.miou)} ({dm})"
     ax.set_title(f"{title}\n{summary}" if title else summary)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

@@ -83,6 +83,15 @@ def test_translations_grid_from_a_uda_checkpoint_and_a_clear_error_otherwise(
                           "--width", "64"], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert cv2.imread(str(png)).shape == (2 * 32, 3 * 64, 3)  # rows padded to the widest
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "uda_translations.py"),
+                          str(out / "last.pt"), str(png), str(paths[0]), "--width", "64",
+                          "--also", f"again={out / 'last.pt'}"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    both = cv2.imread(str(png))
+    assert both.shape == (24 + 32, 3 * 64, 3)  # title strip; source | run | --also run
+    assert np.array_equal(both[24:, 64:128], both[24:, 128:])  # the same run, the same column
+    assert not np.array_equal(both[24:, :64], both[24:, 64:128])
     with pytest.raises(SystemExit, match="has no network 'gen_s2t'") as err:
         grid.load_translator(tiny_checkpoint)  # a source-only checkpoint
     assert "\n" not in str(err.value)

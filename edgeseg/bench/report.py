@@ -25,11 +25,11 @@ from edgeseg.labels import get_label_space
 from edgeseg.metrics import compare_summaries
 from edgeseg.runtime.latency import END_TO_END, LatencyResult
 from edgeseg.viz import (  # the shared Agg-canvas helpers, so every chart looks the same
-    _new_figure,
-    _save_figure,
     legend_strip,
+    new_figure,
     overlay,
     plot_iou_delta_bars,
+    save_figure,
     side_by_side,
     text_bar,
 )
@@ -158,7 +158,7 @@ def plot_latency_histograms(path: str | Path, rows: list[LatencyRow]) -> Path:
     n = len(rows)
     cols = 2 if n > 1 else 1
     nrows = math.ceil(n / cols)
-    fig = _new_figure(6.0 * cols, 2.6 * nrows + 0.4)
+    fig = new_figure(6.0 * cols, 2.6 * nrows + 0.4)
     for i, r in enumerate(rows):
         ax = fig.add_subplot(nrows, cols, i + 1)
         t = r.result.total
@@ -171,7 +171,7 @@ def plot_latency_histograms(path: str | Path, rows: list[LatencyRow]) -> Path:
                      fontsize="small")
         ax.set_xlabel("end-to-end ms per run")
         ax.legend(fontsize="x-small")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_fps(path: str | Path, rows: list[LatencyRow]) -> Path:
@@ -182,7 +182,7 @@ def plot_fps(path: str | Path, rows: list[LatencyRow]) -> Path:
     fps = {(r.target, r.result.batch): r.result.total.fps for r in rows}
     x = np.arange(len(engines))
     width = 0.8 / len(batches)
-    fig = _new_figure(max(6.0, 0.9 * len(engines) + 2), 4.5)
+    fig = new_figure(max(6.0, 0.9 * len(engines) + 2), 4.5)
     ax = fig.add_subplot()
     for k, b in enumerate(batches):
         vals = [fps.get((e[2], b), np.nan) for e in engines]
@@ -193,7 +193,7 @@ def plot_fps(path: str | Path, rows: list[LatencyRow]) -> Path:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
     ax.set_title("fps vs precision")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def save_parity_montage(path: str | Path, p: ParityResult, panel_width: int = 320) -> Path:
