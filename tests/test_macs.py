@@ -284,3 +284,21 @@ def test_inspect_of_a_dynamic_graph_counts_parameters_not_macs(
     assert main(["inspect", str(path), "--json", "-"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["macs"] is None and info["parameters"] == 8 * 4 * 3 * 3 + 8
+
+
+def test_inspect_of_the_committed_translator_counts_transposed_convs_and_no_labels(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The Mutual-GAN translator is an image network: its compute includes the fractionally
+    strided convolutions, and it has no label line (the segmenter's has one)."""
+    path = SOURCE_ONLY["fp32"].parent / "mutual_gan.translator.fp32.onnx"
+    assert main(["inspect", str(path), "--json", "-"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    by_op = info["macs"]["by_op"]
+    assert set(by_op) == {"Conv", "ConvTranspose"} and by_op["ConvTranspose"] > 0
+    assert info["macs"]["total"] == by_op["Conv"] + by_op["ConvTranspose"]
+    assert info["macs"]["total"] > 20 * 3.0e9  # far more than the 3.7-GMAC segmenter
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "  network     translator" in text and "  labels" not in text
+    assert main(["inspect", str(SOURCE_ONLY["fp32"])]) == 0
+    assert "  labels      camvid11 (11): sky, building" in capsys.readouterr().out

@@ -41,9 +41,10 @@ def _spec(t: TensorSpec) -> str:
 def _metadata_lines(meta: ModelMetadata) -> list[str]:
     labels = ", ".join(meta.labels[:8]) + (", ..." if len(meta.labels) > 8 else "")
     lines = [f"  network     {meta.network} {meta.model or ''}".rstrip(),
-             f"  precision   {meta.precision}",
-             f"  labels      {meta.label_space} ({len(meta.labels)}): {labels}",
-             f"  mean/std    {meta.mean} / {meta.std} (RGB, 0..1)"]
+             f"  precision   {meta.precision}"]
+    if meta.labels:  # an image network (translator, relighting) has no classes
+        lines.append(f"  labels      {meta.label_space} ({len(meta.labels)}): {labels}")
+    lines.append(f"  mean/std    {meta.mean} / {meta.std} (RGB, 0..1)")
     lines += [f"  input       {_spec(t)}" for t in meta.inputs]
     lines += [f"  output      {_spec(t)}" for t in meta.outputs]
     if meta.method or meta.datasets:
