@@ -44,6 +44,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def parse_luma(text: str) -> float:
+    """A mean-luma threshold on the 0-255 scale (``--translate-below``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a mean luma in (0, 256], e.g. 80")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:

@@ -138,7 +138,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with ``only`` (a command's name, or "" for none), the other module
     commands are listed without importing their modules, so a command starts in the time its
     own imports take (no torch for the torch-free ones) and ``edgeseg --help`` in none."""
-    from edgeseg.argtypes import add_device_argument, non_negative_int, positive_int
+    from edgeseg.argtypes import add_device_argument, non_negative_int, parse_luma, positive_int
 
     parser = argparse.ArgumentParser(
         prog="edgeseg",
@@ -184,6 +184,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                    help="image-to-image engine (translator or relighting net, from `edgeseg "
                         "export CKPT --network NAME`) run on every frame before the model, "
                         "chained as `edgeseg run --translator` chains it")
+    p.add_argument("--translate-below", metavar="LUMA", type=parse_luma,
+                   help="translate only frames whose mean luma (0-255) is below LUMA, as "
+                        "`edgeseg run --translate-below` gates it; brighter frames go straight "
+                        "to the model")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("demo", help="the whole path on built-in synthetic data (make demo)",

@@ -13,36 +13,41 @@ import sys
 from pathlib import Path
 
 from edgeseg.argtypes import Device
+from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import Predictor, evaluate, open_eval_dataset
 from edgeseg.fileio import write_json
 from edgeseg.labels import get_label_space
 from edgeseg.metrics import compare_summaries, format_table
 
 
-def load_predictor(model: str, device: Device | str = "auto", translator: str | None = None
-                   ) -> tuple[Predictor, str, dict]:
+def load_predictor(model: str, device: Device | str = "auto", translator: str | None = None,
+                   translate_below: float | None = None) -> tuple[Predictor, str, dict]:
     """(predictor, label-space name, info) for a checkpoint, an ONNX file or an engine,
     opened by `open_predictor` as compare and bench open it.
 
     ``device`` (``cpu``, ``cuda[:N]``, ``auto``) goes to PyTorch for a checkpoint and, as
     the GPU index, to the backend for an ONNX file or engine. ``translator``: an
     image-to-image engine run on every frame first (`TranslatedPredictor`, the chain of
-    ``edgeseg run --translator``).
+    ``edgeseg run --translator``), gated on ``translate_below`` as ``run --translate-below``.
     """
     from edgeseg.export.predictors import open_predictor
     from edgeseg.runtime.predictor import open_translator
     from edgeseg.runtime.stages import TranslatedPredictor
 
+    if translate_below is not None and not translator:
+        raise EdgesegError("--translate-below gates a translator: give --translator ENGINE")
     predictor = open_predictor(model, device)
     info = dict(predictor.info)
     if translator:
         try:
-            stage = open_translator(translator, device)
+            stage = open_translator(translator, device, below=translate_below)
         except BaseException:
             predictor.close()
             raise
         predictor = TranslatedPredictor(stage, predictor)
         info["translator"] = str(translator)
+        if translate_below is not None:
+            info["translate_below"] = translate_below
     return predictor, str(predictor.label_space), info
 
 
@@ -52,18 +57,29 @@ def run_eval(args: argparse.Namespace) -> int:
     check_outputs([args.json, args.overlays, args.plot])  # before minutes of scoring
     text = sys.stderr if args.json == "-" else sys.stdout  # stdout carries only the JSON then
     translator = getattr(args, "translator", None)
-    predict, space_name, info = load_predictor(args.model, args.device, translator)
+    below = getattr(args, "translate_below", None)
+    predict, space_name, info = load_predictor(args.model, args.device, translator, below)
     name = f"{args.model} behind {translator}" if translator else args.model
+    if below is not None:
+        name += f" (frames darker than luma {below:g})"
     model_space = get_label_space(space_name)
     results, samples, space_of = {}, [], {}
+    stage = predict.translator if below is not None else None  # the gated TranslateStage
+    gated: dict[str, dict[str, int]] = {}
     for spec in args.data:
         dataset = open_eval_dataset(spec, model_space)
         if not dataset.has_labels:
             print(f"skip {spec}: its labels are absent (nothing to score)", file=sys.stderr)
             continue
+        before = (stage.translated, stage.passed) if stage is not None else (0, 0)
         res = evaluate(predict, dataset, model_space, max_images=args.max_frames,
                        keep_samples=2, desc=spec)
         results[spec] = res.metrics
+        if stage is not None:
+            gated[spec] = {"translated": stage.translated - before[0],
+                           "passed": stage.passed - before[1]}
+            print(f"{spec}: translated {gated[spec]['translated']} frames, passed "
+                  f"{gated[spec]['passed']} through (mean luma >= {below:g})", file=text)
         space_of[spec] = dataset.label_space
         samples += [(f"{spec} {n}", img, p, g) for n, img, p, g in res.samples]
         print(format_table(res.metrics, title=f"{name} on {spec}"), file=text)
@@ -74,7 +90,8 @@ def run_eval(args: argparse.Namespace) -> int:
                                 title=f"gap {a} -> {b}"), file=text)
     if args.json:
         write_json(args.json, {"model": args.model, **info,
-                               "results": {k: v.to_dict() for k, v in results.items()}})
+                               "results": {k: v.to_dict() for k, v in results.items()},
+                               **({"gate": gated} if gated else {})})
     if results and args.overlays:
         from edgeseg.viz import save_overlay_grid
 

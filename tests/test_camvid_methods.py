@@ -4,11 +4,8 @@ and runs on the committed source_only files."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import cv2
 import numpy as np
@@ -16,24 +13,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import CAMVID, REPO
+from tests.conftest import CAMVID, REPO, benchmark_script
 
 RESULTS = REPO / "benchmarks" / "results" / "camvid"
 
 
-def _script() -> ModuleType:
-    """benchmarks/camvid_methods.py as a module."""
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("camvid_methods",
-                                                  REPO / "benchmarks" / "camvid_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-cm = _script()
+cm = benchmark_script("camvid_methods")
 
 
 def _metrics(miou: float, per_class: dict[str, float] | None = None) -> dict:

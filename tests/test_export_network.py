@@ -33,7 +33,7 @@ from edgeseg.export.parity import IMAGE_FP32, ParityError, check_image_parity, s
 from edgeseg.runtime.backends.onnxruntime import OrtBackend
 from edgeseg.runtime.predictor import BackendPredictor, open_engine
 from edgeseg.runtime.sources import SourceFrame, open_source
-from edgeseg.runtime.stages import Packet, SegmentStage, TranslateStage
+from edgeseg.runtime.stages import Packet, SegmentStage, TranslateStage, mean_luma
 from edgeseg.train.checkpoint import load_checkpoint, load_network, save_checkpoint
 from edgeseg.train.nets.registry import build_net, net_spec
 from edgeseg.train.predict import TorchTranslator
@@ -418,6 +418,38 @@ def test_eval_with_translator_scores_the_chain(translator: Path, segmenter: Path
         scorer.update(s.process(Packet(frame, translated)).labels, sample["label"])
     assert chain["results"][spec]["miou"] == pytest.approx(scorer.metrics().miou, abs=1e-12)
     assert chain["results"][spec]["miou"] != pytest.approx(plain, abs=1e-6)
+
+
+def test_eval_translate_below_scores_the_gated_chain(
+        translator: Path, segmenter: Path, spec: str, work: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`eval --translate-below`: frames darker than the threshold through the translator,
+    the others straight to the segmenter, as `run --translate-below` routes them."""
+    from edgeseg.data import open_dataset
+
+    data = open_dataset(spec)
+    frames = [np.ascontiguousarray(data[i]["image"][..., ::-1]) for i in range(len(data))]
+    lumas = sorted({mean_luma(f) for f in frames})
+    assert len(lumas) >= 2
+    mid = len(lumas) // 2
+    below = (lumas[mid - 1] + lumas[mid]) / 2  # some frames each way
+    out = work / "eval_gated.json"
+    assert main(["eval", str(segmenter), "--data", spec, "--translator", str(translator),
+                 "--translate-below", str(below), "--json", str(out)]) == 0
+    gated = json.loads(out.read_text())
+    dark = [mean_luma(f) < below for f in frames]
+    assert gated["translate_below"] == below
+    assert gated["gate"][spec] == {"translated": sum(dark), "passed": len(dark) - sum(dark)}
+    t = TranslateStage(OrtBackend.from_onnx(translator))
+    s = SegmentStage(OrtBackend.from_onnx(segmenter))
+    scorer = FrameScorer("cityscapes19", data.label_space)
+    for i, (bgr, translate) in enumerate(zip(frames, dark, strict=True)):
+        frame = SourceFrame(i, bgr, 0.0)
+        seen = t.process(Packet(frame, bgr)).frame if translate else bgr
+        scorer.update(s.process(Packet(frame, seen)).labels, data[i]["label"])
+    assert gated["results"][spec]["miou"] == pytest.approx(scorer.metrics().miou, abs=1e-12)
+    assert main(["eval", str(segmenter), "--data", spec, "--translate-below", "80"]) == 2
+    assert "--translate-below gates a translator" in capsys.readouterr().err
 
 
 def test_bench_with_translator_reports_each_stage_and_the_chain(

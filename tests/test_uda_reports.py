@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
-
-
-def _script(name: str) -> ModuleType:
-    """A benchmarks/ script as a module; its directory is on sys.path as when it is run."""
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import REPO, benchmark_script
 
 
 def _metrics(path: Path, points: list[tuple[int, str, float]]) -> Path:
@@ -35,7 +23,7 @@ def _metrics(path: Path, points: list[tuple[int, str, float]]) -> Path:
 
 
 def test_curves_table_reports_the_last_validation_against_the_start(tmp_path: Path) -> None:
-    curves = _script("uda_curves")
+    curves = benchmark_script("uda_curves")
     run = _metrics(tmp_path / "m.jsonl", [(500, "day_val", 0.40), (500, "dusk_train", 0.30),
                                           (1000, "day_val", 0.42), (1000, "dusk_train", 0.35)])
     start = tmp_path / "start.json"
@@ -61,7 +49,7 @@ def test_translations_grid_from_a_uda_checkpoint_and_a_clear_error_otherwise(
     from edgeseg.train.trainer import Trainer
     from tests.test_mobilenet_uda import _uda_recipe
 
-    grid = _script("uda_translations")
+    grid = benchmark_script("uda_translations")
     out = tmp_path / "uda"
     assert Trainer(from_dict(Recipe, _uda_recipe(tiny_synth, out, iterations=1)),
                    progress=False).run() == 0
@@ -98,7 +86,7 @@ def test_translations_grid_from_a_uda_checkpoint_and_a_clear_error_otherwise(
 
 
 def test_translator_sweep_measures_by_hand() -> None:
-    sweep = _script("domain_extension_sweep")
+    sweep = benchmark_script("domain_extension_sweep")
     assert sweep.gap_closed(0.0, 0.25, 1.0) == pytest.approx(0.25)
     assert sweep.gap_closed(np.array([0.0, 0.0]), np.array([3.0, 4.0]), np.array([6.0, 8.0])) \
         == pytest.approx(0.5)  # |(3, 4) - (6, 8)| = 5 of |(0, 0) - (6, 8)| = 10
@@ -119,7 +107,7 @@ def test_translator_sweep_scores_the_source_labels_and_draws_a_grid(
     from edgeseg.train.trainer import Trainer
     from tests.test_mobilenet_uda import _uda_recipe
 
-    sweep = _script("domain_extension_sweep")
+    sweep = benchmark_script("domain_extension_sweep")
     out = tmp_path / "uda"
     assert Trainer(from_dict(Recipe, _uda_recipe(tiny_synth, out, iterations=1)),
                    progress=False).run() == 0

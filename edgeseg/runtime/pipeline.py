@@ -62,6 +62,7 @@ class RunSummary:
     per_class_iou: dict[str, float] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
     raw_infer_fps: float | None = None
+    gate: dict[str, float] | None = None  # --translate-below: below, translated, passed
 
     @property
     def interrupted(self) -> bool:
@@ -75,6 +76,8 @@ class RunSummary:
             "stages_ms": {k: v.to_dict() for k, v in self.stages.items()},
             "outputs": self.outputs,
         }
+        if self.gate is not None:
+            out["translate_gate"] = dict(self.gate)
         if self.raw_infer_fps is not None:
             out["raw_infer_fps"] = round(self.raw_infer_fps, 2)
             out["fps_over_raw"] = round(self.fps / self.raw_infer_fps, 3) \
@@ -93,6 +96,10 @@ class RunSummary:
         if self.raw_infer_fps:
             lines.append(f"raw engine throughput {self.raw_infer_fps:.1f} fps; the stream ran at "
                          f"{100 * self.fps / self.raw_infer_fps:.0f}% of it")
+        if self.gate is not None:
+            g = self.gate
+            lines.append(f"translated {g['translated']:.0f} frames (mean luma below "
+                         f"{g['below']:g}), passed {g['passed']:.0f} through")
         lines.append(f"{'stage':<12} {'p50':>8} {'p90':>8} {'p99':>8} {'mean':>8}  (ms)")
         for name, s in self.stages.items():
             lines.append(f"{name:<12} {s.p50:8.2f} {s.p90:8.2f} {s.p99:8.2f} {s.mean:8.2f}")

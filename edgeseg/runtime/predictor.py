@@ -192,13 +192,14 @@ def device_options(path: str | Path, device: Device | str | None) -> dict[str, o
     return {}
 
 
-def open_translator(path: str | Path, device: Device | str = "auto", threads: int = 0
-                    ) -> TranslateStage:
+def open_translator(path: str | Path, device: Device | str = "auto", threads: int = 0,
+                    below: float | None = None) -> TranslateStage:
     """A translator / relighting engine (ONNX or engine) as the runtime's `TranslateStage`,
-    opened by `open_engine` as every model is (``edgeseg eval`` and ``bench --translator``)."""
+    opened by `open_engine` as every model is (``edgeseg eval`` and ``bench --translator``);
+    ``below``: its mean-luma gate (``--translate-below``)."""
     backend = open_engine(path, device, threads=threads)
     try:
-        return TranslateStage(backend)
+        return TranslateStage(backend, below=below)
     except BaseException:
         backend.close()
         raise

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeseg.argtypes import add_device_argument, parse_alpha
+from edgeseg.argtypes import add_device_argument, parse_alpha, parse_luma
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import write_json
 from edgeseg.runtime.backends.base import Backend
@@ -50,6 +50,7 @@ class StreamConfig:
     source: str
     sinks: list[str] = field(default_factory=lambda: ["null"])
     translator: str | None = None
+    translate_below: float | None = None  # gate: translate frames darker than this mean luma
     backend: str = "auto"
     policy: Policy = "auto"
     queue_size: int = 4
@@ -154,7 +155,9 @@ def run_stream(engine: str | Path, cfg: StreamConfig) -> RunSummary:
         stages: list[EngineStage] = []
         if cfg.translator:
             backends.append(open_engine(cfg.translator, cfg))
-            stages.append(TranslateStage(backends[-1], cfg.aspect))
+            stages.append(TranslateStage(backends[-1], cfg.aspect, cfg.translate_below))
+        elif cfg.translate_below is not None:
+            raise EdgesegError("--translate-below gates a translator: give --translator ENGINE")
         stages.append(SegmentStage(seg, cfg.aspect))
         meta = seg.metadata
         source = open_source(cfg.source, model_space=meta.label_space or None,
@@ -190,6 +193,10 @@ def run_stream(engine: str | Path, cfg: StreamConfig) -> RunSummary:
             summary = pipeline.run()
         if cfg.baseline and pipeline.last_frame is not None:
             summary.raw_infer_fps = raw_throughput(stages[-1], pipeline.last_frame, cfg.baseline)
+        gate = stages[0]
+        if isinstance(gate, TranslateStage) and gate.below is not None:
+            summary.gate = {"below": gate.below, "translated": gate.translated,
+                            "passed": gate.passed}
         return summary
     finally:
         for backend in backends:
@@ -212,6 +219,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image-to-image engine run before the segmenter: a translator "
                              "(night->day) or relighting net, exported with `edgeseg export "
                              "CKPT --network NAME`")
+    parser.add_argument("--translate-below", metavar="LUMA", type=parse_luma,
+                        help="run the --translator only on frames whose mean luma (0-255) is "
+                             "below LUMA, pass brighter frames straight to the segmenter (a "
+                             "dusk->day translator costs day frames accuracy); pick LUMA "
+                             "between your day and dusk footage, e.g. with "
+                             "benchmarks/luma_gate.py")
     parser.add_argument("--backend", default="auto",
                         choices=["auto", "tensorrt", "onnxruntime", "openvino"],
                         help="auto: the engine's (its manifest says); a plain ONNX runs in "
@@ -282,7 +295,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
             raise EdgesegError("no display here: give --sink OUT.mp4 (or frames:DIR, labels:DIR, "
                                "null)")
     return StreamConfig(
-        source=args.source, sinks=sinks, translator=args.translator, backend=args.backend,
+        source=args.source, sinks=sinks, translator=args.translator,
+        translate_below=args.translate_below, backend=args.backend,
         policy=args.policy, queue_size=args.queue_size, aspect=args.aspect,
         style=OverlayStyle(args.alpha, args.side_by_side, not args.no_hud, not args.no_legend),
         fps=args.fps, max_frames=args.max_frames, threads=args.threads,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 #: the order stages are printed in (others follow alphabetically)
-STAGE_ORDER = ("capture", "preprocess", "translate", "h2d", "infer", "d2h", "postprocess",
+STAGE_ORDER = ("capture", "gate", "preprocess", "translate", "h2d", "infer", "d2h", "postprocess",
                "render", "encode", "end_to_end")
 
 
