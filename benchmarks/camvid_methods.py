@@ -26,6 +26,9 @@ run in front of them where the method deploys one (``PREFIX.translator.fp32.onnx
 ``OUT.md``, ``OUT.json`` and ``OUT.png`` (``--out``, default
 ``benchmarks/results/camvid/methods``). ``--skip-eval`` reuses ``PREFIX-eval.json`` (fp32 only)
 and ``--skip-latency`` skips the engine builds and timing, so the table can be redone cheaply.
+``--reuse-scores`` takes a row's fp32 and int8 mIoU from the previous ``OUT.json`` when the
+row's chain files have the same sha256 and were scored on the same frames, so adding a
+method rescores that method only; latency is always measured again, in the same run.
 
 Why one script: each method's report scores its own files on its own day; this table scores
 every method's shipped files with the same code, frames and machine, so the rows compare.
@@ -155,6 +158,36 @@ def reuse_eval_json(path: Path) -> dict[str, Any] | None:
             "results": {split: by_split[split] for split in SPLITS}}
 
 
+def chain_digests(chain: dict[str, list[str]]) -> dict[str, list[str]]:
+    """precision -> sha256 of each file of that chain, in chain order."""
+    from edgeseg.fileio import sha256_file
+
+    return {precision: [sha256_file(p) for p in paths] for precision, paths in chain.items()}
+
+
+def previous_scores(path: Path) -> dict[str, dict[str, Any]]:
+    """name -> row of an earlier run's ``OUT.json`` (empty when there is none)."""
+    if not path.is_file():
+        return {}
+    rows = json.loads(path.read_text()).get("rows")
+    return rows if isinstance(rows, dict) else {}
+
+
+def reusable(previous: dict[str, Any] | None, precision: str, digests: dict[str, list[str]],
+             max_frames: int, specs: dict[str, str]) -> dict[str, Any] | None:
+    """The earlier run's ``precision`` scores of a row when the same files (sha256) were scored
+    on the same frames, else None."""
+    if not previous or not digests.get(precision):
+        return None
+    scores = (previous.get("eval") or {}).get(precision)
+    source = (previous.get("eval_from") or {}).get(precision) or {}
+    if (scores is None or "scored" not in source
+            or (previous.get("sha256") or {}).get(precision) != digests[precision]
+            or source.get("max_frames") != max_frames or source.get("data") != specs):
+        return None
+    return {"scores": scores, "from": source}
+
+
 def graph_cost(paths: list[Path]) -> dict[str, Any]:
     """Parameters and MACs summed over a deployed chain's ONNX files (translator + segmenter),
     counted by `edgeseg.export.macs.count_macs` as ``edgeseg inspect`` counts them."""
@@ -239,8 +272,10 @@ def measure_latency(name: str, int8: Path, translator: Path | None, backend: str
 
 def measure_row(spec: RowSpec, specs: dict[str, str], *, skip_eval: bool, skip_latency: bool,
                 max_frames: int, backend: str, threads: int, iterations: int,
-                workdir: Path) -> dict[str, Any]:
-    """Everything the table shows for one method; ``status`` "no ONNX yet" without fp32."""
+                workdir: Path, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the table shows for one method; ``status`` "no ONNX yet" without fp32.
+    ``previous``: this row in an earlier run's JSON, whose scores are kept where its files
+    and frames are the same (`reusable`)."""
     files = spec.files()
     row: dict[str, Any] = {"prefix": str(spec.prefix), "files": files, "note": spec.note}
     if files["fp32"] is None:
@@ -252,18 +287,24 @@ def measure_row(spec: RowSpec, specs: dict[str, str], *, skip_eval: bool, skip_l
     tr8 = Path(files["translator_int8"]) if files["translator_int8"] else tr32
     row["chain"] = {"fp32": [str(p) for p in (tr32, fp32) if p],
                     "int8": [str(p) for p in (tr8, int8) if p] if int8 else []}
+    row["sha256"] = chain_digests(row["chain"])
     row["eval"], row["eval_from"] = {}, {}
     reused = reuse_eval_json(Path(files["eval_json"])) if skip_eval and files["eval_json"] \
         else None
     if reused is not None:
         row["eval"]["fp32"] = reused["results"]
         row["eval_from"]["fp32"] = {k: reused[k] for k in ("from", "model", "kind")}
-    else:
-        row["eval"]["fp32"] = score(fp32, tr32, specs, max_frames)
-        row["eval_from"]["fp32"] = {"scored": row["chain"]["fp32"], "max_frames": max_frames}
-    if int8 is not None and not skip_eval:
-        row["eval"]["int8"] = score(int8, tr8, specs, max_frames)
-        row["eval_from"]["int8"] = {"scored": row["chain"]["int8"], "max_frames": max_frames}
+    for precision, model, translator in (("fp32", fp32, tr32), ("int8", int8, tr8)):
+        if model is None or precision in row["eval"] or (precision == "int8" and skip_eval):
+            continue
+        kept = reusable(previous, precision, row["sha256"], max_frames, specs)
+        if kept is not None:
+            row["eval"][precision] = kept["scores"]
+            row["eval_from"][precision] = {**kept["from"], "reused": True}
+            continue
+        row["eval"][precision] = score(model, translator, specs, max_frames)
+        row["eval_from"][precision] = {"scored": row["chain"][precision],
+                                       "max_frames": max_frames, "data": specs}
     if int8 is not None:
         from edgeseg.export.build_engine import calibration_info, read_onnx_metadata
 
@@ -399,7 +440,9 @@ def _sources(table: dict[str, dict[str, Any]]) -> list[str]:
             else:
                 frames = f", {src['max_frames']} frames per split" if src.get("max_frames") \
                     else ", every frame"
-                what.append(f"{precision} `" + "` -> `".join(src["scored"]) + f"`{frames}")
+                kept = " (scores kept from the previous run: same sha256)" \
+                    if src.get("reused") else ""
+                what.append(f"{precision} `" + "` -> `".join(src["scored"]) + f"`{frames}{kept}")
         files = row.get("files") or {}
         if "int8" not in (row.get("eval_from") or {}):
             what.append("int8 not scored" + (" (no int8 file)" if not files.get("int8")
@@ -535,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-latency", action="store_true", help="no engine builds, no timing")
     p.add_argument("--skip-eval", action="store_true",
                    help="fp32 numbers from PREFIX-eval.json where it exists; int8 not scored")
+    p.add_argument("--reuse-scores", action="store_true",
+                   help="keep a row's mIoU from the previous OUT.json when its files (sha256) "
+                        "and frames are unchanged; latency is measured again")
     return p
 
 
@@ -551,12 +597,14 @@ def main(argv: list[str] | None = None) -> int:
     backend = cpu_backend()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     rows: dict[str, dict[str, Any]] = {}
+    before = previous_scores(args.out.with_suffix(".json")) if args.reuse_scores else {}
     with tempfile.TemporaryDirectory(prefix="camvid-methods-") as workdir:
         for spec in tqdm(specs, desc="methods"):
             rows[spec.name] = measure_row(
                 spec, camvid, skip_eval=args.skip_eval, skip_latency=args.skip_latency,
                 max_frames=args.max_frames, backend=backend, threads=args.threads,
-                iterations=args.iterations, workdir=Path(workdir))
+                iterations=args.iterations, workdir=Path(workdir),
+                previous=before.get(spec.name))
     table = assemble(rows)
     cpu = cpu_device()
     context: dict[str, Any] = {

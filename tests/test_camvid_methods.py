@@ -156,3 +156,46 @@ def test_end_to_end_on_the_committed_source_only_files(tmp_path: Path) -> None:
     assert row["cost"]["params"] == 2_697_857 and row["latency"] is None
     text = out.with_suffix(".md").read_text()
     assert f"| dania | {cm.NOT_RUN} |" in text and "**2 frames per split only**" in text
+
+
+def test_reuse_scores_rescore_only_the_files_that_changed(tmp_path: Path) -> None:
+    """`--reuse-scores`: unchanged files (sha256) on the same frames keep their scores; a
+    changed int8 file is scored again, the fp32 one is not."""
+    import shutil
+
+    from tests.dataset_fixtures import make_camvid
+
+    camvid = make_camvid(tmp_path / "camvid")
+    (camvid / "splits" / "day_val.txt").write_text("train/0006R0_f00930\n")
+    (camvid / "splits" / "dusk_train.txt").write_text("train/0016E5_00390\n")
+    prefix, out = tmp_path / "m", tmp_path / "methods"
+    for precision in ("fp32", "int8"):
+        shutil.copy(RESULTS / f"source_only.{precision}.onnx", f"{prefix}.{precision}.onnx")
+    argv = ["--row", f"m={prefix}", "--camvid", str(camvid), "--skip-latency", "--out", str(out)]
+
+    def row() -> dict:
+        return json.loads(out.with_suffix(".json").read_text())["rows"]["m"]
+
+    assert cm.main(argv + ["--reuse-scores"]) == 0  # no earlier run: everything scored
+    first = row()
+    assert not any(src.get("reused") for src in first["eval_from"].values())
+    assert cm.main(argv + ["--reuse-scores"]) == 0
+    second = row()
+    assert second["eval_from"]["fp32"]["reused"] and second["eval_from"]["int8"]["reused"]
+    assert second["eval"] == first["eval"]
+    assert "scores kept from the previous run" in out.with_suffix(".md").read_text()
+    shutil.copy(RESULTS / "mobilenet_uda.int8.onnx", f"{prefix}.int8.onnx")
+    assert cm.main(argv + ["--reuse-scores"]) == 0
+    third = row()
+    assert third["eval_from"]["fp32"]["reused"] and "reused" not in third["eval_from"]["int8"]
+    assert third["sha256"]["int8"] != first["sha256"]["int8"]
+    specs = cm.data_specs(str(camvid))
+    assert third["eval"]["int8"] == json.loads(json.dumps(
+        cm.score(Path(f"{prefix}.int8.onnx"), None, specs)))
+    assert cm.main(argv + ["--reuse-scores", "--max-frames", "1"]) == 0  # other frames
+    assert not any(src.get("reused") for src in row()["eval_from"].values())
+    other = shutil.copytree(camvid, tmp_path / "camvid2")  # same frames under another spec
+    assert cm.main(argv + ["--reuse-scores", "--camvid", str(other)]) == 0
+    assert not any(src.get("reused") for src in row()["eval_from"].values())
+    assert cm.main(argv) == 0  # without the flag nothing is kept
+    assert not any(src.get("reused") for src in row()["eval_from"].values())
