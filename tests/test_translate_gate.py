@@ -154,3 +154,36 @@ def test_luma_gate_script_on_folders(drive: tuple[Path, list[bool]], tmp_path: P
     assert res["specs"][str(folder)]["translated"] == 0.5
     assert res["specs"][str(dusk)]["luma_max"] == round(lumas[dusk][-1], 2)
     assert cv2.imread(str(png)) is not None
+
+
+def test_hud_says_whether_the_frame_was_translated(engines: tuple[Path, Path],
+                                                   drive: tuple[Path, list[bool]]) -> None:
+    from edgeseg.runtime.overlay import OverlayRenderer, OverlayStyle
+    from edgeseg.runtime.pipeline import StreamPipeline
+    from edgeseg.runtime.sinks import NullSink
+    from edgeseg.runtime.sources import SourceFrame
+    from edgeseg.runtime.stages import StageChain
+
+    seg_onnx, translator = engines
+    folder, _ = drive
+    seg = SegmentStage(OrtBackend.from_onnx(seg_onnx, intra_op_threads=1))
+    gate = TranslateStage(OrtBackend.from_onnx(translator, intra_op_threads=1), below=BELOW)
+    meta = seg.meta
+    pipeline = StreamPipeline(open_source(str(folder)), StageChain([gate, seg]), [NullSink("n")],
+                              OverlayRenderer(meta.labels, meta.palette, OverlayStyle()),
+                              policy="all")
+    pipeline.run()
+    frame = SourceFrame(0, np.zeros((8, 8, 3), np.uint8), 0.0)
+
+    def infer_ms(lines: list[str]) -> float:
+        return float(lines[1].split("infer ")[1].split()[0])
+
+    off = pipeline.hud_lines(Packet(frame, frame.image, timings={"gate": 0.1}))
+    on = pipeline.hud_lines(Packet(frame, frame.image, timings={"gate": 0.1, "translate": 5.0}))
+    plain = pipeline.hud_lines(Packet(frame, frame.image))  # no gate: nothing said
+    assert off[-1].endswith("translator off") and on[-1].endswith("translator on")
+    assert "translator" not in plain[-1]
+    translate = pipeline.times.recent_mean("translate")
+    assert translate > 0
+    assert infer_ms(on) - infer_ms(off) == pytest.approx(translate, abs=0.11)
+    assert infer_ms(plain) == infer_ms(on)

@@ -213,7 +213,7 @@ class StreamPipeline:
         rendered = None
         if any(s.wants_render for s in self.sinks):
             t0 = time.perf_counter()
-            rendered = self.renderer.render(src.image, packet.labels, self.hud_lines())
+            rendered = self.renderer.render(src.image, packet.labels, self.hud_lines(packet))
             packet.timings["render"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         for sink in self.sinks:
@@ -235,9 +235,13 @@ class StreamPipeline:
             self.end_reason = "stopped by user"
             self.stop.set()
 
-    def hud_lines(self) -> list[str]:
+    def hud_lines(self, packet: Packet | None = None) -> list[str]:
+        """The overlay's text. With a gated translator (``--translate-below``) it says whether
+        ``packet`` went through it, and counts the translator's time only when it did."""
         t = self.times.recent_mean
-        infer = t("infer") + t("translate")
+        gated = packet is not None and "gate" in packet.timings
+        translated = not gated or "translate" in packet.timings
+        infer = t("infer") + (t("translate") if translated else 0.0)
         lines = [f"{self.rate.fps:5.1f} fps  e2e {t('end_to_end'):5.1f} ms  "
                  f"{self.info.get('precision', '')} {self.info.get('backend', '')}".rstrip(),
                  f"pre {t('preprocess'):.1f}  infer {infer:.1f}  post {t('postprocess'):.1f}  "
@@ -245,6 +249,8 @@ class StreamPipeline:
         if t("h2d") or t("d2h"):
             lines[-1] += f"  h2d {t('h2d'):.2f} d2h {t('d2h'):.2f}"
         tail = f"dropped {self.counts.dropped}  corrupt {self.source.corrupt}"
+        if gated:
+            tail += "  translator " + ("on" if translated else "off")
         if self.scorer is not None and self.counts.processed:
             tail += f"  mIoU {self.scorer.metrics().miou * 100:.1f}"
         return [*lines, tail]
