@@ -24,7 +24,8 @@ run in front of them where the method deploys one (``PREFIX.translator.fp32.onnx
 ``.int8.onnx``, the ``edgeseg eval --translator`` chain), ``PREFIX-train-metrics.jsonl`` and
 ``PREFIX-recipe.yaml``. A row without its fp32 file is listed as "no ONNX yet" (not trained, or its files not committed). Writes
 ``OUT.md``, ``OUT.json`` and ``OUT.png`` (``--out``, default
-``benchmarks/results/camvid/methods``). ``--skip-eval`` reuses ``PREFIX-eval.json`` (fp32 only)
+``benchmarks/results/camvid/methods``) and ``OUT-overlays.png`` (``--overlays N`` dusk frames
+through every method). ``--skip-eval`` reuses ``PREFIX-eval.json`` (fp32 only)
 and ``--skip-latency`` skips the engine builds and timing, so the table can be redone cheaply.
 ``--reuse-scores`` takes a row's fp32 and int8 mIoU from the previous ``OUT.json`` when the
 row's chain files have the same sha256 and were scored on the same frames, so adding a
@@ -320,6 +321,33 @@ def measure_row(spec: RowSpec, specs: dict[str, str], *, skip_eval: bool, skip_l
     return row
 
 
+def method_overlays(table: dict[str, dict[str, Any]], spec: str, count: int, out: Path
+                    ) -> Path | None:
+    """A grid of ``count`` frames of ``spec`` (spread evenly): image | each measured row's
+    fp32 chain | ground truth; None when no row has files."""
+    from edgeseg.eval_cli import load_predictor
+    from edgeseg.runtime.frames import open_frames
+    from edgeseg.viz import save_comparison_grid
+
+    chains = {name: row["chain"]["fp32"] for name, row in table.items()
+              if row.get("status") != NOT_RUN}
+    if not chains:
+        return None
+    frames = list(open_frames(spec, count))
+    preds: dict[str, list[np.ndarray]] = {}
+    for name, files in chains.items():
+        *translator, model = files
+        predict, _, _ = load_predictor(model, "cpu", translator[0] if translator else None)
+        try:
+            preds[name] = [predict(f.image) for f in tqdm(frames, desc=f"overlays {name}")]
+        finally:
+            getattr(predict, "close", lambda: None)()
+    rows = [(f.name, f.image, [preds[n][i] for n in chains], f.label)
+            for i, f in enumerate(frames)]
+    return save_comparison_grid(out, rows, list(chains), get_label_space("camvid11"),
+                                panel_width=320)
+
+
 # ------------------------------------------------------------------ the table
 
 
@@ -504,6 +532,10 @@ def markdown(table: dict[str, dict[str, Any]], context: dict[str, Any],
         "",
         f"![fp32 mIoU per method]({context['png_name']})",
         "",
+        *([f"The same {context['overlays']['frames']} dusk_train frames through every "
+           "method's fp32 chain (colours: the CamVid palette, legend at the bottom):", "",
+           f"![every method on the same dusk frames]({context['overlays']['png_name']})", ""]
+          if context.get("overlays") else []),
         "## Sources",
         "",
         *_sources(table),
@@ -578,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-latency", action="store_true", help="no engine builds, no timing")
     p.add_argument("--skip-eval", action="store_true",
                    help="fp32 numbers from PREFIX-eval.json where it exists; int8 not scored")
+    p.add_argument("--overlays", type=int, default=4, metavar="N",
+                   help="OUT-overlays.png: N dusk_train frames through every method (default "
+                        "4; 0: none)")
     p.add_argument("--reuse-scores", action="store_true",
                    help="keep a row's mIoU from the previous OUT.json when its files (sha256) "
                         "and frames are unchanged; latency is measured again")
@@ -606,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
                 iterations=args.iterations, workdir=Path(workdir),
                 previous=before.get(spec.name))
     table = assemble(rows)
+    overlays_png = args.out.with_name(args.out.name + "-overlays.png")
+    overlays = method_overlays(table, camvid[TRANSDUCTIVE], args.overlays, overlays_png) \
+        if args.overlays else None
     cpu = cpu_device()
     context: dict[str, Any] = {
         "command": "python benchmarks/camvid_methods.py " + shlex.join(argv),
@@ -618,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             "backend": backend, "backend_title": BACKEND_TITLES[backend],
             "backend_version": MachineInfo.detect(backend).backend_version,
             "threads": args.threads, "iterations": args.iterations},
+        "overlays": {"png_name": overlays.name, "frames": args.overlays} if overlays else None,
         "seconds": time.perf_counter() - start,
     }
     md_path, json_path = args.out.with_suffix(".md"), args.out.with_suffix(".json")

@@ -142,36 +142,53 @@ def save_overlay_grid(
 ) -> Path:
     """Write a PNG grid: one titled row per sample, image | prediction | ground truth.
 
-    Each row is ``(title, image_rgb, pred, gt_or_None)``. Panels are scaled to
-    ``panel_width`` (labels with nearest-neighbour, so no fake classes appear;
-    None keeps the first image's width) so full-resolution frames give a
-    reviewable file. A legend strip is appended at the bottom.
+    Each row is ``(title, image_rgb, pred, gt_or_None)``; `save_comparison_grid` with one
+    prediction column."""
+    return save_comparison_grid(path, [(t, im, [p], gt) for t, im, p, gt in rows],
+                                ["prediction"], space, alpha, panel_width)
+
+
+def save_comparison_grid(
+    path: str | Path,
+    rows: Sequence[tuple[str, np.ndarray, Sequence[np.ndarray], np.ndarray | None]],
+    columns: Sequence[str],
+    space: LabelSpace,
+    alpha: float = 0.5,
+    panel_width: int | None = 512,
+) -> Path:
+    """Write a PNG grid: one titled row per frame, image | each model's prediction (headed
+    ``columns``) | ground truth, e.g. every method on the same dusk frames.
+
+    Each row is ``(title, image_rgb, preds, gt_or_None)`` with one prediction per column.
+    Panels are scaled to ``panel_width`` (labels with nearest-neighbour, so no fake classes
+    appear; None keeps the first image's width) so full-resolution frames give a reviewable
+    file. A legend strip is appended at the bottom.
     """
     if not rows:
-        raise ValueError("save_overlay_grid needs at least one row")
+        raise ValueError("save_comparison_grid needs at least one row")
     pw = panel_width or int(np.asarray(rows[0][1]).shape[1])
     gap = 4
     blocks: list[np.ndarray] = [
-        side_by_side(
-            text_bar("image", pw),
-            text_bar("prediction", pw),
-            text_bar("ground truth", pw),
-            gap=gap,
-        )
+        side_by_side(*(text_bar(name, pw) for name in ("image", *columns, "ground truth")),
+                     gap=gap)
     ]
-    for title, image, pred, gt in rows:
+    for title, image, preds, gt in rows:
         img = _to_rgb_u8(image)
-        if np.shape(pred) != img.shape[:2] or (gt is not None and np.shape(gt) != img.shape[:2]):
+        if len(preds) != len(columns):
+            raise ValueError(f"row {title!r}: {len(preds)} predictions for {len(columns)} "
+                             "columns")
+        if any(np.shape(p) != img.shape[:2] for p in preds) or (
+                gt is not None and np.shape(gt) != img.shape[:2]):
             raise ValueError(f"row {title!r}: label maps must match the image size")
         img_s = _resize(img, pw, nearest=False)
-        pred_s = _resize(np.asarray(pred, np.uint8), pw, nearest=True)
-        pred_panel = overlay(img_s, pred_s, space, alpha)
+        panels = [overlay(img_s, _resize(np.asarray(p, np.uint8), pw, nearest=True), space,
+                          alpha) for p in preds]
         if gt is None:
             gt_panel = np.full_like(img_s, 200)
             cv2.putText(gt_panel, "no ground truth", (8, 24), _FONT, 0.6, _FG, 1, cv2.LINE_AA)
         else:
             gt_panel = overlay(img_s, _resize(np.asarray(gt, np.uint8), pw, True), space, alpha)
-        row_img = side_by_side(img_s, pred_panel, gt_panel, gap=gap)
+        row_img = side_by_side(img_s, *panels, gt_panel, gap=gap)
         blocks += [text_bar(str(title), row_img.shape[1]), row_img]
     width = blocks[0].shape[1]
     blocks.append(legend_strip(space, width))

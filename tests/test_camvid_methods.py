@@ -129,7 +129,8 @@ def test_skip_eval_reuses_the_committed_eval_json(tmp_path: Path) -> None:
     out = tmp_path / "methods"
     assert cm.main(["--row", f"source_only={RESULTS / 'source_only'}",
                     "--row", f"dania={tmp_path / 'dania'}", "--skip-eval", "--skip-latency",
-                    "--camvid", str(tmp_path / "no-camvid"), "--out", str(out)]) == 0
+                    "--camvid", str(tmp_path / "no-camvid"), "--out", str(out),
+                    "--overlays", "0"]) == 0
     data = json.loads(out.with_suffix(".json").read_text())
     committed = json.loads((RESULTS / "source_only-eval.json").read_text())["results"]
     row = data["rows"]["source_only"]
@@ -171,7 +172,8 @@ def test_reuse_scores_rescore_only_the_files_that_changed(tmp_path: Path) -> Non
     prefix, out = tmp_path / "m", tmp_path / "methods"
     for precision in ("fp32", "int8"):
         shutil.copy(RESULTS / f"source_only.{precision}.onnx", f"{prefix}.{precision}.onnx")
-    argv = ["--row", f"m={prefix}", "--camvid", str(camvid), "--skip-latency", "--out", str(out)]
+    argv = ["--row", f"m={prefix}", "--camvid", str(camvid), "--skip-latency", "--out", str(out),
+            "--overlays", "0"]
 
     def row() -> dict:
         return json.loads(out.with_suffix(".json").read_text())["rows"]["m"]
@@ -199,3 +201,40 @@ def test_reuse_scores_rescore_only_the_files_that_changed(tmp_path: Path) -> Non
     assert not any(src.get("reused") for src in row()["eval_from"].values())
     assert cm.main(argv) == 0  # without the flag nothing is kept
     assert not any(src.get("reused") for src in row()["eval_from"].values())
+
+
+def test_overlays_show_every_method_on_the_same_frames(tmp_path: Path) -> None:
+    import shutil
+
+    from edgeseg.eval_cli import load_predictor
+    from edgeseg.runtime.frames import open_frames
+    from tests.dataset_fixtures import make_camvid
+
+    camvid = make_camvid(tmp_path / "camvid")
+    (camvid / "splits" / "day_val.txt").write_text("train/0006R0_f00930\n")
+    (camvid / "splits" / "dusk_train.txt").write_text("train/0016E5_00390\ntrain/0006R0_f00930\n")
+    for name in ("a", "b"):
+        shutil.copy(RESULTS / f"{'source_only' if name == 'a' else 'mobilenet_uda'}.fp32.onnx",
+                    tmp_path / f"{name}.fp32.onnx")
+    out = tmp_path / "methods"
+    assert cm.main(["--row", f"a={tmp_path / 'a'}", "--row", f"b={tmp_path / 'b'}",
+                    "--row", f"none={tmp_path / 'none'}", "--camvid", str(camvid),
+                    "--skip-latency", "--out", str(out), "--overlays", "2"]) == 0
+    png = tmp_path / "methods-overlays.png"
+    grid = cv2.imread(str(png))
+    assert grid.shape[1] == 4 * 320 + 3 * 4  # image | a | b | ground truth ("none": no files)
+    assert "![every method on the same dusk frames](methods-overlays.png)" in \
+        out.with_suffix(".md").read_text()
+    # the "b" panel of the first frame is b's prediction on it
+    frame = next(iter(open_frames(f"camvid:{camvid}:dusk_train", 2)))
+    predict, _, _ = load_predictor(str(tmp_path / "b.fp32.onnx"), "cpu")
+    from edgeseg.labels import get_label_space
+    from edgeseg.viz import overlay
+
+    h = round(frame.image.shape[0] * 320 / frame.image.shape[1])
+    small = cv2.resize(frame.image, (320, h), interpolation=cv2.INTER_AREA)
+    labels = cv2.resize(predict(frame.image), (320, h), interpolation=cv2.INTER_NEAREST)
+    want = overlay(small, labels, get_label_space("camvid11"))
+    x = 2 * (320 + 4)
+    got = cv2.cvtColor(grid[48:48 + h, x:x + 320], cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(got, want)

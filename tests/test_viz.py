@@ -154,3 +154,23 @@ def test_failing_write_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> No
     with pytest.raises(OSError, match="disk full"):
         viz.save_overlay_grid(tmp_path / "grid.png", [("a", image, pred, gt)], SPACE)
     assert only_files(tmp_path) == []
+
+
+def test_save_comparison_grid_puts_each_model_in_its_column(tmp_path: Path) -> None:
+    image, pred, gt = sample(64, 128)
+    other = (pred + 1) % SPACE.num_classes
+    path = viz.save_comparison_grid(tmp_path / "cmp.png", [("frame", image, [pred, other], gt)],
+                                    ["source_only", "method"], SPACE, panel_width=64)
+    img = read_png(path)
+    width = 4 * 64 + 3 * 4
+    assert img.shape == (24 + 24 + 32 + viz.legend_strip(SPACE, width).shape[0], width, 3)
+    small = cv2.resize(image, (64, 32), interpolation=cv2.INTER_AREA)
+    for col, labels in ((1, pred), (2, other), (3, gt)):
+        x = col * (64 + 4)
+        expected = viz.overlay(small, cv2.resize(labels, (64, 32),
+                                                 interpolation=cv2.INTER_NEAREST), SPACE)
+        got = cv2.cvtColor(img[48:48 + 32, x:x + 64], cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="1 predictions for 2 columns"):
+        viz.save_comparison_grid(tmp_path / "bad.png", [("f", image, [pred], gt)],
+                                 ["a", "b"], SPACE)
