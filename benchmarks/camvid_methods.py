@@ -24,7 +24,8 @@ run in front of them where the method deploys one (``PREFIX.translator.fp32.onnx
 ``.int8.onnx``, the ``edgeseg eval --translator`` chain), ``PREFIX-train-metrics.jsonl`` and
 ``PREFIX-recipe.yaml``. A row without its fp32 file is listed as "no ONNX yet" (not trained, or its files not committed). Writes
 ``OUT.md``, ``OUT.json`` and ``OUT.png`` (``--out``, default
-``benchmarks/results/camvid/methods``) and ``OUT-overlays.png`` (``--overlays N`` dusk frames
+``benchmarks/results/camvid/methods``), ``OUT-iou.png`` (per-class IoU of every row) and
+``OUT-overlays.png`` (``--overlays N`` dusk frames
 through every method). ``--skip-eval`` reuses ``PREFIX-eval.json`` (fp32 only)
 and ``--skip-latency`` skips the engine builds and timing, so the table can be redone cheaply.
 ``--reuse-scores`` takes a row's fp32 and int8 mIoU from the previous ``OUT.json`` when the
@@ -348,6 +349,21 @@ def method_overlays(table: dict[str, dict[str, Any]], spec: str, count: int, out
                                 panel_width=320)
 
 
+def per_class_plot(table: dict[str, dict[str, Any]], out: Path,
+                   split: str = TRANSDUCTIVE) -> Path | None:
+    """Grouped per-class IoU bars of every measured row's fp32 chain on ``split``."""
+    from edgeseg.metrics import SegMetrics
+    from edgeseg.viz import plot_iou_bars
+
+    results = {name: SegMetrics.from_dict(row["eval"]["fp32"][split])
+               for name, row in table.items()
+               if row.get("status") != NOT_RUN and split in row["eval"].get("fp32", {})}
+    if not results:
+        return None
+    mark = f" ({DUSK_MARK} transductive)" if split == TRANSDUCTIVE else ""
+    return plot_iou_bars(out, results, title=f"per-class IoU on {split}, fp32{mark}")
+
+
 # ------------------------------------------------------------------ the table
 
 
@@ -532,6 +548,8 @@ def markdown(table: dict[str, dict[str, Any]], context: dict[str, Any],
         "",
         f"![fp32 mIoU per method]({context['png_name']})",
         "",
+        *([f"![per-class IoU per method on dusk_train]({context['iou_png_name']})", ""]
+          if context.get("iou_png_name") else []),
         *([f"The same {context['overlays']['frames']} dusk_train frames through every "
            "method's fp32 chain (colours: the CamVid palette, legend at the bottom):", "",
            f"![every method on the same dusk frames]({context['overlays']['png_name']})", ""]
@@ -641,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
                 iterations=args.iterations, workdir=Path(workdir),
                 previous=before.get(spec.name))
     table = assemble(rows)
+    iou_png = per_class_plot(table, args.out.with_name(args.out.name + "-iou.png"))
     overlays_png = args.out.with_name(args.out.name + "-overlays.png")
     overlays = method_overlays(table, camvid[TRANSDUCTIVE], args.overlays, overlays_png) \
         if args.overlays else None
@@ -656,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             "backend": backend, "backend_title": BACKEND_TITLES[backend],
             "backend_version": MachineInfo.detect(backend).backend_version,
             "threads": args.threads, "iterations": args.iterations},
+        "iou_png_name": iou_png.name if iou_png else None,
         "overlays": {"png_name": overlays.name, "frames": args.overlays} if overlays else None,
         "seconds": time.perf_counter() - start,
     }

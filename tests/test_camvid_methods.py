@@ -220,6 +220,8 @@ def test_overlays_show_every_method_on_the_same_frames(tmp_path: Path) -> None:
     assert cm.main(["--row", f"a={tmp_path / 'a'}", "--row", f"b={tmp_path / 'b'}",
                     "--row", f"none={tmp_path / 'none'}", "--camvid", str(camvid),
                     "--skip-latency", "--out", str(out), "--overlays", "2"]) == 0
+    assert cv2.imread(str(tmp_path / "methods-iou.png")) is not None
+    assert "(methods-iou.png)" in out.with_suffix(".md").read_text()
     png = tmp_path / "methods-overlays.png"
     grid = cv2.imread(str(png))
     assert grid.shape[1] == 4 * 320 + 3 * 4  # image | a | b | ground truth ("none": no files)
