@@ -25,9 +25,9 @@ run in front of them where the method deploys one (``PREFIX.translator.fp32.onnx
 ``PREFIX-recipe.yaml``. A row without its fp32 file is listed as "no ONNX yet" (not trained, or its files not committed). Writes
 ``OUT.md``, ``OUT.json`` and ``OUT.png`` (``--out``, default
 ``benchmarks/results/camvid/methods``), ``OUT-iou.png`` (per-class IoU of every row) and
-``OUT-overlays.png`` (``--overlays N`` dusk frames
-through every method). ``--skip-eval`` reuses ``PREFIX-eval.json`` (fp32 only)
-and ``--skip-latency`` skips the engine builds and timing, so the table can be redone cheaply.
+``OUT-overlays.png`` (``--overlays N`` dusk frames through every method). ``--skip-eval``
+reuses ``PREFIX-eval.json`` (fp32 only) and ``--skip-latency`` skips the engine builds and
+timing, so the table can be redone cheaply.
 ``--reuse-scores`` takes a row's fp32 and int8 mIoU from the previous ``OUT.json`` when the
 row's chain files have the same sha256 and were scored on the same frames, so adding a
 method rescores that method only; latency is always measured again, in the same run.
