@@ -13,6 +13,7 @@ from types import ModuleType
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CAMVID = REPO.parent / "shared" / "data" / "camvid"
 
 
 def benchmark_script(name: str) -> ModuleType:
@@ -24,7 +25,6 @@ def benchmark_script(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
-CAMVID = REPO.parent / "shared" / "data" / "camvid"
 
 
 def cli_env() -> dict[str, str]:
