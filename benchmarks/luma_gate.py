@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgeseg.export.gate import record_translate_below
 from edgeseg.fileio import write_json
 from edgeseg.runtime.frames import open_frames
 from edgeseg.runtime.stages import mean_luma
@@ -81,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="N frames spread over each spec (default 0: all)")
     ap.add_argument("--plot", metavar="PNG")
     ap.add_argument("--json", metavar="OUT")
+    ap.add_argument("--record", action="append", default=[], metavar="ONNX",
+                    help="write the threshold into this translator ONNX (repeatable: its fp32 "
+                         "and int8 files), where `edgeseg run/eval` find it")
     args = ap.parse_args(argv)
     lumas = {spec: spec_lumas(spec, args.max_frames) for spec in [args.day, args.dusk,
                                                                   *args.also]}
@@ -102,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         plot(args.plot, {s.split(":")[-1]: v for s, v in lumas.items()}, below)
         print(f"plot: {args.plot}")
+    for path in args.record:
+        print(f"recorded in {path}: translate_below {record_translate_below(path, below):g}")
     return 0
 
 

@@ -187,7 +187,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--translate-below", metavar="LUMA", type=parse_luma,
                    help="translate only frames whose mean luma (0-255) is below LUMA, as "
                         "`edgeseg run --translate-below` gates it; brighter frames go straight "
-                        "to the model")
+                        "to the model. Default: the translator's recorded gate, if any; 256 "
+                        "translates every frame")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("demo", help="the whole path on built-in synthetic data (make demo)",

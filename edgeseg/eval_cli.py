@@ -28,7 +28,8 @@ def load_predictor(model: str, device: Device | str = "auto", translator: str | 
     ``device`` (``cpu``, ``cuda[:N]``, ``auto``) goes to PyTorch for a checkpoint and, as
     the GPU index, to the backend for an ONNX file or engine. ``translator``: an
     image-to-image engine run on every frame first (`TranslatedPredictor`, the chain of
-    ``edgeseg run --translator``), gated on ``translate_below`` as ``run --translate-below``.
+    ``edgeseg run --translator``), gated on ``translate_below`` as ``run --translate-below``
+    (None: the gate the translator's metadata records, if any).
     """
     from edgeseg.export.predictors import open_predictor
     from edgeseg.runtime.predictor import open_translator
@@ -46,8 +47,9 @@ def load_predictor(model: str, device: Device | str = "auto", translator: str | 
             raise
         predictor = TranslatedPredictor(stage, predictor)
         info["translator"] = str(translator)
-        if translate_below is not None:
-            info["translate_below"] = translate_below
+        if stage.below is not None:  # the flag's, else the translator's recorded gate
+            info["translate_below"] = stage.below
+            info["gate_source"] = stage.gate_source
     return predictor, str(predictor.label_space), info
 
 
@@ -57,11 +59,13 @@ def run_eval(args: argparse.Namespace) -> int:
     check_outputs([args.json, args.overlays, args.plot])  # before minutes of scoring
     text = sys.stderr if args.json == "-" else sys.stdout  # stdout carries only the JSON then
     translator = getattr(args, "translator", None)
-    below = getattr(args, "translate_below", None)
-    predict, space_name, info = load_predictor(args.model, args.device, translator, below)
+    predict, space_name, info = load_predictor(args.model, args.device, translator,
+                                               getattr(args, "translate_below", None))
     name = f"{args.model} behind {translator}" if translator else args.model
+    below = info.get("translate_below")
     if below is not None:
-        name += f" (frames darker than luma {below:g})"
+        name += f" (frames darker than luma {below:g}" + (
+            ", the translator's recorded gate)" if info["gate_source"] == "metadata" else ")")
     model_space = get_label_space(space_name)
     results, samples, space_of = {}, [], {}
     stage = predict.translator if below is not None else None  # the gated TranslateStage

@@ -709,3 +709,40 @@ def test_export_the_ema_translator(run: Path, tiny_synth: Path, tmp_path: Path) 
     meta = read_metadata(out)
     assert meta.network == "translator" and meta.extra["network"] == "gen_s2t_ema"
 
+
+
+def test_strip_keeps_only_the_named_translator(
+        run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`edgeseg strip --network gen_s2t_ema`: the file stage 2 reads, a fraction of the run's."""
+    from edgeseg.cli import main
+    from edgeseg.train.checkpoint import load_network, network_names
+
+    full = load_checkpoint(run / "last.pt")
+    out = tmp_path / "translator.pt"
+    assert main(["strip", str(run / "last.pt"), "-o", str(out), "--network", "gen_s2t_ema"]) == 0
+    slim = load_checkpoint(out)
+    assert network_names(slim) == ["model", "gen_s2t_ema"]
+    assert set(slim["method_state"]) == {"networks"}
+    assert set(slim["method_state"]["networks"]) == {"gen_s2t_ema"}
+    assert slim["stripped"]["kept_networks"] == ["gen_s2t_ema"]
+    assert_same_tree(full["method_state"]["networks"]["gen_s2t_ema"],
+                     slim["method_state"]["networks"]["gen_s2t_ema"], "gen_s2t_ema")
+    assert_same_tree(full["model"], slim["model"], "model")
+    net, spec = load_network(slim, "gen_s2t_ema", out)
+    assert spec.role == "translator"
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, full["method_state"]["networks"]["gen_s2t_ema"][name]), name
+    # without --network every method network stays
+    everything = tmp_path / "all.pt"
+    assert main(["strip", str(run / "last.pt"), "-o", str(everything)]) == 0
+    assert set(load_checkpoint(everything)["method_state"]["networks"]) == set(
+        full["method_state"]["networks"])
+    assert out.stat().st_size < 0.5 * everything.stat().st_size
+    capsys.readouterr()
+    # a name the checkpoint does not have: one line naming the file and the choices, no file
+    assert main(["strip", str(run / "last.pt"), "-o", str(tmp_path / "no.pt"),
+                 "--network", "gen_s2t_emma"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and str(run / "last.pt") in err[0] and "'gen_s2t_emma'" in err[0]
+    assert "gen_s2t_ema" in err[0].split("it has")[1]
+    assert not (tmp_path / "no.pt").exists()

@@ -203,6 +203,9 @@ def test_segmenter_flags_and_network_names_fail_in_one_line(
         (["--network", "relight", "--labels-dtype", "int32", "--input-format", "float-nchw"],
          "--input-format float-nchw, --labels-dtype int32: segmenter flags"),
         (["--network", "gen_s2t", "--size", "98x64"], "multiples of 4"),
+        (["--network", "model", "--translate-below", "69"],
+         "--translate-below 69: a flag of translators and relighting nets; network 'model' "
+         "(segmenter) is a segmenter"),
     ]
     for extra, message in cases:
         out = work / "bad.onnx"
@@ -450,6 +453,39 @@ def test_eval_translate_below_scores_the_gated_chain(
     assert gated["results"][spec]["miou"] == pytest.approx(scorer.metrics().miou, abs=1e-12)
     assert main(["eval", str(segmenter), "--data", spec, "--translate-below", "80"]) == 2
     assert "--translate-below gates a translator" in capsys.readouterr().err
+
+
+def test_export_records_the_gate_and_eval_applies_it(
+        ckpt: Path, segmenter: Path, spec: str, work: Path) -> None:
+    """`export --network gen_s2t --translate-below L` writes the gate into the translator;
+    `eval --translator` then gates on it with no flag, and the flag overrides it."""
+    from edgeseg.data import open_dataset
+
+    data = open_dataset(spec)
+    frame_lumas = [mean_luma(np.ascontiguousarray(data[i]["image"][..., ::-1]))
+                   for i in range(len(data))]
+    lumas = sorted(set(frame_lumas))
+    mid = len(lumas) // 2
+    below = round((lumas[mid - 1] + lumas[mid]) / 2, 2)  # some frames each way
+    dark = sum(luma < below for luma in frame_lumas)
+    gated = work / "gen_s2t.gated.onnx"
+    assert _export([str(ckpt), "-o", str(gated), "--network", "gen_s2t", "--size", SIZE,
+                    "--parity-data", spec, "--parity-frames", "1", "--translate-below",
+                    str(below)]) == 0
+    meta = read_metadata(gated)
+    assert meta.translate_below == below and meta.extra["translate_below"] == below
+    out = work / "eval_recorded.json"
+    assert main(["eval", str(segmenter), "--data", spec, "--translator", str(gated),
+                 "--json", str(out)]) == 0
+    recorded = json.loads(out.read_text())
+    assert recorded["translate_below"] == below and recorded["gate_source"] == "metadata"
+    assert recorded["gate"][spec] == {"translated": dark, "passed": len(data) - dark}
+    assert 0 < dark < len(data)
+    assert main(["eval", str(segmenter), "--data", spec, "--translator", str(gated),
+                 "--translate-below", "256", "--json", str(out)]) == 0
+    every = json.loads(out.read_text())
+    assert every["gate_source"] == "flag"
+    assert every["gate"][spec] == {"translated": len(data), "passed": 0}
 
 
 def test_bench_with_translator_reports_each_stage_and_the_chain(

@@ -78,7 +78,7 @@ def test_gated_stream_translates_only_dark_frames(engines: tuple[Path, Path],
         source=str(folder), sinks=[f"labels:{labels}"], translator=str(translator),
         translate_below=BELOW, progress=False, threads=1))
     assert summary.counts.processed == 6
-    assert summary.gate == {"below": BELOW, "translated": 3, "passed": 3}
+    assert summary.gate == {"below": BELOW, "translated": 3, "passed": 3, "source": "flag"}
     assert summary.to_dict()["translate_gate"] == summary.gate
     assert "translated 3 frames (mean luma below 96), passed 3 through" in summary.format()
     assert summary.stages["gate"].count == 6  # every frame is measured ...
@@ -122,6 +122,56 @@ def test_translate_below_needs_a_translator(engines: tuple[Path, Path]) -> None:
     for bad in ("0", "-5", "300", "dark"):
         with pytest.raises(argparse.ArgumentTypeError, match="mean luma in"):
             parse_luma(bad)
+
+
+def test_recorded_gate_travels_with_the_translator(
+        engines: tuple[Path, Path], drive: tuple[Path, list[bool]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`luma_gate.py --record` writes the threshold into the translator (and its fp16
+    variant keeps it); `run` applies it with no flag; the flag overrides it."""
+    from edgeseg.cli import main
+    from edgeseg.contract.metadata import read_metadata
+    from edgeseg.export.gate import record_translate_below
+
+    seg_onnx, original = engines
+    folder, dark = drive
+    translator = tmp_path / "invert.onnx"
+    translator.write_bytes(original.read_bytes())
+    assert read_metadata(translator).translate_below is None
+    day, dusk = tmp_path / "day", tmp_path / "dusk"
+    for d in (day, dusk):
+        d.mkdir()
+    for f, is_dark in zip(sorted(folder.glob("*.png")), dark, strict=True):
+        (dusk if is_dark else day).joinpath(f.name).write_bytes(f.read_bytes())
+    assert benchmark_script("luma_gate").main(
+        ["--day", str(day), "--dusk", str(dusk), "--record", str(translator)]) == 0
+    below = read_metadata(translator).translate_below
+    day_min = min(mean_luma(cv2.imread(str(f))) for f in day.glob("*.png"))
+    dusk_max = max(mean_luma(cv2.imread(str(f))) for f in dusk.glob("*.png"))
+    assert below == round((day_min + dusk_max) / 2, 2)
+    assert f"recorded in {translator}: translate_below {below:g}" in capsys.readouterr().out
+    half = tmp_path / "invert.fp16.onnx"
+    assert main(["quantize", str(translator), "-o", str(half), "--precision", "fp16"]) == 0
+    assert read_metadata(half).translate_below == below
+
+    def stream(engine: Path, flag: float | None) -> dict:
+        return run_stream(seg_onnx, StreamConfig(
+            source=str(folder), sinks=["null"], translator=str(engine),
+            translate_below=flag, progress=False, threads=1)).gate
+
+    assert stream(translator, None) == {"below": below, "translated": 3, "passed": 3,
+                                        "source": "metadata"}
+    assert stream(half, None)["source"] == "metadata"
+    assert stream(translator, 256.0) == {"below": 256.0, "translated": 6, "passed": 0,
+                                         "source": "flag"}
+    assert stream(original, None) is None  # nothing recorded: every frame, no gate
+    # a segmenter has no gate: one line naming the file, the file untouched
+    before = seg_onnx.read_bytes()
+    with pytest.raises(EdgesegError, match=f"{seg_onnx}: a segmenter, not a translator"):
+        record_translate_below(seg_onnx, 60.0)
+    with pytest.raises(EdgesegError, match=r"use a value in \(0, 256\]"):
+        record_translate_below(translator, 300.0)
+    assert seg_onnx.read_bytes() == before and read_metadata(translator).translate_below == below
 
 
 def test_threshold_pick_by_hand() -> None:

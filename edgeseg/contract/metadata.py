@@ -23,6 +23,12 @@ OutputKind = Literal["labels", "logits", "probs"]
 Precision = Literal["fp32", "fp16", "int8"]
 
 
+#: ``extra`` key of a translator or relighting net: the mean-luma gate it was tuned for
+#: (frames at or above it skip the net); ``edgeseg run/eval`` apply it unless
+#: ``--translate-below`` says otherwise
+TRANSLATE_BELOW = "translate_below"
+
+
 class MetadataError(EdgesegError):
     """An ONNX file or engine without (valid) edgeseg metadata."""
 
@@ -86,6 +92,12 @@ class ModelMetadata:
         values["inputs"] = [TensorSpec(**t) for t in values["inputs"]]
         values["outputs"] = [TensorSpec(**t) for t in values["outputs"]]
         return cls(**values)
+
+    @property
+    def translate_below(self) -> float | None:
+        """The recorded mean-luma gate (`TRANSLATE_BELOW`), or None: translate every frame."""
+        value = self.extra.get(TRANSLATE_BELOW)
+        return None if value is None else float(value)
 
     @property
     def input(self) -> TensorSpec:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.argtypes import add_device_argument, parse_hw, torch_device
+from edgeseg.argtypes import add_device_argument, parse_hw, parse_luma, torch_device
+from edgeseg.export.gate import record_translate_below
 from edgeseg.export.onnx_export import (
     INPUT_FORMATS,
     LABELS_DTYPES,
@@ -92,6 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "always traced on the CPU); default cpu", default="cpu")
     parser.add_argument("--skip-parity", action="store_true",
                         help="publish without the parity gate (not recommended)")
+    parser.add_argument("--translate-below", metavar="LUMA", type=parse_luma,
+                        help="translator / relighting net: record the mean-luma gate "
+                             "`edgeseg run/eval` apply (frames at or above LUMA skip it), "
+                             "e.g. from benchmarks/luma_gate.py")
     parser.add_argument("-f", "--force", action="store_true",
                         help="overwrite -o even if it is the checkpoint or another stage's file")
 
@@ -137,14 +142,14 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
                  parity_data: str | None = None, parity_frames: int = 8,
                  thresholds: Thresholds = FP32, device: str = "cpu",
                  network: str | None = None, image_thresholds: ImageThresholds = IMAGE_FP32,
-                 segmenter_only: list[str] | None = None
+                 segmenter_only: list[str] | None = None, image_only: list[str] | None = None
                  ) -> tuple[ExportResult, ParityReport | ImageParityReport | None]:
     """Export, then publish ``out_path`` only if parity passes (``parity_frames=0`` skips).
 
     ``network``: None for what the checkpoint deploys, else one stored network
     (`ExportSource.open`); an image network is gated by ``image_thresholds``, a segmenter
     by ``thresholds``. ``segmenter_only``: segmenter flags the caller was given, refused
-    for an image network. ``device`` is where the PyTorch reference runs (a torch device
+    for an image network; ``image_only`` the other way round. ``device`` is where the PyTorch reference runs (a torch device
     string; the graph is always traced on the CPU).
 
     Raises `ParityError` (carrying the report) and leaves no file when the gate fails.
@@ -155,6 +160,9 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
     if source.is_image and segmenter_only:
         raise ExportError(f"{', '.join(segmenter_only)}: segmenter flags; {source.label} is "
                           "an image network (uint8 BGR frame in, uint8 BGR frame out)")
+    if not source.is_image and image_only:
+        raise ExportError(f"{', '.join(image_only)}: a flag of translators and relighting "
+                          f"nets; {source.label} is a segmenter (give --network NAME)")
     frames = parity_frames_for(options, parity_data, parity_frames) if parity_frames else []
     report: ParityReport | ImageParityReport | None = None
     with atomic_path(out) as tmp:
@@ -181,12 +189,18 @@ def run(args: argparse.Namespace) -> int:
         result, report = export_gated(args.checkpoint, args.output, options, args.parity_data,
                                       frames, device=torch_device(args.device),
                                       network=args.network,
-                                      segmenter_only=segmenter_flags(args))
+                                      segmenter_only=segmenter_flags(args),
+                                      image_only=[f"--translate-below {args.translate_below:g}"]
+                                      if args.translate_below is not None else None)
     except ParityError as err:
         print(err.report.format(), file=sys.stderr)
         print(f"{args.output}: not written (the exported graph disagrees with {args.checkpoint})",
               file=sys.stderr)
         return 1
+    if args.translate_below is not None:
+        below = record_translate_below(args.output, args.translate_below)
+        print(f"gate: frames with mean luma below {below:g} are translated, the rest pass "
+              "straight to the segmenter (edgeseg.extra.translate_below)")
     print(result.summary())
     print(report.format() if report else "parity gate SKIPPED: the graph was not compared "
           "with the checkpoint")

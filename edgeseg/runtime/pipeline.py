@@ -62,7 +62,8 @@ class RunSummary:
     per_class_iou: dict[str, float] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
     raw_infer_fps: float | None = None
-    gate: dict[str, float] | None = None  # --translate-below: below, translated, passed
+    #: the translator's gate: below, translated, passed, source ("flag" or "metadata")
+    gate: dict[str, Any] | None = None
 
     @property
     def interrupted(self) -> bool:
@@ -98,8 +99,10 @@ class RunSummary:
                          f"{100 * self.fps / self.raw_infer_fps:.0f}% of it")
         if self.gate is not None:
             g = self.gate
+            recorded = ", the gate recorded in the translator" if g.get("source") == \
+                "metadata" else ""
             lines.append(f"translated {g['translated']:.0f} frames (mean luma below "
-                         f"{g['below']:g}), passed {g['passed']:.0f} through")
+                         f"{g['below']:g}{recorded}), passed {g['passed']:.0f} through")
         lines.append(f"{'stage':<12} {'p50':>8} {'p90':>8} {'p99':>8} {'mean':>8}  (ms)")
         for name, s in self.stages.items():
             lines.append(f"{name:<12} {s.p50:8.2f} {s.p90:8.2f} {s.p99:8.2f} {s.mean:8.2f}")

@@ -196,7 +196,7 @@ def run_stream(engine: str | Path, cfg: StreamConfig) -> RunSummary:
         gate = stages[0]
         if isinstance(gate, TranslateStage) and gate.below is not None:
             summary.gate = {"below": gate.below, "translated": gate.translated,
-                            "passed": gate.passed}
+                            "passed": gate.passed, "source": gate.gate_source}
         return summary
     finally:
         for backend in backends:
@@ -224,7 +224,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "below LUMA, pass brighter frames straight to the segmenter (a "
                              "dusk->day translator costs day frames accuracy); pick LUMA "
                              "between your day and dusk footage, e.g. with "
-                             "benchmarks/luma_gate.py")
+                             "benchmarks/luma_gate.py. Default: the gate the translator's "
+                             "metadata records, if any; 256 translates every frame")
     parser.add_argument("--backend", default="auto",
                         choices=["auto", "tensorrt", "onnxruntime", "openvino"],
                         help="auto: the engine's (its manifest says); a plain ONNX runs in "

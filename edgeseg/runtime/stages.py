@@ -238,15 +238,24 @@ class TranslateStage(EngineStage):
     ``below``: translate only frames whose `mean_luma` is below it, pass the others through
     untouched. A dusk->day translator costs day frames accuracy (Mutual-GAN on CamVid: 43.7
     -> 29.8 day mIoU), so a vehicle that drives through the day gates it on the light;
-    ``translated`` / ``passed`` count the frames each way."""
+    ``translated`` / ``passed`` count the frames each way. Without ``below`` the gate the
+    engine's metadata records (`ModelMetadata.translate_below`) applies; 256 translates
+    every frame."""
 
     name = "translate"
 
     def __init__(self, backend: Backend, aspect: AspectPolicy = "stretch",
                  below: float | None = None) -> None:
         super().__init__(backend, aspect)
+        #: where ``below`` came from: "flag" (the caller), "metadata" (the engine's recorded
+        #: gate, `ModelMetadata.translate_below`) or "" (no gate)
+        self.gate_source = "flag" if below is not None else ""
+        if below is None and self.meta.translate_below is not None:
+            below, self.gate_source = self.meta.translate_below, "metadata"
         if below is not None and not 0 < below <= 256:
-            raise EdgesegError(f"translate-below luma {below}: use a value in (0, 256]")
+            raise EdgesegError(f"{backend.engine_path or 'translator'}: translate-below luma "
+                               f"{below:g} ({self.gate_source or 'flag'}): use a value in "
+                               "(0, 256]")
         self.below = below
         self.translated = 0
         self.passed = 0

@@ -6,12 +6,15 @@ RNG state, about three times the weights. The stripped file keeps the weights of
 the segmenter and of every method network, the model spec, label space,
 normalisation, deploy settings, provenance and the run's recipe, so it loads as
 ``model.init_from``, ``method.init_from``, and in `export`, `eval` and `derive`;
-``--resume`` refuses it in one line.
+``--resume`` refuses it in one line. ``--network NAME`` keeps only the named method
+networks (the segmenter always stays): a stage-1 run's EMA translator alone is a quarter
+of the file that holds both generators, their EMA copies and the discriminators.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +24,37 @@ from edgeseg.train import checkpoint as ckpt_io
 RESUME_ONLY = ("streams", "rng")
 
 
-def strip_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """``ckpt`` without optimiser, stream and RNG state (method networks' weights kept)."""
+def strip_checkpoint(ckpt: dict[str, Any], keep: Sequence[str] = (),
+                     path: str | Path = "checkpoint") -> dict[str, Any]:
+    """``ckpt`` without optimiser, stream and RNG state; method networks' weights kept,
+    all of them, or only those named in ``keep`` (the segmenter ``model`` always stays)."""
     out = {k: v for k, v in ckpt.items() if k not in RESUME_ONLY and k != "method_state"}
-    networks = (ckpt.get("method_state") or {}).get("networks")
+    networks = (ckpt.get("method_state") or {}).get("networks") or {}
+    wanted = [n for n in keep if n != "model"]
+    if wanted:
+        unknown = [n for n in wanted if n not in networks]
+        if unknown:
+            raise ckpt_io.CheckpointError(
+                f"{path}: has no network {', '.join(map(repr, unknown))}; it has "
+                f"{ckpt_io.network_names(ckpt)} (--network takes those names)")
+        networks = {n: networks[n] for n in wanted}
+        out["networks"] = {n: s for n, s in (ckpt.get("networks") or {}).items()
+                           if n == "model" or n in networks}
     if networks:
         out["method_state"] = {"networks": networks}
     out["stripped"] = {"iteration": ckpt.get("iteration"), "dropped": [
         k for k in (*RESUME_ONLY, "method_state") if k in ckpt]}
+    if wanted:
+        out["stripped"]["kept_networks"] = list(networks)
     return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a run's last.pt or best.pt")
     p.add_argument("-o", "--output", required=True, help="the stripped checkpoint (.pt)")
+    p.add_argument("--network", action="append", default=[], metavar="NAME",
+                   help="keep only this method network (repeatable; default: all), e.g. "
+                        "gen_s2t_ema of a translator run; the segmenter always stays")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if src.resolve() == dst.resolve():
         raise ckpt_io.CheckpointError(f"{dst}: -o is the checkpoint itself; write the stripped "
                                       "copy to another file (the original is what resumes)")
-    ckpt_io.save_checkpoint(dst, strip_checkpoint(ckpt_io.load_checkpoint(src)))
+    ckpt_io.save_checkpoint(dst, strip_checkpoint(ckpt_io.load_checkpoint(src),
+                                                  args.network, src))
     before, after = src.stat().st_size, dst.stat().st_size
     print(f"strip: {dst} ({after / 2**20:.1f} MiB, {before / 2**20:.1f} MiB before): weights "
           f"of iteration {ckpt_io.load_checkpoint(dst).get('iteration')}; use it as "
