@@ -720,6 +720,8 @@ def test_strip_keeps_only_the_named_translator(
     full = load_checkpoint(run / "last.pt")
     out = tmp_path / "translator.pt"
     assert main(["strip", str(run / "last.pt"), "-o", str(out), "--network", "gen_s2t_ema"]) == 0
+    assert (f"--set method.init_from.NAME={{checkpoint: {out}, network: gen_s2t_ema}}"
+            in capsys.readouterr().out)
     slim = load_checkpoint(out)
     assert network_names(slim) == ["model", "gen_s2t_ema"]
     assert set(slim["method_state"]) == {"networks"}

@@ -62,10 +62,12 @@ def run(args: argparse.Namespace) -> int:
     if src.resolve() == dst.resolve():
         raise ckpt_io.CheckpointError(f"{dst}: -o is the checkpoint itself; write the stripped "
                                       "copy to another file (the original is what resumes)")
-    ckpt_io.save_checkpoint(dst, strip_checkpoint(ckpt_io.load_checkpoint(src),
-                                                  args.network, src))
+    stripped = strip_checkpoint(ckpt_io.load_checkpoint(src), args.network, src)
+    ckpt_io.save_checkpoint(dst, stripped)
     before, after = src.stat().st_size, dst.stat().st_size
+    kept = [n for n in args.network if n != "model"]
+    use = (f"method.init_from.NAME={{checkpoint: {dst}, network: {kept[0]}}}" if kept
+           else f"model.init_from={dst}")
     print(f"strip: {dst} ({after / 2**20:.1f} MiB, {before / 2**20:.1f} MiB before): weights "
-          f"of iteration {ckpt_io.load_checkpoint(dst).get('iteration')}; use it as "
-          f"--set model.init_from={dst}, not with --resume")
+          f"of iteration {stripped.get('iteration')}; use it as --set {use}, not with --resume")
     return 0
