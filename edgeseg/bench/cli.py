@@ -31,6 +31,7 @@ from edgeseg.argtypes import (
     add_device_argument,
     non_negative_int,
     parse_hw_16,
+    parse_luma,
     positive_int,
 )
 from edgeseg.bench.parity import DEFAULT_MAX_DROP, check_bench_parity, parse_max_drop
@@ -86,6 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "`edgeseg export CKPT --network NAME`) in front of every ENGINE, "
                              "as `edgeseg run --translator`: latency of the translator, of "
                              "each ENGINE and of each chain; parity on the chains (batch 1)")
+    parser.add_argument("--translate-below", metavar="LUMA", type=parse_luma,
+                        help="gate the chains as `edgeseg run --translate-below` (default: the "
+                             "translator's recorded gate, if any; 256 translates every frame); "
+                             "the translator's own row always times the engine on every frame")
     parser.add_argument("--reference", metavar="MODEL",
                         help="fp32 reference for parity (fp32 ONNX or .pt); default the first "
                              "fp32 ENGINE")
@@ -130,6 +135,8 @@ def canonical_command(args: argparse.Namespace) -> str:
         cmd += ["--report", str(args.report)]
     if getattr(args, "translator", None):
         cmd += ["--translator", args.translator]
+    if getattr(args, "translate_below", None) is not None:
+        cmd += ["--translate-below", f"{args.translate_below:g}"]
     if args.reference:
         cmd += ["--reference", args.reference]
     cmd += ["--iterations", str(args.iterations), "--warmup", str(args.warmup),
@@ -263,9 +270,12 @@ def _open_translator(args: argparse.Namespace) -> TranslatorTarget | None:
     cannot run fails the run: every chained number would be missing."""
     path = getattr(args, "translator", None)
     if not path:
+        if getattr(args, "translate_below", None) is not None:
+            raise EdgesegError("--translate-below gates a translator: give --translator ENGINE")
         return None
     try:
-        stage = open_translator(path, args.device, args.threads)
+        stage = open_translator(path, args.device, args.threads,
+                                below=getattr(args, "translate_below", None))
     except BackendUnavailableError as exc:
         raise EdgesegError(f"--translator {path}: cannot run here: {exc}") from None
     if 1 not in args.batch:

@@ -314,7 +314,7 @@ class TranslatorTarget(Target):
         def run_one(i: int) -> dict[str, float]:
             image = bgr[i % len(bgr)]
             packet = Packet(SourceFrame(i, image, 0.0), image)
-            self.stage.process(packet)
+            self.stage.translate(packet)  # the engine on every frame: its cost, ungated
             return dict(packet.timings)
 
         return run_one
@@ -343,12 +343,18 @@ class ChainTarget(Target):
             f"{translator.kind}+{inner.kind}"
         source = inner.predictor  # type: ignore[attr-defined]
         self.chain = TranslatedPredictor(translator.stage, source)
+        below, gate = translator.stage.below, ""
+        if below is not None:
+            origin = ("the translator's recorded gate"
+                      if translator.stage.gate_source == "metadata" else "--translate-below")
+            gate = (f"; gated as `edgeseg run` gates it ({origin}): frames with mean luma "
+                    f"below {below:g} are translated, the others go straight to the model")
         super().__init__(inner.path, inner.precision, inner.label_space, inner.size, 1,
                          f"{translator.name}: {translator.runs_on}; {inner.name}: "
                          f"{inner.runs_on}",
                          "end_to_end = the translator's stages then the model's "
                          "(preprocess/postprocess summed over both, translate = the "
-                         "translator's engine call, infer = the model's)")
+                         "translator's engine call, infer = the model's)" + gate)
         self.name = f"{translator.name}+{inner.name}"
 
     @property
@@ -391,7 +397,7 @@ class ChainTarget(Target):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "role": "chain", "translator": self.translator.name,
-                "model": self.inner.name}
+                "model": self.inner.name, "translate_below": self.translator.stage.below}
 
 
 def open_target(path: str | Path, *, threads: int = 0, size: tuple[int, int] | None = None,

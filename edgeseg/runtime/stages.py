@@ -281,6 +281,10 @@ class TranslateStage(EngineStage):
                 self.passed += 1
                 return packet
         self.translated += 1
+        return self.translate(packet)
+
+    def translate(self, packet: Packet) -> Packet:
+        """The engine call alone, whatever the gate (``bench`` times the translator so)."""
         return super().process(packet)
 
     def finish(self, packet: Packet, output: np.ndarray, box: Box) -> None:
