@@ -9,8 +9,10 @@ the segmenter once per frame and scores every std from the same logits (std 0: n
         --data synthetic:demo_out/synth:night_val synthetic:demo_out/synth:day_val \\
         --std 0 0.04 0.08 0.10 0.12 0.14 0.2 --json sweep.json --png sweep.png
 
-The first --data split chooses the std (set it as method.params.deploy_reweight_std and
-re-export); the others show what that choice costs elsewhere.
+The first --data split chooses the std; the others show what that choice costs elsewhere.
+``--apply OUT.pt`` writes the checkpoint's weights (as `edgeseg strip` does) with the
+chosen std's bias as what it deploys, so ``edgeseg export OUT.pt`` exports the tuned graph
+without retraining (the recipe's ``method.params.deploy_reweight_std`` is only the start).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from tqdm import tqdm
 from edgeseg.data import spread_indices
 from edgeseg.evaluate import FrameScorer, open_eval_dataset
 from edgeseg.fileio import atomic_path, write_text
+from edgeseg.models.compose import log_weights
 from edgeseg.runtime.stages import fit_frame, unfit_labels
-from edgeseg.train.checkpoint import load_checkpoint
+from edgeseg.train.checkpoint import load_checkpoint, save_checkpoint
 from edgeseg.train.nets.losses import class_frequency_weights
 from edgeseg.train.predict import TorchPredictor
+from edgeseg.train.strip import strip_checkpoint
 
 
 def sweep(checkpoint: str, specs: list[str], stds: list[float], max_images: int = 0,
@@ -92,6 +96,27 @@ def plot(results: dict[str, dict[str, float]], out: Path) -> None:
     plt.close(fig)
 
 
+def apply_std(checkpoint: str, std: float, out: Path) -> list[float] | None:
+    """Write ``checkpoint``'s weights to ``out`` deploying std's bias (std 0: none); returns
+    the bias log w_k."""
+    state = load_checkpoint(checkpoint)
+    freq = ((state.get("method_state") or {}).get("extra") or {}).get("class_frequencies")
+    if state.get("method") != "dania" or freq is None:
+        raise SystemExit(f"{checkpoint}: not a DANIA checkpoint with class frequencies")
+    params = state["recipe"]["method"]["params"] or {}
+    bias = None
+    if std > 0:
+        w = class_frequency_weights(freq, std=std, avg=float(params.get("reweight_avg", 1.0)))
+        if (w <= 0).any():
+            raise SystemExit(f"std {std}: some weights are <= 0; use a smaller std")
+        bias = list(log_weights(w.tolist()))
+    tuned = strip_checkpoint(state)
+    tuned["deploy"] = {**tuned["deploy"], "class_bias": bias}
+    tuned["recipe"]["method"]["params"] = {**params, "deploy_reweight_std": std or None}
+    save_checkpoint(out, tuned)
+    return bias
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
@@ -102,6 +127,8 @@ def main() -> int:
     parser.add_argument("--max-images", type=int, default=0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--png", type=Path)
+    parser.add_argument("--apply", type=Path, metavar="OUT.pt",
+                        help="write the checkpoint deploying the chosen std (for edgeseg export)")
     args = parser.parse_args()
     results = sweep(args.checkpoint, args.data, args.std, args.max_images)
     first = results[args.data[0]]
@@ -117,6 +144,10 @@ def main() -> int:
                                           "chosen_on": args.data[0]}, indent=1) + "\n")
     if args.png:
         plot(results, args.png)
+    if args.apply:
+        apply_std(args.checkpoint, float(best), args.apply)
+        print(f"wrote {args.apply}: deploys std {best}; export it with `edgeseg export "
+              f"{args.apply} -o model.onnx`")
     return 0
 
 

@@ -786,6 +786,39 @@ def test_std_sweep_scores_the_deployed_bias_and_none(run: Path, tiny_synth: Path
     assert set(results) == {"0.0", "0.1", "0.3"}
 
 
+def test_std_sweep_apply_writes_the_tuned_deployment(run: Path, tiny_synth: Path,
+                                                     tmp_path: Path) -> None:
+    """`dania_std_sweep.py --apply`: the written checkpoint deploys the chosen std's bias
+    (what the sweep scored for it), std 0 deploys none; the weights are the run's."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from dania_std_sweep import apply_std, sweep
+    finally:
+        sys.path.pop(0)
+    from edgeseg.evaluate import evaluate, open_eval_dataset
+    from edgeseg.train.predict import TorchPredictor
+
+    spec = f"synthetic:{tiny_synth}:night_val"
+    src = load_checkpoint(run / "last.pt")
+    freq = src["method_state"]["extra"]["class_frequencies"]
+    out = tmp_path / "tuned.pt"
+    bias = apply_std(str(run / "last.pt"), 0.3, out)
+    w = class_frequency_weights(freq, std=0.3, avg=1.0)
+    assert bias == pytest.approx(torch.log(w).tolist(), rel=1e-6)
+    tuned = load_checkpoint(out)
+    assert tuned["deploy"]["class_bias"] == bias
+    assert tuned["recipe"]["method"]["params"]["deploy_reweight_std"] == 0.3
+    assert "optimizers" not in (tuned.get("method_state") or {})  # weights only
+    assert_same_tree(src["model"], tuned["model"], "model")
+    predictor, _ = TorchPredictor.from_checkpoint(str(out))
+    data = open_eval_dataset(spec, predictor.label_space)
+    scored = evaluate(predictor, data, predictor.label_space, progress=False).metrics.miou
+    assert scored == pytest.approx(sweep(str(run / "last.pt"), [spec], [0.3])[spec]["0.3"],
+                                   abs=1e-12)
+    assert apply_std(str(run / "last.pt"), 0.0, out) is None
+    assert load_checkpoint(out)["deploy"]["class_bias"] is None
+
+
 # --- each configured value reaches its use -------------------------------------------------
 
 
