@@ -239,12 +239,14 @@ class OvBackend(Backend):
         finally:
             self.idle.append(slot)
         # start_async -> completion, as OpenVINO's wrapper measured it (ms)
-        done = slot.started + float(request.latency) / 1e3
+        latency = float(request.latency) / 1e3
+        done = slot.started + latency
         # one stream runs requests one after another: a request's compute starts when the
-        # previous one ends, so the wait in OpenVINO's queue is not counted as inference
+        # previous one ends, so the wait in OpenVINO's queue is not counted as inference;
+        # completions stamped out of order (a loaded host) fall back to the whole latency
         began = max(slot.started, self.last_done) if self.streams <= 1 else slot.started
-        self.last_done = done
-        return InferResult(output, {"infer": max(done - began, 0.0) * 1e3})
+        self.last_done = max(done, self.last_done)
+        return InferResult(output, {"infer": (done - began if done > began else latency) * 1e3})
 
     @property
     def in_flight(self) -> int:
