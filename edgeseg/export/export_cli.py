@@ -149,8 +149,8 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
     ``network``: None for what the checkpoint deploys, else one stored network
     (`ExportSource.open`); an image network is gated by ``image_thresholds``, a segmenter
     by ``thresholds``. ``segmenter_only``: segmenter flags the caller was given, refused
-    for an image network; ``image_only`` the other way round. ``device`` is where the PyTorch reference runs (a torch device
-    string; the graph is always traced on the CPU).
+    for an image network; ``image_only`` the other way round. ``device`` is where the
+    PyTorch reference runs (a torch device string; the graph is always traced on the CPU).
 
     Raises `ParityError` (carrying the report) and leaves no file when the gate fails.
     """

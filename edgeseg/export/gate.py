@@ -3,8 +3,8 @@
 A dusk->day translator costs day frames accuracy, so it is deployed behind a mean-luma gate
 (``edgeseg run --translate-below``). The threshold belongs to the translator (it was picked
 for the footage that translator was trained on), so it is stored in the file's metadata
-(``edgeseg.extra.translate_below``) and applied by ``run``/``eval`` whenever no flag
-overrides it; ``quantize`` and ``build-engine`` carry it into every variant.
+(``edgeseg.extra.translate_below``) and applied by ``run``, ``eval`` and ``bench``'s chains
+whenever no flag overrides it; ``quantize`` and ``build-engine`` carry it into every variant.
 """
 
 from __future__ import annotations
