@@ -813,8 +813,13 @@ def test_std_sweep_apply_writes_the_tuned_deployment(run: Path, tiny_synth: Path
     predictor, _ = TorchPredictor.from_checkpoint(str(out))
     data = open_eval_dataset(spec, predictor.label_space)
     scored = evaluate(predictor, data, predictor.label_space, progress=False).metrics.miou
-    assert scored == pytest.approx(sweep(str(run / "last.pt"), [spec], [0.3])[spec]["0.3"],
-                                   abs=1e-12)
+    swept = sweep(str(run / "last.pt"), [spec], [0.3])[spec]["0.3"]
+    assert scored == pytest.approx(swept, abs=1e-12)
+    # the class frequencies stay (plain numbers), so the tuned file can be swept again; the
+    # resume-only state goes
+    assert tuned["method_state"]["extra"] == {"class_frequencies": freq}
+    assert set(tuned["method_state"]) == {"networks", "extra"}
+    assert sweep(str(out), [spec], [0.3])[spec]["0.3"] == pytest.approx(swept, abs=1e-12)
     assert apply_std(str(run / "last.pt"), 0.0, out) is None
     assert load_checkpoint(out)["deploy"]["class_bias"] is None
 

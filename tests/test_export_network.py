@@ -460,6 +460,7 @@ def test_export_records_the_gate_and_eval_applies_it(
     """`export --network gen_s2t --translate-below L` writes the gate into the translator;
     `eval --translator` then gates on it with no flag, and the flag overrides it."""
     from edgeseg.data import open_dataset
+    from edgeseg.export.onnx_export import ExportOptions
 
     data = open_dataset(spec)
     frame_lumas = [mean_luma(np.ascontiguousarray(data[i]["image"][..., ::-1]))
@@ -474,6 +475,15 @@ def test_export_records_the_gate_and_eval_applies_it(
                     str(below)]) == 0
     meta = read_metadata(gated)
     assert meta.translate_below == below and meta.extra["translate_below"] == below
+    # the API writes the gate before the file is published; a bad value leaves no file
+    direct = work / "gen_s2t.direct.onnx"
+    export_cli.export_gated(ckpt, direct, ExportOptions(height=H, width=W), spec, 0,
+                            network="gen_s2t", translate_below=below)
+    assert read_metadata(direct).translate_below == below
+    with pytest.raises(EdgesegError, match=r"translate-below luma 300: use a value in \(0, 256\]"):
+        export_cli.export_gated(ckpt, work / "no.onnx", ExportOptions(height=H, width=W), spec,
+                                0, network="gen_s2t", translate_below=300.0)
+    assert not (work / "no.onnx").exists()
     out = work / "eval_recorded.json"
     assert main(["eval", str(segmenter), "--data", spec, "--translator", str(gated),
                  "--json", str(out)]) == 0

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.argtypes import add_device_argument, parse_hw, parse_luma, torch_device
-from edgeseg.export.gate import record_translate_below
+from edgeseg.export.gate import check_translate_below, record_translate_below
 from edgeseg.export.onnx_export import (
     INPUT_FORMATS,
     LABELS_DTYPES,
@@ -142,8 +142,8 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
                  parity_data: str | None = None, parity_frames: int = 8,
                  thresholds: Thresholds = FP32, device: str = "cpu",
                  network: str | None = None, image_thresholds: ImageThresholds = IMAGE_FP32,
-                 segmenter_only: list[str] | None = None, image_only: list[str] | None = None
-                 ) -> tuple[ExportResult, ParityReport | ImageParityReport | None]:
+                 segmenter_only: list[str] | None = None, image_only: list[str] | None = None,
+                 translate_below: float | None = None) -> tuple[ExportResult, ParityReport | ImageParityReport | None]:
     """Export, then publish ``out_path`` only if parity passes (``parity_frames=0`` skips).
 
     ``network``: None for what the checkpoint deploys, else one stored network
@@ -151,6 +151,8 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
     by ``thresholds``. ``segmenter_only``: segmenter flags the caller was given, refused
     for an image network; ``image_only`` the other way round. ``device`` is where the
     PyTorch reference runs (a torch device string; the graph is always traced on the CPU).
+    ``translate_below``: the mean-luma gate written into an image network's metadata before
+    the file is published, so no published file lacks it.
 
     Raises `ParityError` (carrying the report) and leaves no file when the gate fails.
     """
@@ -163,11 +165,15 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
     if not source.is_image and image_only:
         raise ExportError(f"{', '.join(image_only)}: a flag of translators and relighting "
                           f"nets; {source.label} is a segmenter (give --network NAME)")
+    if translate_below is not None:
+        check_translate_below(translate_below, out)
     frames = parity_frames_for(options, parity_data, parity_frames) if parity_frames else []
     report: ParityReport | ImageParityReport | None = None
     with atomic_path(out) as tmp:
         module = source.load()
         result = source.export(tmp, options, module)
+        if translate_below is not None:
+            record_translate_below(tmp, translate_below)
         if frames:
             reference = source.reference(module.to(device), options)
             if source.is_image:
@@ -191,14 +197,15 @@ def run(args: argparse.Namespace) -> int:
                                       network=args.network,
                                       segmenter_only=segmenter_flags(args),
                                       image_only=[f"--translate-below {args.translate_below:g}"]
-                                      if args.translate_below is not None else None)
+                                      if args.translate_below is not None else None,
+                                      translate_below=args.translate_below)
     except ParityError as err:
         print(err.report.format(), file=sys.stderr)
         print(f"{args.output}: not written (the exported graph disagrees with {args.checkpoint})",
               file=sys.stderr)
         return 1
     if args.translate_below is not None:
-        below = record_translate_below(args.output, args.translate_below)
+        below = check_translate_below(args.translate_below, args.output)
         print(f"gate: frames with mean luma below {below:g} are translated, the rest pass "
               "straight to the segmenter (edgeseg.extra.translate_below)")
     print(result.summary())

@@ -17,18 +17,23 @@ from edgeseg.export.fp16 import save_model
 from edgeseg.export.onnx_export import IMAGE_NETWORKS
 
 
+def check_translate_below(below: float, path: str | Path) -> float:
+    """``below`` rounded to 0.01 as it is recorded; a value outside (0, 256] is refused."""
+    if not 0 < below <= 256:
+        raise EdgesegError(f"{path}: translate-below luma {below:g}: use a value in (0, 256]")
+    return round(float(below), 2)
+
+
 def record_translate_below(path: str | Path, below: float) -> float:
     """Write ``below`` (rounded to 0.01) into the translator or relighting ONNX ``path``,
     atomically; returns the recorded value. A segmenter is refused: it has no gate."""
-    if not 0 < below <= 256:
-        raise EdgesegError(f"{path}: translate-below luma {below:g}: use a value in (0, 256]")
+    value = check_translate_below(below, path)
     proto = load_onnx(path)
     meta = metadata_of(proto, str(path))
     if meta.network not in IMAGE_NETWORKS.values():
         raise EdgesegError(f"{path}: a {meta.network}, not a translator or relighting net; "
                            "the luma gate belongs to the image network run before it (export "
                            "one with `edgeseg export CKPT --network NAME`)")
-    value = round(float(below), 2)
     meta.extra = {**meta.extra, TRANSLATE_BELOW: value}
     set_metadata(proto, meta)
     save_model(proto, path)

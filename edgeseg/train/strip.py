@@ -6,7 +6,9 @@ RNG state, about three times the weights. The stripped file keeps the weights of
 the segmenter and of every method network, the model spec, label space,
 normalisation, deploy settings, provenance and the run's recipe, so it loads as
 ``model.init_from``, ``method.init_from``, and in `export`, `eval` and `derive`;
-``--resume`` refuses it in one line. ``--network NAME`` keeps only the named method
+``--resume`` refuses it in one line. A method's extra state stays where it is plain
+numbers and text (DANIA's class frequencies, which re-tune its deployed bias); tensors
+there (CycleGAN's image pools) only serve a resume and go. ``--network NAME`` keeps only the named method
 networks (the segmenter always stays): a stage-1 run's EMA translator alone is a quarter
 of the file that holds both generators, their EMA copies and the discriminators.
 """
@@ -22,6 +24,17 @@ from edgeseg.train import checkpoint as ckpt_io
 
 #: what only an exact resume reads
 RESUME_ONLY = ("streams", "rng")
+
+
+def _plain(value: Any) -> bool:
+    """True for numbers, text and containers of them: no tensors, nothing resume-only."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
 
 
 def strip_checkpoint(ckpt: dict[str, Any], keep: Sequence[str] = (),
@@ -40,8 +53,10 @@ def strip_checkpoint(ckpt: dict[str, Any], keep: Sequence[str] = (),
         networks = {n: networks[n] for n in wanted}
         out["networks"] = {n: s for n, s in (ckpt.get("networks") or {}).items()
                            if n == "model" or n in networks}
-    if networks:
-        out["method_state"] = {"networks": networks}
+    extra = {k: v for k, v in ((ckpt.get("method_state") or {}).get("extra") or {}).items()
+             if _plain(v)}
+    if networks or extra:
+        out["method_state"] = {"networks": networks} | ({"extra": extra} if extra else {})
     out["stripped"] = {"iteration": ckpt.get("iteration"), "dropped": [
         k for k in (*RESUME_ONLY, "method_state") if k in ckpt]}
     if wanted:
