@@ -143,7 +143,8 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
                  thresholds: Thresholds = FP32, device: str = "cpu",
                  network: str | None = None, image_thresholds: ImageThresholds = IMAGE_FP32,
                  segmenter_only: list[str] | None = None, image_only: list[str] | None = None,
-                 translate_below: float | None = None) -> tuple[ExportResult, ParityReport | ImageParityReport | None]:
+                 translate_below: float | None = None
+                 ) -> tuple[ExportResult, ParityReport | ImageParityReport | None]:
     """Export, then publish ``out_path`` only if parity passes (``parity_frames=0`` skips).
 
     ``network``: None for what the checkpoint deploys, else one stored network
@@ -152,12 +153,15 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
     for an image network; ``image_only`` the other way round. ``device`` is where the
     PyTorch reference runs (a torch device string; the graph is always traced on the CPU).
     ``translate_below``: the mean-luma gate written into an image network's metadata before
-    the file is published, so no published file lacks it.
+    the file is published, so no published file lacks it (refused for a segmenter).
 
     Raises `ParityError` (carrying the report) and leaves no file when the gate fails.
     """
     out = Path(out_path)
     options.validate()
+    if translate_below is not None:
+        check_translate_below(translate_below, out)
+        image_only = [*(image_only or []), f"--translate-below {translate_below:g}"]
     source = ExportSource.open(ckpt_path, network)
     if source.is_image and segmenter_only:
         raise ExportError(f"{', '.join(segmenter_only)}: segmenter flags; {source.label} is "
@@ -165,8 +169,6 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
     if not source.is_image and image_only:
         raise ExportError(f"{', '.join(image_only)}: a flag of translators and relighting "
                           f"nets; {source.label} is a segmenter (give --network NAME)")
-    if translate_below is not None:
-        check_translate_below(translate_below, out)
     frames = parity_frames_for(options, parity_data, parity_frames) if parity_frames else []
     report: ParityReport | ImageParityReport | None = None
     with atomic_path(out) as tmp:
@@ -196,8 +198,6 @@ def run(args: argparse.Namespace) -> int:
                                       frames, device=torch_device(args.device),
                                       network=args.network,
                                       segmenter_only=segmenter_flags(args),
-                                      image_only=[f"--translate-below {args.translate_below:g}"]
-                                      if args.translate_below is not None else None,
                                       translate_below=args.translate_below)
     except ParityError as err:
         print(err.report.format(), file=sys.stderr)

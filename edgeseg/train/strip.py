@@ -8,9 +8,10 @@ normalisation, deploy settings, provenance and the run's recipe, so it loads as
 ``model.init_from``, ``method.init_from``, and in `export`, `eval` and `derive`;
 ``--resume`` refuses it in one line. A method's extra state stays where it is plain
 numbers and text (DANIA's class frequencies, which re-tune its deployed bias); tensors
-there (CycleGAN's image pools) only serve a resume and go. ``--network NAME`` keeps only the named method
-networks (the segmenter always stays): a stage-1 run's EMA translator alone is a quarter
-of the file that holds both generators, their EMA copies and the discriminators.
+there (CycleGAN's image pools) only serve a resume and go. ``--network NAME`` keeps only
+the named method networks (the segmenter always stays): a stage-1 run's EMA translator
+alone is a quarter of the file that holds both generators, their EMA copies and the
+discriminators.
 """
 
 from __future__ import annotations
