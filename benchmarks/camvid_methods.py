@@ -11,13 +11,11 @@ Run from the repository root (the final table, on a quiet machine):
         --row dania=benchmarks/results/camvid/dania \\
         --row domain_extension=benchmarks/results/camvid/domain_extension \\
         --row sait=benchmarks/results/camvid/sait \\
-        --row-note "source_only=2-core AMD EPYC shared with other jobs; 1500 it from scratch" \\
-        --row-note "mobilenet_uda=2 cores, 1 torch thread, 2 runs side by side; 1000 it from source_only" \\
-        --row-note "mutual_gan=short runs only (see its report); no translator committed" \\
-        --row-note "sait=2-core Xeon, 1 thread, beside another run; 2 rounds x (translator 800 it + segmenter 1000 it) from the CamVid start" \\
+        --row-note "source_only=2-core AMD EPYC; 1500 it from scratch" \\
         --threads 2 --iterations 50
 
-The committed ``methods.md`` names the command that wrote it at its end.
+(one ``--row-note NAME=TEXT`` per row: the training hardware and budget). The committed
+``methods.md`` names the command that wrote it, with every note, at its end.
 
 Each ``--row NAME=PREFIX`` reads ``PREFIX.fp32.onnx`` and ``PREFIX.int8.onnx``, the translator
 run in front of them where the method deploys one (``PREFIX.translator.fp32.onnx`` /
@@ -29,8 +27,9 @@ run in front of them where the method deploys one (``PREFIX.translator.fp32.onnx
 reuses ``PREFIX-eval.json`` (fp32 only) and ``--skip-latency`` skips the engine builds and
 timing, so the table can be redone cheaply.
 ``--reuse-scores`` takes a row's fp32 and int8 mIoU from the previous ``OUT.json`` when the
-row's chain files have the same sha256 and were scored on the same frames, so adding a
-method rescores that method only; latency is always measured again, in the same run.
+row's chain files have the same sha256 and were scored on the same frames, CPU model and
+ONNX Runtime version, so adding a method rescores that method only; latency is always
+measured again, in the same run.
 
 Why one script: each method's report scores its own files on its own day; this table scores
 every method's shipped files with the same code, frames and machine, so the rows compare.
@@ -167,12 +166,22 @@ def chain_digests(chain: dict[str, list[str]]) -> dict[str, list[str]]:
     return {precision: [sha256_file(p) for p in paths] for precision, paths in chain.items()}
 
 
-def previous_scores(path: Path) -> dict[str, dict[str, Any]]:
-    """name -> row of an earlier run's ``OUT.json`` (empty when there is none)."""
+def previous_scores(path: Path, cpu_name: str, eval_runtime: str) -> dict[str, dict[str, Any]]:
+    """name -> row of an earlier run's ``OUT.json``; empty when there is none or when it
+    scored on another CPU or runtime version: the table names one CPU and its int8 kernels
+    round differently elsewhere, so kept scores must come from the same machine kind."""
     if not path.is_file():
         return {}
-    rows = json.loads(path.read_text()).get("rows")
-    return rows if isinstance(rows, dict) else {}
+    earlier = json.loads(path.read_text())
+    rows = earlier.get("rows")
+    if not isinstance(rows, dict):
+        return {}
+    for key, now in (("cpu_name", cpu_name), ("eval_runtime", eval_runtime)):
+        if earlier.get(key) != now:
+            print(f"--reuse-scores: {path} was scored with {key} {earlier.get(key)!r}, this "
+                  f"run has {now!r}; scoring every row again", file=sys.stderr)
+            return {}
+    return rows
 
 
 def reusable(previous: dict[str, Any] | None, precision: str, digests: dict[str, list[str]],
@@ -650,7 +659,11 @@ def main(argv: list[str] | None = None) -> int:
     backend = cpu_backend()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     rows: dict[str, dict[str, Any]] = {}
-    before = previous_scores(args.out.with_suffix(".json")) if args.reuse_scores else {}
+    cpu = cpu_device()
+    eval_runtime = (f"ONNX Runtime {MachineInfo.detect('onnxruntime').backend_version} "
+                    "(CPU execution provider, default threads)")
+    before = previous_scores(args.out.with_suffix(".json"), cpu.name, eval_runtime) \
+        if args.reuse_scores else {}
     with tempfile.TemporaryDirectory(prefix="camvid-methods-") as workdir:
         for spec in tqdm(specs, desc="methods"):
             rows[spec.name] = measure_row(
@@ -663,13 +676,11 @@ def main(argv: list[str] | None = None) -> int:
     overlays_png = args.out.with_name(args.out.name + "-overlays.png")
     overlays = method_overlays(table, camvid[TRANSDUCTIVE], args.overlays, overlays_png) \
         if args.overlays else None
-    cpu = cpu_device()
     context: dict[str, Any] = {
         "command": "python benchmarks/camvid_methods.py " + shlex.join(argv),
         "created": created, "cpu": cpu.describe(), "cpu_name": cpu.name,
         "load_average": load, "max_frames": args.max_frames, "data": camvid,
-        "eval_runtime": f"ONNX Runtime {MachineInfo.detect('onnxruntime').backend_version} "
-                        "(CPU execution provider, default threads)",
+        "eval_runtime": eval_runtime,
         "json_name": args.out.name + ".json", "png_name": args.out.name + ".png",
         "latency": None if args.skip_latency else {
             "backend": backend, "backend_title": BACKEND_TITLES[backend],
