@@ -1,11 +1,13 @@
-"""Table of UDA runs (one eval.json per run, from `edgeseg eval --json`): mean and spread over
-seeds per row, the gap to a baseline row, and a bar chart.
+"""Table of UDA runs (one eval.json per run, from `edgeseg eval --json`, or the trainer's
+metrics.jsonl): mean and spread over seeds per row, and a bar chart.
 
     python benchmarks/uda_report.py runs/uda_synth --rows source_only_init=demo_out/eval.json \\
         --out benchmarks/results/synthetic/mobilenet_uda
 
-Run folders are named ``ROW_sSEED``; ``--rows NAME=EVAL.json`` adds single-file rows
-(e.g. the starting checkpoint). Datasets are the keys of each eval.json's results.
+Run folders are named ``ROW_sSEED`` and hold ``eval.json`` or, without one, the trainer's
+``metrics.jsonl`` (its last validation is the row's score); ``--rows NAME=FILE`` adds one
+eval.json or metrics.jsonl to row NAME (e.g. the starting checkpoint, or a committed log as
+another seed of a row). Datasets are the last ``:`` field of each scored data spec.
 """
 
 from __future__ import annotations
@@ -29,12 +31,23 @@ def collect(root: Path, extra: list[str]) -> dict[str, list[dict[str, float]]]:
         rows[name].append(mious(Path(path)))
     for run in sorted(root.glob("*_s[0-9]*")):
         match = re.fullmatch(r"(.+)_s(\d+)", run.name)
-        if match and (run / "eval.json").exists():
-            rows[match.group(1)].append(mious(run / "eval.json"))
+        scored = next((f for f in (run / "eval.json", run / "metrics.jsonl") if f.exists()), None)
+        if match and scored is not None:
+            rows[match.group(1)].append(mious(scored))
     return rows
 
 
 def mious(path: Path) -> dict[str, float]:
+    """{dataset: mIoU %} of an ``edgeseg eval --json`` file, or of the last validation in a
+    trainer's metrics.jsonl (the records at its highest validated iteration)."""
+    if path.suffix == ".jsonl":
+        vals = [r for r in map(json.loads, path.read_text().splitlines())
+                if r.get("type") == "val"]
+        if not vals:
+            raise SystemExit(f"{path}: no validation records; train with train.val_every > 0 "
+                             "or score the checkpoint with `edgeseg eval --json`")
+        last = max(r["iter"] for r in vals)
+        return {r["data"].rsplit(":", 1)[-1]: 100 * r["miou"] for r in vals if r["iter"] == last}
     results = json.loads(path.read_text())["results"]
     return {spec.rsplit(":", 1)[-1]: 100 * r["miou"] for spec, r in results.items()}
 
@@ -88,7 +101,8 @@ def plot(data: dict, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("root", type=Path)
-    p.add_argument("--rows", action="append", default=[], metavar="NAME=EVAL.json")
+    p.add_argument("--rows", action="append", default=[], metavar="NAME=FILE",
+                   help="eval.json or metrics.jsonl added to row NAME (repeatable)")
     p.add_argument("--order", default="", help="comma-separated row order")
     p.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json, OUT.png")
     args = p.parse_args()

@@ -43,6 +43,33 @@ def test_curves_table_reports_the_last_validation_against_the_start(tmp_path: Pa
     assert cv2.imread(str(out)) is not None  # a name may contain '='; the path is after the last
 
 
+def test_report_scores_runs_from_eval_json_or_the_last_validation_of_their_log(
+        tmp_path: Path) -> None:
+    report = benchmark_script("uda_report")
+    root = tmp_path / "runs"
+    (root / "full_s0").mkdir(parents=True)
+    _metrics(root / "full_s0" / "metrics.jsonl", [(100, "night_val", 0.10),
+                                                  (200, "night_val", 0.20),
+                                                  (200, "day_val", 0.30)])
+    (root / "full_s1").mkdir()  # eval.json wins over the log beside it
+    (root / "full_s1" / "eval.json").write_text(json.dumps(
+        {"results": {"synthetic:/x:night_val": {"miou": 0.24},
+                     "synthetic:/x:day_val": {"miou": 0.34}}}))
+    _metrics(root / "full_s1" / "metrics.jsonl", [(200, "night_val", 0.99),
+                                                  (200, "day_val", 0.99)])
+    committed = _metrics(tmp_path / "committed.jsonl", [(200, "night_val", 0.16),
+                                                        (200, "day_val", 0.32),
+                                                        (100, "day_val", 0.90)])
+    rows = report.collect(root, [f"full={committed}"])
+    text, data = report.table(rows, ["full"])
+    assert data["full"]["night_val"]["values"] == [16.0, 20.0, 24.0]
+    assert data["full"]["day_val"]["mean"] == pytest.approx(32.0)
+    assert "| full | 3 |" in text
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"type": "train", "iter": 1}) + "\n")
+    with pytest.raises(SystemExit, match="no validation records"):
+        report.mious(tmp_path / "empty.jsonl")
+
+
 def test_translations_grid_from_a_uda_checkpoint_and_a_clear_error_otherwise(
         tiny_synth: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     from edgeseg.config import Recipe, from_dict
