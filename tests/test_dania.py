@@ -485,6 +485,8 @@ ABLATIONS = [
      {"loss_seg", "loss_static", "loss_adv"}),
     ({"use_static_loss": False}, {"model", "relight", "disc_d", "disc_n"},
      set(GEN_TERMS) - {"loss_static"}),
+    ({"use_light_loss": False}, {"model", "relight", "disc_d", "disc_n"},  # the net stays
+     {"loss_seg", "loss_static", "loss_adv"}),
 ]
 
 
@@ -540,6 +542,54 @@ def test_ce_static_loss_and_no_fusion_and_no_reweighting() -> None:
         _weighted_ce(logits["s"], batch["source"]["label"], torch.ones(C)), rel=1e-5)
 
 
+def _focal_by_hand(logits: torch.Tensor, pseudo: torch.Tensor, gamma: float) -> float:
+    """Table 5's plain focal loss, pixel by pixel: -(1 - p_y)^gamma log p_y over the labelled
+    pixels, p the softmax over the static channels, y the pixel's own pseudo-label."""
+    logp = torch.log_softmax(logits[:, STATIC].double(), 1)
+    terms = [-(1 - math.exp(float(logp[b, pseudo[b, y, x], y, x]))) ** gamma
+             * float(logp[b, pseudo[b, y, x], y, x])
+             for b, y, x in zip(*torch.nonzero(pseudo != 255, as_tuple=True))]
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_weighted_ce_and_plain_focal_static_losses_by_hand(shift: int) -> None:
+    """Table 5's other variants on the method's own pseudo-label (warp holes ignored)."""
+    hom = torch.tensor([[1.0, 0.0, -float(shift)], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    batch = _batch(homography=hom)
+    w = class_frequency_weights(FREQ)
+    values = {}
+    for kind in ("weighted_ce", "plain_focal", "focal"):
+        m = _method(static_loss=kind, gamma=2.0)
+        _stand_ins(m)
+        losses, _ = m.generator_losses(batch)
+        values[kind] = losses["loss_static"].item()
+    logits = _stand_in_logits(m, batch)
+    pseudo = _pseudo_by_hand(torch.softmax(logits["td"], 1), torch.softmax(logits["tn"], 1), w,
+                             shift=shift)
+    assert (pseudo == 255).any() == (shift > 0)
+    assert values["weighted_ce"] == pytest.approx(
+        _weighted_ce(logits["tn"][:, STATIC], pseudo, w[STATIC]), rel=1e-5)
+    assert values["plain_focal"] == pytest.approx(_focal_by_hand(logits["tn"], pseudo, 2.0),
+                                                  rel=1e-5)
+    unweighted = F.cross_entropy(logits["tn"][:, STATIC], pseudo, ignore_index=255).item()
+    assert abs(values["weighted_ce"] - unweighted) > 1e-3  # the weights matter
+    assert abs(values["plain_focal"] - values["focal"]) > 1e-3  # the neighbourhood matters
+    assert abs(_focal_by_hand(logits["tn"], pseudo, 1.0) - values["plain_focal"]) > 1e-3
+
+
+def test_without_light_loss_the_relighting_net_learns_from_the_other_terms() -> None:
+    m = _method(use_light_loss=False)
+    nets = _stand_ins(m)
+    batch = _batch()
+    losses, _ = m.generator_losses(batch)
+    assert not any(k.startswith("loss_light") for k in losses)
+    total = sum(m.beta[k] * losses[k] for k in m.beta if k in losses)
+    total.backward()
+    assert nets["relight"].scale.grad is not None and nets["relight"].scale.grad != 0
+    assert m.deploy().pre == ("relight",)
+
+
 def test_custom_fusion_and_focusing_parameters_are_used() -> None:
     m = _method(h1=0.9, h2=0.3, u=0.2, gamma=2.0)
     _stand_ins(m)
@@ -559,7 +609,8 @@ def test_params_and_crops_are_validated() -> None:
         ({"beta_static": 0.0}, r"beta_static is 0 with use_static_loss: true; set "
                                r"use_static_loss: false to turn the loss off"),
         ({"beta_light": 0.0}, r"beta_light is 0 with use_relight: true; set use_relight: "
-                              r"false to drop the relighting net and its loss"),
+                              r"false to drop the relighting net and its loss, or "
+                              r"use_light_loss: false to keep the net without its loss"),
         ({"use_target_day": False}, r"use_static_loss needs use_target_day \(the "
                                     r"pseudo-labels come from the target day frames\); set "
                                     r"use_static_loss: false"),
@@ -586,6 +637,9 @@ def test_params_and_crops_are_validated() -> None:
     # the edges of each range are allowed
     from_dict(Params, {"h1": 1.0, "h2": 0.0, "u": 1.0, "exposure_patch": 1, "relight_ngf": 1,
                        "relight_blocks": 0, "beta_adv": 0.0}, "method.params")
+    from_dict(Params, {"beta_light": 0.0, "use_light_loss": False}, "method.params")
+    with pytest.raises(ConfigError, match="static_loss"):
+        from_dict(Params, {"static_loss": "dice"}, "method.params")
     with pytest.raises(ConfigError, match="class_frequencies has 3 values; the label space "
                                           "cityscapes19 has 19 classes"):
         _method(class_frequencies=[0.5, 0.3, 0.2])

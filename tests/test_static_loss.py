@@ -235,6 +235,22 @@ def test_focal_loss_counts_every_label_of_the_3x3_neighbourhood() -> None:
           -(math.log(0.75) + 2 * math.log(0.5) + math.log(0.2) + math.log(0.8)) / 3)
 
 
+def test_neighbourhood_1_is_the_plain_focal_loss_and_5_reaches_two_pixels() -> None:
+    logits = static_logits((0.75, 0.25), (0.5, 0.5), (0.2, 0.8), (0.6, 0.4))
+    pseudo = torch.tensor([[[0, 0, 0, 1]]])
+    # own label only (Table 5's focal row): p of class 0, 0, 0 and of class 1 at pixel 3
+    close(static_focal_loss(logits, pseudo, [0, 2], neighbourhood=1),
+          (focal(0.75) + focal(0.5) + focal(0.2) + focal(0.4)) / 4)
+    # 5x5: class 1 at pixel 3 reaches pixels 1, 2, 3; class 0 reaches every pixel
+    close(static_focal_loss(logits, pseudo, [0, 2], neighbourhood=5),
+          (focal(0.75) + focal(0.5) + focal(0.5) + focal(0.2) + focal(0.8) + focal(0.6)
+           + focal(0.4)) / 4)
+    for side in (0, 2):
+        with pytest.raises(ValueError, match=f"neighbourhood must be an odd side >= 1, got "
+                                             f"{side}"):
+            static_focal_loss(logits, pseudo, [0, 2], neighbourhood=side)
+
+
 def test_focal_loss_neighbourhood_is_3x3_with_diagonals_per_image() -> None:
     logits = torch.zeros(2, 2, 3, 3)  # static softmax 0.5, 0.5 everywhere
     pseudo = torch.zeros(2, 3, 3, dtype=torch.long)

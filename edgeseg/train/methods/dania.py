@@ -35,8 +35,11 @@ Generator objective (Eq. 15), minimised by L and G:
   without one; warped holes ignored), fused with the detached P_tn (h1 0.8, h2 0.6,
   u 0.4), re-weighted by w_k, restricted to the static classes and argmaxed into the
   pseudo-label; the focal loss (gamma 1) with the 3x3 neighbourhood reaches G only
-  through the night logits of the static classes. ``static_loss: ce`` is Table 5's
-  CE variant (plain CE on the static channels, no neighbourhood).
+  through the night logits of the static classes. Table 5's variants replace the focal
+  loss on the same pseudo-label and static channels, each without the neighbourhood:
+  ``static_loss: ce`` (plain CE), ``weighted_ce`` (CE weighted by the w_k of Eq. 2, the
+  paper does not say which weights; normalised by the weights of the labelled pixels, as
+  L_seg) and ``plain_focal`` (the focal loss, gamma as above, on each pixel's own label).
 - L_adv (Eq. 14) = (D_d(P_td) - r)^2 + (D_n(P_tn) - r)^2, least squares, means over
   the score map.
 
@@ -64,7 +67,9 @@ every stream needs the same crop); the relighting net's range is the segmenter's
 normalised input (`edgeseg.train.nets.relight`).
 
 Ablations (Tables 4-5): ``use_target_day`` (without T_d), ``use_relight`` (without the
-relighting net and L_light), ``use_static_loss``, ``static_loss: focal|ce``,
+relighting net and L_light), ``use_light_loss`` (the relighting net kept, trained by the
+other terms alone: "w/o L_light"), ``use_static_loss``,
+``static_loss: focal|ce|weighted_ce|plain_focal``,
 ``use_fusion`` (pseudo-labels from the warped day prediction alone), ``use_reweighting``
 (w = 1 in L_seg and the pseudo-labels, no deployed bias). A switched-off part is not
 computed or logged and its networks are not built.
@@ -127,9 +132,10 @@ class Params:
     class_frequencies: tuple[float, ...] | None = None
     frequency_images: int | None = None  # images counted for a_k (None: all)
     seg_normalization: Literal["weighted_mean", "eq8"] = "weighted_mean"
-    static_loss: Literal["focal", "ce"] = "focal"
+    static_loss: Literal["focal", "ce", "weighted_ce", "plain_focal"] = "focal"
     use_target_day: bool = True
     use_relight: bool = True
+    use_light_loss: bool = True  # L_light; false keeps the relighting net without it
     use_static_loss: bool = True
     use_fusion: bool = True
     use_reweighting: bool = True
@@ -162,9 +168,10 @@ class Params:
         if self.use_static_loss and self.beta_static == 0:
             raise ValueError("beta_static is 0 with use_static_loss: true; set "
                              "use_static_loss: false to turn the loss off")
-        if self.use_relight and self.beta_light == 0:
+        if self.use_relight and self.use_light_loss and self.beta_light == 0:
             raise ValueError("beta_light is 0 with use_relight: true; set use_relight: false "
-                             "to drop the relighting net and its loss")
+                             "to drop the relighting net and its loss, or use_light_loss: "
+                             "false to keep the net without its loss")
 
 
 def class_weights(frequencies: torch.Tensor | np.ndarray | tuple[float, ...], std: float,
@@ -337,10 +344,14 @@ class DANIA(Method):
             return static_pseudo_label(day, self.weights, self.static_ids, valid)
 
     def static_loss(self, logits_tn: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
-        if self.params.static_loss == "ce":
-            return F.cross_entropy(logits_tn[:, self.static_ids].float(), pseudo,
+        """Eq. 12-13, or the Table 5 variant ``static_loss`` names."""
+        kind = self.params.static_loss
+        if kind in ("ce", "weighted_ce"):
+            weight = self.weights[self.static_ids] if kind == "weighted_ce" else None
+            return F.cross_entropy(logits_tn[:, self.static_ids].float(), pseudo, weight=weight,
                                    ignore_index=IGNORE_INDEX)
-        return static_focal_loss(logits_tn.float(), pseudo, self.static_ids, self.params.gamma)
+        return static_focal_loss(logits_tn.float(), pseudo, self.static_ids, self.params.gamma,
+                                 neighbourhood=1 if kind == "plain_focal" else 3)
 
     def generator_losses(self, batch: dict[str, dict[str, torch.Tensor]]
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -351,7 +362,7 @@ class DANIA(Method):
         with self.autocast():
             relit, logits = self.forward_domains(images)
         losses: dict[str, torch.Tensor] = {}
-        if p.use_relight:
+        if p.use_relight and p.use_light_loss:
             terms = self.light_losses(images, relit)
             losses.update(terms)
             losses["loss_light"] = light_loss(

@@ -162,7 +162,7 @@ def static_pseudo_label(fused: torch.Tensor, class_weights: torch.Tensor,
 
 def static_focal_loss(night_logits: torch.Tensor, pseudo: torch.Tensor,
                       static_ids: Sequence[int], gamma: float = 1.0,
-                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+                      ignore_index: int = IGNORE_INDEX, neighbourhood: int = 3) -> torch.Tensor:
     """L_static (Eq. 12-13): a focal loss on the night prediction's static classes whose
     target is every static pseudo-label in the pixel's 3x3 neighbourhood.
 
@@ -186,6 +186,9 @@ def static_focal_loss(night_logits: torch.Tensor, pseudo: torch.Tensor,
     still connected to ``night_logits``. (The authors' code takes, per pixel, the max
     over the neighbourhood's classes of w_c P^S(c, i) instead of the sum, and its
     neighbourhood shift is a no-op through tensor aliasing.)
+
+    ``neighbourhood``: the side of the square region (odd); 1 is the plain focal loss on
+    each pixel's own label, Table 5's "w/ Focal Loss" row.
     """
     if night_logits.dim() != 4:
         raise ValueError(f"static_focal_loss: night_logits must be B x C x h x w, got shape "
@@ -194,6 +197,9 @@ def static_focal_loss(night_logits: torch.Tensor, pseudo: torch.Tensor,
     if pseudo.shape != (b, h, w):
         raise ValueError(f"static_focal_loss: pseudo must be {b} x {h} x {w}, got shape "
                          f"{tuple(pseudo.shape)}")
+    if neighbourhood < 1 or neighbourhood % 2 == 0:
+        raise ValueError(f"static_focal_loss: neighbourhood must be an odd side >= 1, got "
+                         f"{neighbourhood}")
     index = _static_index(static_ids, c, night_logits.device)
     num_static = index.numel()
     log_p = F.log_softmax(night_logits.index_select(1, index).float(), dim=1)
@@ -204,6 +210,6 @@ def static_focal_loss(night_logits: torch.Tensor, pseudo: torch.Tensor,
     mask = valid.unsqueeze(1).to(log_p.dtype)
     one_hot = F.one_hot(pseudo.masked_fill(~valid, 0).long(), num_static)
     one_hot = one_hot.permute(0, 3, 1, 2).to(log_p.dtype) * mask
-    targets = F.max_pool2d(one_hot, 3, stride=1, padding=1) * mask
+    targets = F.max_pool2d(one_hot, neighbourhood, stride=1, padding=neighbourhood // 2) * mask
     focal = (1 - log_p.exp()).pow(gamma)
     return -(targets * focal * log_p).sum() / valid.sum().clamp(min=1)
