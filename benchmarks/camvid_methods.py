@@ -242,11 +242,9 @@ def training_time(metrics: Path | None, recipe: Path | None) -> dict[str, Any] |
     return out
 
 
-def measure_latency(name: str, int8: Path, translator: Path | None, backend: str, threads: int,
-                    iterations: int, frames_spec: str, workdir: Path) -> dict[str, Any]:
-    """p50 of the int8 file (behind its translator) built for ``backend`` into ``workdir`` and
-    timed by ``edgeseg bench`` (warm-up, then ``iterations`` runs, frame in to labels out)."""
-    from edgeseg.bench.cli import add_arguments, run_bench
+def build_engines(name: str, chain: list[str], backend: str, threads: int, workdir: Path
+                  ) -> list[Path]:
+    """The int8 chain's ONNX files (translator first) built for ``backend`` into ``workdir``."""
     from edgeseg.export.build_engine import build_engine, default_engine_path
     from edgeseg.export.profile import load_profile
 
@@ -254,12 +252,47 @@ def measure_latency(name: str, int8: Path, translator: Path | None, backend: str
     folder.mkdir(parents=True, exist_ok=True)
     profile = load_profile(None, {"backend": backend, "threads": threads})
     engines = []
-    for onnx_path in ([translator] if translator else []) + [int8]:
+    for onnx_path in map(Path, chain):
         out = folder / default_engine_path(onnx_path, backend).name
         command = shlex.join(["edgeseg", "build-engine", str(onnx_path), "-o", str(out),
                               "--backend", backend, "--threads", str(threads)])
         build_engine(onnx_path, out, profile, command)
         engines.append(out)
+    return engines
+
+
+def round_order(names: list[str], round_index: int) -> list[str]:
+    """The rows' timing order in one round, rotated by one each round, so no row always runs
+    first (after the engine builds) or last."""
+    if not names:
+        return []
+    k = round_index % len(names)
+    return names[k:] + names[:k]
+
+
+def median_of_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row's latency from its per-round `time_chain` results: p50 / mean / p90 and each
+    part's p50 the median over the rounds (a noisy spell on a shared host moves one round,
+    not the row), every round's p50 kept in ``rounds_p50_ms``."""
+    if not rounds:
+        raise ValueError("median_of_rounds: no rounds")
+    out = dict(rounds[0])
+    for key in ("p50_ms", "mean_ms", "p90_ms"):
+        out[key] = float(np.median([r[key] for r in rounds]))
+    out["parts_p50_ms"] = {part: float(np.median([r["parts_p50_ms"][part] for r in rounds]))
+                           for part in rounds[0]["parts_p50_ms"]}
+    out["rounds_p50_ms"] = [r["p50_ms"] for r in rounds]
+    return out
+
+
+def time_chain(name: str, engines: list[Path], threads: int, iterations: int, frames_spec: str
+               ) -> dict[str, Any]:
+    """p50 of built engines (translator first) timed by ``edgeseg bench`` on ``frames_spec``
+    (warm-up, then ``iterations`` runs, frame in to labels out, the translator's recorded
+    gate applied as `edgeseg run` applies it)."""
+    from edgeseg.bench.cli import add_arguments, run_bench
+
+    translator = engines[0] if len(engines) > 1 else None
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     argv = [str(engines[-1]), "--data", frames_spec, "--no-parity", "--iterations",
@@ -281,9 +314,26 @@ def measure_latency(name: str, int8: Path, translator: Path | None, backend: str
             "runs_on": runs_on.get(want) or runs_on.get(engines[-1].name, "")}
 
 
-def measure_row(spec: RowSpec, specs: dict[str, str], *, skip_eval: bool, skip_latency: bool,
-                max_frames: int, backend: str, threads: int, iterations: int,
-                workdir: Path, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+def measure_latencies(rows: dict[str, dict[str, Any]], backend: str, threads: int,
+                      iterations: int, rounds: int, frames_spec: str, workdir: Path) -> None:
+    """Fill each measured row's ``latency``: its int8 chain built once, then timed once per
+    round, every row in each round (`round_order`), the median over rounds kept
+    (`median_of_rounds`). Rows share the host's state in every round, so their ratios hold
+    on a machine whose speed drifts."""
+    engines = {name: build_engines(name, row["chain"]["int8"], backend, threads, workdir)
+               for name, row in rows.items()
+               if row.get("status") != NOT_RUN and row.get("chain", {}).get("int8")}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in engines}
+    for r in tqdm(range(rounds), desc="latency rounds"):
+        for name in round_order(list(engines), r):
+            results[name].append(time_chain(name, engines[name], threads, iterations,
+                                            frames_spec))
+    for name, timed in results.items():
+        rows[name]["latency"] = {**median_of_rounds(timed), "rounds": rounds}
+
+
+def measure_row(spec: RowSpec, specs: dict[str, str], *, skip_eval: bool, max_frames: int,
+                previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the table shows for one method; ``status`` "no ONNX yet" without fp32.
     ``previous``: this row in an earlier run's JSON, whose scores are kept where its files
     and frames are the same (`reusable`)."""
@@ -325,9 +375,10 @@ def measure_row(spec: RowSpec, specs: dict[str, str], *, skip_eval: bool, skip_l
     row["cost"] = graph_cost([p for p in (tr32, fp32) if p])
     row["training"] = training_time(spec.file("-train-metrics.jsonl"), spec.file("-recipe.yaml"))
     row["latency"] = None
-    if int8 is not None and not skip_latency:
-        row["latency"] = measure_latency(spec.name, int8, tr8, backend, threads, iterations,
-                                         specs[TRANSDUCTIVE], workdir)
+    if tr8 is not None:
+        from edgeseg.export.build_engine import read_onnx_metadata
+
+        row["translate_below"] = read_onnx_metadata(tr8)[0].translate_below
     return row
 
 
@@ -433,7 +484,9 @@ def _method_cell(name: str, row: dict[str, Any], md_dir: Path | None) -> str:
     report = (row.get("files") or {}).get("report")
     label = f"[{name}]({os.path.relpath(report, md_dir)})" if report and md_dir else name
     if row.get("chain") and len(row["chain"].get("fp32", [])) > 1:
-        label += " (translator + segmenter)"
+        gate = row.get("translate_below")
+        label += (f" (translator + segmenter, translator gated below mean luma {gate:g})"
+                  if gate is not None else " (translator + segmenter)")
     return label
 
 
@@ -500,6 +553,11 @@ def _sources(table: dict[str, dict[str, Any]]) -> list[str]:
         if "int8" not in (row.get("eval_from") or {}):
             what.append("int8 not scored" + (" (no int8 file)" if not files.get("int8")
                                              else " (--skip-eval)"))
+        if row.get("translate_below") is not None:
+            what.append(f"the translator's recorded gate applied (`edgeseg run` does the same): "
+                        f"frames with mean luma below {row['translate_below']:g} are "
+                        "translated, the rest go straight to the segmenter; the latency "
+                        "frames are dusk_train's, so the translator is timed")
         calib = row.get("int8_calibration") or {}
         if calib.get("source"):
             what.append(f"int8 calibrated on `{calib['source']}` ({calib.get('frames')} frames, "
@@ -518,8 +576,11 @@ def markdown(table: dict[str, dict[str, Any]], context: dict[str, Any],
     """The whole report: context, main table, per-class table, sources, the command."""
     lat = context.get("latency")
     if lat:
-        latency = (f"int8 latency: p50 of {lat['iterations']} runs after warm-up, one 480x360 "
-                   f"frame in to labels out (`edgeseg bench`), {lat['backend_title']} "
+        rounds = (f", the median of {lat['rounds']} rounds (every row timed once per round, "
+                  "the order rotated each round; each round's p50 is in the JSON)"
+                  if lat.get("rounds", 1) > 1 else "")
+        latency = (f"int8 latency: p50 of {lat['iterations']} runs after warm-up{rounds}, one "
+                   f"480x360 frame in to labels out (`edgeseg bench`), {lat['backend_title']} "
                    f"{lat.get('backend_version') or ''} engines built here, {lat['threads']} "
                    f"threads, on {context['cpu']} (load average {context['load_average']} at "
                    "the start).")
@@ -632,6 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"writes OUT.md, OUT.json, OUT.png (default {DEFAULT_OUT})")
     p.add_argument("--threads", type=int, default=2, help="inference threads for latency (2)")
     p.add_argument("--iterations", type=int, default=50, help="timed latency runs (50)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="latency rounds: every row timed once per round, in a rotated order; "
+                        "the table keeps each row's median over rounds (3)")
     p.add_argument("--max-frames", type=int, default=0,
                    help="frames per split, spread over it (default 0 = all)")
     p.add_argument("--skip-latency", action="store_true", help="no engine builds, no timing")
@@ -648,7 +712,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: need at least 1")
     start, created = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     specs = parse_rows(args.row, args.row_note)
     camvid = data_specs(args.camvid)
@@ -666,11 +733,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.reuse_scores else {}
     with tempfile.TemporaryDirectory(prefix="camvid-methods-") as workdir:
         for spec in tqdm(specs, desc="methods"):
-            rows[spec.name] = measure_row(
-                spec, camvid, skip_eval=args.skip_eval, skip_latency=args.skip_latency,
-                max_frames=args.max_frames, backend=backend, threads=args.threads,
-                iterations=args.iterations, workdir=Path(workdir),
-                previous=before.get(spec.name))
+            rows[spec.name] = measure_row(spec, camvid, skip_eval=args.skip_eval,
+                                          max_frames=args.max_frames,
+                                          previous=before.get(spec.name))
+        if not args.skip_latency:
+            measure_latencies(rows, backend, args.threads, args.iterations, args.rounds,
+                              camvid[TRANSDUCTIVE], Path(workdir))
     table = assemble(rows)
     iou_png = per_class_plot(table, args.out.with_name(args.out.name + "-iou.png"))
     overlays_png = args.out.with_name(args.out.name + "-overlays.png")
@@ -685,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency": None if args.skip_latency else {
             "backend": backend, "backend_title": BACKEND_TITLES[backend],
             "backend_version": MachineInfo.detect(backend).backend_version,
-            "threads": args.threads, "iterations": args.iterations},
+            "threads": args.threads, "iterations": args.iterations, "rounds": args.rounds},
         "iou_png_name": iou_png.name if iou_png else None,
         "overlays": {"png_name": overlays.name, "frames": args.overlays} if overlays else None,
         "seconds": time.perf_counter() - start,

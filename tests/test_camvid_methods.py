@@ -75,6 +75,47 @@ def test_markdown_marks_every_dusk_number_and_lists_not_run_rows() -> None:
     assert cm.DUSK_NOTE in report and "--skip-latency" in report
 
 
+def test_latency_rounds_rotate_the_order_and_keep_each_rows_median() -> None:
+    assert cm.round_order(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert cm.round_order(["a", "b", "c"], 1) == ["b", "c", "a"]
+    assert cm.round_order(["a", "b", "c"], 5) == ["c", "a", "b"]
+    assert cm.round_order([], 2) == []
+
+    def timed(p50: float, part: float) -> dict:
+        return {"p50_ms": p50, "mean_ms": p50 + 1, "p90_ms": p50 + 5, "iterations": 50,
+                "parts_p50_ms": {"tr": part, "tr+seg": p50}}
+
+    # one slow round (a noisy neighbour) does not set the row's number
+    out = cm.median_of_rounds([timed(26.0, 20.0), timed(19.0, 14.0), timed(19.5, 15.0)])
+    assert out["p50_ms"] == 19.5 and out["mean_ms"] == 20.5 and out["p90_ms"] == 24.5
+    assert out["parts_p50_ms"] == {"tr": 15.0, "tr+seg": 19.5}
+    assert out["rounds_p50_ms"] == [26.0, 19.0, 19.5] and out["iterations"] == 50
+    with pytest.raises(ValueError, match="no rounds"):
+        cm.median_of_rounds([])
+    with pytest.raises(SystemExit):
+        cm.main(["--row", "a=x", "--rounds", "0"])
+
+
+def test_a_gated_translator_is_named_in_the_table_and_the_sources() -> None:
+    rows = _rows()
+    chain = {"fp32": ["r/m.translator.fp32.onnx", "r/m.fp32.onnx"],
+             "int8": ["r/m.translator.int8.onnx", "r/m.int8.onnx"]}
+    rows["source_only"].update(chain=chain, translate_below=69.0)
+    rows["source_only"]["latency"].update(rounds=3)
+    table = cm.assemble(rows)
+    assert "(translator + segmenter, translator gated below mean luma 69)" in \
+        cm.markdown_table(table)
+    context = {"latency": {"iterations": 50, "rounds": 3, "backend_title": "OpenVINO",
+                           "threads": 2}, "max_frames": 0, "json_name": "m.json",
+               "png_name": "m.png", "command": "c", "seconds": 1.0, "created": "now",
+               "cpu": "x", "load_average": "0", "eval_runtime": "ORT"}
+    report = cm.markdown(table, context)
+    assert "frames with mean luma below 69 are translated" in report
+    assert "the median of 3 rounds" in report
+    del rows["source_only"]["translate_below"]
+    assert "(translator + segmenter) |" in cm.markdown_table(cm.assemble(rows))
+
+
 def _conv_file(path: Path, c_in: int, c_out: int, hw: int) -> Path:
     """x(1, c_in, hw, hw) -> 3x3 Conv (pad 1) -> y: c_out*hw*hw*c_in*9 MACs,
     c_out*c_in*9 + c_out parameters."""
