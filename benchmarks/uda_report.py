@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,8 +24,11 @@ import numpy as np
 from edgeseg.fileio import atomic_path, write_json, write_text
 
 
-def collect(root: Path, extra: list[str]) -> dict[str, list[dict[str, float]]]:
-    """row -> one {dataset: mIoU %} per seed."""
+def collect(root: Path, extra: list[str], final: int | None = None
+            ) -> dict[str, list[dict[str, float]]]:
+    """row -> one {dataset: mIoU %} per seed. ``final``: a run folder scored from its log
+    counts only once its last validation is at that iteration (a run still training, or
+    stopped early, is left out and named on stderr)."""
     rows: dict[str, list[dict[str, float]]] = defaultdict(list)
     for item in extra:
         name, _, path = item.partition("=")
@@ -32,9 +36,21 @@ def collect(root: Path, extra: list[str]) -> dict[str, list[dict[str, float]]]:
     for run in sorted(root.glob("*_s[0-9]*")):
         match = re.fullmatch(r"(.+)_s(\d+)", run.name)
         scored = next((f for f in (run / "eval.json", run / "metrics.jsonl") if f.exists()), None)
-        if match and scored is not None:
-            rows[match.group(1)].append(mious(scored))
+        if not match or scored is None:
+            continue
+        if final is not None and scored.suffix == ".jsonl" and last_validation(scored) != final:
+            print(f"{run}: left out, its last validation is at iteration "
+                  f"{last_validation(scored)}, not {final}", file=sys.stderr)
+            continue
+        rows[match.group(1)].append(mious(scored))
     return rows
+
+
+def last_validation(metrics: Path) -> int | None:
+    """The highest iteration with a validation record in a trainer's metrics.jsonl."""
+    its = [r["iter"] for r in map(json.loads, metrics.read_text().splitlines())
+           if r.get("type") == "val"]
+    return max(its) if its else None
 
 
 def mious(path: Path) -> dict[str, float]:
@@ -104,9 +120,11 @@ def main() -> None:
     p.add_argument("--rows", action="append", default=[], metavar="NAME=FILE",
                    help="eval.json or metrics.jsonl added to row NAME (repeatable)")
     p.add_argument("--order", default="", help="comma-separated row order")
+    p.add_argument("--final-iteration", type=int, metavar="N",
+                   help="count a run scored from its metrics.jsonl only if it validated at N")
     p.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json, OUT.png")
     args = p.parse_args()
-    rows = collect(args.root, args.rows)
+    rows = collect(args.root, args.rows, args.final_iteration)
     text, data = table(rows, [n for n in args.order.split(",") if n])
     write_text(args.out.with_suffix(".table.md"), text + "\n")
     write_json(args.out.with_suffix(".json"), data)

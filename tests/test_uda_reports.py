@@ -65,6 +65,12 @@ def test_report_scores_runs_from_eval_json_or_the_last_validation_of_their_log(
     assert data["full"]["night_val"]["values"] == [16.0, 20.0, 24.0]
     assert data["full"]["day_val"]["mean"] == pytest.approx(32.0)
     assert "| full | 3 |" in text
+    (root / "full_s2").mkdir()  # still training: left out when the final iteration is given
+    _metrics(root / "full_s2" / "metrics.jsonl", [(100, "night_val", 0.50),
+                                                  (100, "day_val", 0.50)])
+    assert report.collect(root, [])["full"][2]["night_val"] == 50.0
+    assert [r["night_val"] for r in report.collect(root, [], final=200)["full"]] == [20.0, 24.0]
+    assert report.last_validation(root / "full_s2" / "metrics.jsonl") == 100
     (tmp_path / "empty.jsonl").write_text(json.dumps({"type": "train", "iter": 1}) + "\n")
     with pytest.raises(SystemExit, match="no validation records"):
         report.mious(tmp_path / "empty.jsonl")
