@@ -178,6 +178,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="write a per-class IoU bar chart")
     p.add_argument("--max-frames", type=non_negative_int, default=0, metavar="N",
                    help="stop after the first N frames of each dataset (default 0 = all)")
+    p.add_argument("--band", type=non_negative_int, default=0, metavar="PX",
+                   help="also score only the pixels within PX of a ground-truth class boundary "
+                        "(boundary-band mIoU; default 0 = off)")
     add_device_argument(p, "where the model runs: a checkpoint in PyTorch on it, an ONNX file or "
                         "engine on that GPU's provider/context (default auto)")
     p.add_argument("--translator", metavar="ENGINE",

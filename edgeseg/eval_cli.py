@@ -67,7 +67,8 @@ def run_eval(args: argparse.Namespace) -> int:
         name += f" (frames darker than luma {below:g}" + (
             ", the translator's recorded gate)" if info["gate_source"] == "metadata" else ")")
     model_space = get_label_space(space_name)
-    results, samples, space_of = {}, [], {}
+    results, samples, space_of, bands = {}, [], {}, {}
+    band = getattr(args, "band", 0)
     stage = predict.translator if below is not None else None  # the gated TranslateStage
     gated: dict[str, dict[str, int]] = {}
     for spec in args.data:
@@ -77,8 +78,10 @@ def run_eval(args: argparse.Namespace) -> int:
             continue
         before = (stage.translated, stage.passed) if stage is not None else (0, 0)
         res = evaluate(predict, dataset, model_space, max_images=args.max_frames,
-                       keep_samples=2, desc=spec)
+                       keep_samples=2, desc=spec, band=band)
         results[spec] = res.metrics
+        if res.band_metrics is not None:
+            bands[spec] = res.band_metrics
         if stage is not None:
             gated[spec] = {"translated": stage.translated - before[0],
                            "passed": stage.passed - before[1]}
@@ -87,6 +90,11 @@ def run_eval(args: argparse.Namespace) -> int:
         space_of[spec] = dataset.label_space
         samples += [(f"{spec} {n}", img, p, g) for n, img, p, g in res.samples]
         print(format_table(res.metrics, title=f"{name} on {spec}"), file=text)
+        if res.band_metrics is not None:
+            print(f"within {band} px of a label boundary: mIoU "
+                  f"{100 * res.band_metrics.miou:.2f}, pixel acc "
+                  f"{100 * res.band_metrics.pixel_acc:.2f} ({res.band_metrics.num_pixels} px)",
+                  file=text)
         print(file=text)
     if len(results) >= 2:
         (a, ma), (b, mb) = list(results.items())[:2]
@@ -95,7 +103,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {"model": args.model, **info,
                                "results": {k: v.to_dict() for k, v in results.items()},
-                               **({"gate": gated} if gated else {})})
+                               **({"gate": gated} if gated else {}),
+                               **({"band_px": band, "band_results": {
+                                   k: v.to_dict() for k, v in bands.items()}} if bands else {})})
     if results and args.overlays:
         from edgeseg.viz import save_overlay_grid
 

@@ -26,6 +26,8 @@ class EvalResult:
     metrics: SegMetrics
     confusion: ConfusionMatrix
     samples: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+    #: the same scores over the pixels within ``band`` px of a label boundary (`evaluate`)
+    band_metrics: SegMetrics | None = None
 
 
 def prediction_mapping(model_space: LabelSpace, data_space: LabelSpace) -> dict[int, int] | None:
@@ -161,18 +163,23 @@ def open_eval_dataset(spec: str, model_space: LabelSpace | str) -> SegDataset:
 
 def evaluate(predict: Predictor, dataset: SegDataset, model_space: LabelSpace | str,
              max_images: int = 0, keep_samples: int = 0, desc: str = "eval",
-             progress: bool = True, indices: list[int] | None = None) -> EvalResult:
+             progress: bool = True, indices: list[int] | None = None,
+             band: int = 0) -> EvalResult:
     """Confusion-matrix metrics of ``predict`` over a labelled ``dataset``.
 
     ``indices`` restricts the images (DDP ranks evaluate disjoint shards and
     sum their confusion matrices); ``keep_samples`` keeps the first few
-    (name, image, prediction, label) tuples for overlay pictures.
+    (name, image, prediction, label) tuples for overlay pictures. ``band`` > 0 also
+    scores only the pixels within ``band`` px of a label boundary (`boundary_mask` of the
+    ground truth; ``band_metrics``): where a blurred or misaligned prediction loses, which
+    the whole-frame mIoU dilutes.
     """
     if isinstance(model_space, str):
         model_space = get_label_space(model_space)
     if not dataset.has_labels:
         raise ValueError(f"{dataset.root}: split {dataset.split!r} has no labels to evaluate")
     scorer = FrameScorer(model_space, dataset.label_space)
+    edges = FrameScorer(model_space, dataset.label_space) if band > 0 else None
     if indices is None:
         indices = list(range(len(dataset)))
     if max_images:  # spread over the set, as bench, compare and the gates sample
@@ -181,10 +188,16 @@ def evaluate(predict: Predictor, dataset: SegDataset, model_space: LabelSpace | 
     for i in tqdm(indices, desc=desc, disable=not progress, leave=False):
         sample = dataset[i]
         label = sample["label"]
-        pred = scorer.update(predict(sample["image"]), label, sample["name"])
+        raw = predict(sample["image"])
+        pred = scorer.update(raw, label, sample["name"])
+        if edges is not None:
+            ignore = dataset.label_space.ignore_index
+            near = boundary_mask(label, band, ignore)
+            edges.update(raw, np.where(near, label, ignore).astype(label.dtype), sample["name"])
         if len(samples) < keep_samples:
             samples.append((sample["name"], sample["image"], pred, label))
-    return EvalResult(scorer.metrics(), scorer.confusion, samples)
+    return EvalResult(scorer.metrics(), scorer.confusion, samples,
+                      edges.metrics() if edges is not None else None)
 
 
 def metrics_of(cm: ConfusionMatrix, space: LabelSpace) -> SegMetrics:

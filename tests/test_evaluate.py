@@ -46,6 +46,28 @@ def test_cityscapes_model_scored_on_camvid_counts_foreign_classes_as_misses() ->
     assert res.metrics.pixel_acc == pytest.approx(24 / 32)
 
 
+def test_boundary_band_scores_only_the_pixels_near_a_label_edge() -> None:
+    # ground truth: road (3) in columns 0-3, car (8) in 4-7; the prediction puts the edge
+    # one column right (column 4 called road)
+    gt = np.full((4, 8), 3, np.uint8)
+    gt[:, 4:] = 8
+    pred = np.full((4, 8), 3, np.uint8)
+    pred[:, 5:] = 8
+    res = evaluate(lambda image: pred, _InMemory([gt]), CAMVID11, progress=False, band=1)
+    # whole frame: road 16 / (16 + 4), car 12 / 16
+    assert res.metrics.miou == pytest.approx((0.8 + 0.75) / 2)
+    # band 1: columns 3 (road, right) and 4 (car, called road): road 4 / 8, car 0 / 4
+    band = res.band_metrics
+    assert band.num_pixels == 8 and band.pixel_acc == pytest.approx(0.5)
+    assert band.per_class["road"] == pytest.approx(0.5) and band.per_class["car"] == 0.0
+    assert band.miou == pytest.approx(0.25)
+    # band 2: columns 2-5: road 8 / (8 + 4), car 4 / 8
+    res = evaluate(lambda image: pred, _InMemory([gt]), CAMVID11, progress=False, band=2)
+    assert res.band_metrics.miou == pytest.approx((8 / 12 + 0.5) / 2)
+    assert evaluate(lambda image: pred, _InMemory([gt]), CAMVID11,
+                    progress=False).band_metrics is None
+
+
 def test_same_space_perfect_prediction() -> None:
     gt = np.array([[0, 1], [2, 255]], np.uint8)
     res = evaluate(lambda image: np.where(gt == 255, 0, gt).astype(np.uint8), _InMemory([gt]),
@@ -63,11 +85,14 @@ def test_eval_cli_writes_reports(tiny_synth: Path, tmp_path: Path, capsys) -> No
                    "--data", f"synthetic:{tiny_synth}:day_val",
                    "--data", f"synthetic:{tiny_synth}:night_val",
                    "--json", str(out / "eval.json"), "--overlays", str(out / "ov.png"),
-                   "--plot", str(out / "bars.png")])
+                   "--plot", str(out / "bars.png"), "--band", "2"])
     assert status == 0
     text = capsys.readouterr().out
-    assert "mIoU" in text and "gap" in text
+    assert "mIoU" in text and "gap" in text and "within 2 px of a label boundary" in text
     report = json.loads((out / "eval.json").read_text())
+    assert report["band_px"] == 2 and set(report["band_results"]) == set(report["results"])
+    for spec, whole in report["results"].items():
+        assert 0 < report["band_results"][spec]["num_pixels"] < whole["num_pixels"]
     assert set(report["results"]) == {f"synthetic:{tiny_synth}:day_val",
                                       f"synthetic:{tiny_synth}:night_val"}
     assert (out / "ov.png").stat().st_size > 0 and (out / "bars.png").stat().st_size > 0
