@@ -14,11 +14,10 @@ target still rising; the curve shows both, and where a day_val-selected checkpoi
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
-from uda_report import mious  # benchmarks/, beside this script
+from uda_report import mious, validations  # benchmarks/, beside this script
 
 from edgeseg.fileio import atomic_path, write_text
 
@@ -26,10 +25,8 @@ from edgeseg.fileio import atomic_path, write_text
 def val_curves(metrics: Path) -> dict[str, list[tuple[int, float]]]:
     """dataset (last ':' field of its spec) -> [(iteration, mIoU %)] from a trainer log."""
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for line in metrics.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("type") == "val":
-            curves[record["data"].rsplit(":", 1)[-1]].append((record["iter"], 100 * record["miou"]))
+    for record in validations(metrics):
+        curves[record["data"].rsplit(":", 1)[-1]].append((record["iter"], 100 * record["miou"]))
     return dict(curves)
 
 

@@ -38,27 +38,32 @@ def collect(root: Path, extra: list[str], final: int | None = None
         scored = next((f for f in (run / "eval.json", run / "metrics.jsonl") if f.exists()), None)
         if not match or scored is None:
             continue
-        if final is not None and scored.suffix == ".jsonl" and last_validation(scored) != final:
-            print(f"{run}: left out, its last validation is at iteration "
-                  f"{last_validation(scored)}, not {final}", file=sys.stderr)
-            continue
+        if final is not None and scored.suffix == ".jsonl":
+            last = last_validation(scored)
+            if last != final:
+                print(f"{run}: left out, its last validation is at iteration {last}, not "
+                      f"{final}", file=sys.stderr)
+                continue
         rows[match.group(1)].append(mious(scored))
     return rows
 
 
+def validations(metrics: Path) -> list[dict]:
+    """The validation records of a trainer's metrics.jsonl, in order."""
+    return [r for r in map(json.loads, metrics.read_text().splitlines())
+            if r.get("type") == "val"]
+
+
 def last_validation(metrics: Path) -> int | None:
     """The highest iteration with a validation record in a trainer's metrics.jsonl."""
-    its = [r["iter"] for r in map(json.loads, metrics.read_text().splitlines())
-           if r.get("type") == "val"]
-    return max(its) if its else None
+    return max((r["iter"] for r in validations(metrics)), default=None)
 
 
 def mious(path: Path) -> dict[str, float]:
     """{dataset: mIoU %} of an ``edgeseg eval --json`` file, or of the last validation in a
     trainer's metrics.jsonl (the records at its highest validated iteration)."""
     if path.suffix == ".jsonl":
-        vals = [r for r in map(json.loads, path.read_text().splitlines())
-                if r.get("type") == "val"]
+        vals = validations(path)
         if not vals:
             raise SystemExit(f"{path}: no validation records; train with train.val_every > 0 "
                              "or score the checkpoint with `edgeseg eval --json`")

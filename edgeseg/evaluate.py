@@ -180,6 +180,7 @@ def evaluate(predict: Predictor, dataset: SegDataset, model_space: LabelSpace | 
         raise ValueError(f"{dataset.root}: split {dataset.split!r} has no labels to evaluate")
     scorer = FrameScorer(model_space, dataset.label_space)
     edges = FrameScorer(model_space, dataset.label_space) if band > 0 else None
+    ignore = dataset.label_space.ignore_index
     if indices is None:
         indices = list(range(len(dataset)))
     if max_images:  # spread over the set, as bench, compare and the gates sample
@@ -188,12 +189,10 @@ def evaluate(predict: Predictor, dataset: SegDataset, model_space: LabelSpace | 
     for i in tqdm(indices, desc=desc, disable=not progress, leave=False):
         sample = dataset[i]
         label = sample["label"]
-        raw = predict(sample["image"])
-        pred = scorer.update(raw, label, sample["name"])
-        if edges is not None:
-            ignore = dataset.label_space.ignore_index
+        pred = scorer.update(predict(sample["image"]), label, sample["name"])
+        if edges is not None:  # the prediction is already in the dataset's classes
             near = boundary_mask(label, band, ignore)
-            edges.update(raw, np.where(near, label, ignore).astype(label.dtype), sample["name"])
+            edges.confusion.update(pred, np.where(near, label, ignore).astype(label.dtype))
         if len(samples) < keep_samples:
             samples.append((sample["name"], sample["image"], pred, label))
     return EvalResult(scorer.metrics(), scorer.confusion, samples,
