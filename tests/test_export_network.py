@@ -30,6 +30,7 @@ from edgeseg.evaluate import FrameScorer
 from edgeseg.export import export_cli
 from edgeseg.export.onnx_export import ExportError
 from edgeseg.export.parity import IMAGE_FP32, ParityError, check_image_parity, sample_frames
+from edgeseg.fileio import sha256_file
 from edgeseg.runtime.backends.onnxruntime import OrtBackend
 from edgeseg.runtime.predictor import BackendPredictor, open_engine
 from edgeseg.runtime.sources import SourceFrame, open_source
@@ -456,7 +457,8 @@ def test_eval_translate_below_scores_the_gated_chain(
 
 
 def test_export_records_the_gate_and_eval_applies_it(
-        ckpt: Path, segmenter: Path, spec: str, work: Path) -> None:
+        ckpt: Path, segmenter: Path, spec: str, work: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """`export --network gen_s2t --translate-below L` writes the gate into the translator;
     `eval --translator` then gates on it with no flag, and the flag overrides it."""
     from edgeseg.data import open_dataset
@@ -475,6 +477,10 @@ def test_export_records_the_gate_and_eval_applies_it(
                     str(below)]) == 0
     meta = read_metadata(gated)
     assert meta.translate_below == below and meta.extra["translate_below"] == below
+    # the summary describes the published file: its hash and its recorded gate
+    printed = capsys.readouterr().out
+    assert f"sha256 {sha256_file(gated)}" in printed
+    assert f"mean luma below {below:g} are translated" in printed
     # the API writes the gate before the file is published; a bad value leaves no file
     direct = work / "gen_s2t.direct.onnx"
     export_cli.export_gated(ckpt, direct, ExportOptions(height=H, width=W), spec, 0,

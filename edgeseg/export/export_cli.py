@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.argtypes import add_device_argument, parse_hw, parse_luma, torch_device
+from edgeseg.contract.metadata import read_metadata
 from edgeseg.export.gate import check_translate_below, record_translate_below
 from edgeseg.export.onnx_export import (
     INPUT_FORMATS,
@@ -45,7 +46,7 @@ from edgeseg.export.parity import (
     check_onnx_parity,
     sample_frames,
 )
-from edgeseg.fileio import atomic_path, check_outputs
+from edgeseg.fileio import atomic_path, check_outputs, sha256_file
 from edgeseg.metrics import Thresholds
 
 #: the segmenter-only flags, with the value each takes when not given
@@ -176,6 +177,8 @@ def export_gated(ckpt_path: str | Path, out_path: str | Path, options: ExportOpt
         result = source.export(tmp, options, module)
         if translate_below is not None:
             record_translate_below(tmp, translate_below)
+            # the summary describes the published file: the gate in its metadata, its hash
+            result = replace(result, metadata=read_metadata(tmp), sha256=sha256_file(tmp))
         if frames:
             reference = source.reference(module.to(device), options)
             if source.is_image:
@@ -204,10 +207,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.output}: not written (the exported graph disagrees with {args.checkpoint})",
               file=sys.stderr)
         return 1
-    if args.translate_below is not None:
-        below = check_translate_below(args.translate_below, args.output)
-        print(f"gate: frames with mean luma below {below:g} are translated, the rest pass "
-              "straight to the segmenter (edgeseg.extra.translate_below)")
+    if result.metadata.translate_below is not None:
+        print(f"gate: frames with mean luma below {result.metadata.translate_below:g} are "
+              "translated, the rest pass straight to the segmenter "
+              "(edgeseg.extra.translate_below)")
     print(result.summary())
     print(report.format() if report else "parity gate SKIPPED: the graph was not compared "
           "with the checkpoint")
