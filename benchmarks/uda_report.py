@@ -24,15 +24,16 @@ import numpy as np
 from edgeseg.fileio import atomic_path, write_json, write_text
 
 
-def collect(root: Path, extra: list[str], final: int | None = None
-            ) -> dict[str, list[dict[str, float]]]:
-    """row -> one {dataset: mIoU %} per seed. ``final``: a run folder scored from its log
-    counts only once its last validation is at that iteration (a run still training, or
-    stopped early, is left out and named on stderr)."""
-    rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+def scored_files(root: Path, extra: list[str], final: int | None = None
+                 ) -> dict[str, list[Path]]:
+    """row -> the file that scores each seed (``--rows`` files first, then the run folders).
+    ``final``: a run folder scored from its log counts only once its last validation is at
+    that iteration (a run still training, or stopped early, is left out and named on
+    stderr)."""
+    rows: dict[str, list[Path]] = defaultdict(list)
     for item in extra:
         name, _, path = item.partition("=")
-        rows[name].append(mious(Path(path)))
+        rows[name].append(Path(path))
     for run in sorted(root.glob("*_s[0-9]*")):
         match = re.fullmatch(r"(.+)_s(\d+)", run.name)
         scored = next((f for f in (run / "eval.json", run / "metrics.jsonl") if f.exists()), None)
@@ -44,8 +45,19 @@ def collect(root: Path, extra: list[str], final: int | None = None
                 print(f"{run}: left out, its last validation is at iteration {last}, not "
                       f"{final}", file=sys.stderr)
                 continue
-        rows[match.group(1)].append(mious(scored))
+        rows[match.group(1)].append(scored)
     return rows
+
+
+def collect(root: Path, extra: list[str], final: int | None = None
+            ) -> dict[str, list[dict[str, float]]]:
+    """row -> one {dataset: mIoU %} per seed (the files `scored_files` picks)."""
+    return row_mious(scored_files(root, extra, final))
+
+
+def row_mious(files: dict[str, list[Path]]) -> dict[str, list[dict[str, float]]]:
+    """row -> one {dataset: mIoU %} per scored file."""
+    return {name: [mious(f) for f in paths] for name, paths in files.items()}
 
 
 def validations(metrics: Path) -> list[dict]:
@@ -59,18 +71,78 @@ def last_validation(metrics: Path) -> int | None:
     return max((r["iter"] for r in validations(metrics)), default=None)
 
 
-def mious(path: Path) -> dict[str, float]:
-    """{dataset: mIoU %} of an ``edgeseg eval --json`` file, or of the last validation in a
-    trainer's metrics.jsonl (the records at its highest validated iteration)."""
+def last_scores(path: Path) -> dict[str, dict]:
+    """{dataset: score record (``miou``, ``per_class``, ...)} of an ``edgeseg eval --json``
+    file, or of the last validation in a trainer's metrics.jsonl (the records at its highest
+    validated iteration). Datasets are the last ``:`` field of each data spec."""
     if path.suffix == ".jsonl":
         vals = validations(path)
         if not vals:
             raise SystemExit(f"{path}: no validation records; train with train.val_every > 0 "
                              "or score the checkpoint with `edgeseg eval --json`")
         last = max(r["iter"] for r in vals)
-        return {r["data"].rsplit(":", 1)[-1]: 100 * r["miou"] for r in vals if r["iter"] == last}
+        return {r["data"].rsplit(":", 1)[-1]: r for r in vals if r["iter"] == last}
     results = json.loads(path.read_text())["results"]
-    return {spec.rsplit(":", 1)[-1]: 100 * r["miou"] for spec, r in results.items()}
+    return {spec.rsplit(":", 1)[-1]: r for spec, r in results.items()}
+
+
+def mious(path: Path) -> dict[str, float]:
+    """{dataset: mIoU %} of a run's scored file (`last_scores`)."""
+    return {d: 100 * r["miou"] for d, r in last_scores(path).items()}
+
+
+def class_ious(path: Path) -> dict[str, dict[str, float]]:
+    """{dataset: {class: IoU %}} of a run's scored file (`last_scores`)."""
+    out = {}
+    for d, r in last_scores(path).items():
+        if "per_class" not in r:
+            raise SystemExit(f"{path}: {d} has no per-class IoU; score it with `edgeseg eval "
+                             "--json` or a trainer that logs per_class")
+        out[d] = {c: 100 * v for c, v in r["per_class"].items()}
+    return out
+
+
+def class_table(files: dict[str, list[Path]], order: list[str]) -> tuple[str, dict]:
+    """Per dataset, a rows x classes table of IoU % (mean over each row's seeds)."""
+    names = [n for n in order if n in files] + [n for n in files if n not in order]
+    scores = {n: [class_ious(f) for f in files[n]] for n in names}
+    data: dict[str, dict[str, dict[str, float]]] = {}
+    blocks = []
+    for d in next(iter(scores.values()))[0]:
+        classes = list(next(iter(scores.values()))[0][d])
+        data[d] = {n: {c: float(np.mean([s[d][c] for s in scores[n]])) for c in classes}
+                   for n in names}
+        blocks.append("\n".join([f"{d} IoU % (mean over seeds)", "",
+                                  "| row | " + " | ".join(classes) + " |",
+                                  "|---|" + "---|" * len(classes),
+                                  *(f"| {n} | " + " | ".join(f"{data[d][n][c]:.2f}"
+                                                              for c in classes) + " |"
+                                    for n in names)]))
+    return "\n\n".join(blocks), data
+
+
+def plot_classes(data: dict, out: Path) -> None:
+    """One panel per dataset: per-class IoU bars, one bar per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(data), 1, figsize=(12, 3.2 * len(data)), squeeze=False)
+    for ax, (d, rows) in zip(axes[:, 0], data.items(), strict=True):
+        classes = list(next(iter(rows.values())))
+        width = 0.8 / len(rows)
+        for i, (name, ious) in enumerate(rows.items()):
+            ax.bar(np.arange(len(classes)) + i * width, [ious[c] for c in classes], width,
+                   label=name)
+        ax.set_xticks(np.arange(len(classes)) + width * (len(rows) - 1) / 2, classes)
+        ax.set_ylabel(f"{d} IoU %")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(ncol=min(len(next(iter(data.values()))), 6), fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
 
 
 def table(rows: dict[str, list[dict[str, float]]], order: list[str]) -> tuple[str, dict]:
@@ -127,10 +199,20 @@ def main() -> None:
     p.add_argument("--order", default="", help="comma-separated row order")
     p.add_argument("--final-iteration", type=int, metavar="N",
                    help="count a run scored from its metrics.jsonl only if it validated at N")
+    p.add_argument("--per-class", action="store_true",
+                   help="also OUT.classes.md / OUT-classes.png: per-class IoU of every row")
     p.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json, OUT.png")
     args = p.parse_args()
-    rows = collect(args.root, args.rows, args.final_iteration)
-    text, data = table(rows, [n for n in args.order.split(",") if n])
+    order = [n for n in args.order.split(",") if n]
+    files = scored_files(args.root, args.rows, args.final_iteration)
+    text, data = table(row_mious(files), order)
+    if args.per_class:
+        classes_text, classes = class_table(files, order)
+        write_text(args.out.with_suffix(".classes.md"), classes_text + "\n")
+        plot_classes(classes, args.out.with_name(args.out.name + "-classes.png"))
+        for name in data:
+            for d in data[name]:
+                data[name][d]["per_class"] = classes[d][name]
     write_text(args.out.with_suffix(".table.md"), text + "\n")
     write_json(args.out.with_suffix(".json"), data)
     plot(data, args.out.with_suffix(".png"))

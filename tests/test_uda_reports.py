@@ -76,6 +76,46 @@ def test_report_scores_runs_from_eval_json_or_the_last_validation_of_their_log(
         report.mious(tmp_path / "empty.jsonl")
 
 
+def test_report_per_class_table_means_each_class_over_seeds(tmp_path: Path) -> None:
+    """``--per-class``: a row's class IoU is the mean of its seeds' last validations (a log)
+    or eval.json, per dataset, in the table, the JSON and a chart."""
+    report = benchmark_script("uda_report")
+    root = tmp_path / "runs"
+
+    def val(it: int, split: str, pole: float, road: float) -> str:
+        return json.dumps({"type": "val", "iter": it, "data": f"camvid:/x:{split}",
+                           "miou": (pole + road) / 2, "per_class": {"pole": pole, "road": road}})
+
+    for seed, (pole, road) in enumerate([(0.10, 0.80), (0.30, 0.60)]):
+        (root / f"mfw_s{seed}").mkdir(parents=True)
+        (root / f"mfw_s{seed}" / "metrics.jsonl").write_text("\n".join(
+            [val(100, "day_val", 0.9, 0.9), val(200, "day_val", pole, road),
+             val(200, "dusk_train", pole / 2, road / 2)]) + "\n")
+    start = tmp_path / "start.json"
+    start.write_text(json.dumps({"results": {
+        "camvid:/x:day_val": {"miou": 0.4, "per_class": {"pole": 0.05, "road": 0.75}},
+        "camvid:/x:dusk_train": {"miou": 0.2, "per_class": {"pole": 0.01, "road": 0.39}}}}))
+    files = report.scored_files(root, [f"start={start}"])
+    text, data = report.class_table(files, ["start", "mfw"])
+    assert data["day_val"]["mfw"] == pytest.approx({"pole": 20.0, "road": 70.0})
+    assert data["dusk_train"]["mfw"] == pytest.approx({"pole": 10.0, "road": 35.0})
+    assert data["dusk_train"]["start"] == pytest.approx({"pole": 1.0, "road": 39.0})
+    assert "| start | 5.00 | 75.00 |" in text and "| mfw | 10.00 | 35.00 |" in text
+    out = tmp_path / "rep"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "uda_report.py"), str(root),
+                          "--rows", f"start={start}", "--per-class", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    saved = json.loads((tmp_path / "rep.json").read_text())
+    assert saved["mfw"]["day_val"]["per_class"] == pytest.approx({"pole": 20.0, "road": 70.0})
+    assert "| mfw | 20.00 | 70.00 |" in (tmp_path / "rep.classes.md").read_text()
+    assert cv2.imread(str(tmp_path / "rep-classes.png")) is not None
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"results": {"camvid:/x:day_val": {"miou": 0.4}}}))
+    with pytest.raises(SystemExit, match="day_val has no per-class IoU"):
+        report.class_ious(bare)
+
+
 def test_translations_grid_from_a_uda_checkpoint_and_a_clear_error_otherwise(
         tiny_synth: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     from edgeseg.config import Recipe, from_dict
