@@ -207,4 +207,5 @@ def metrics_of(cm: ConfusionMatrix, space: LabelSpace) -> SegMetrics:
     per_class = {n: summary.per_class[n] for n in space.names}
     with np.errstate(invalid="ignore"):
         miou = float(np.nanmean(list(per_class.values())))
-    return SegMetrics(miou, summary.pixel_acc, per_class, summary.num_pixels)
+    return SegMetrics(miou, summary.pixel_acc, per_class, summary.num_pixels,
+                      {n: summary.per_class_acc[n] for n in space.names})

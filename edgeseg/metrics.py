@@ -183,17 +183,29 @@ class ConfusionMatrix:
             pixel_acc=self.pixel_accuracy(),
             per_class={str(n): float(v) for n, v in zip(names, iou)},
             num_pixels=self.num_pixels,
+            per_class_acc={str(n): float(v) for n, v in zip(names, self.class_accuracy())},
         )
 
 
 @dataclass(frozen=True)
 class SegMetrics:
-    """A finished evaluation: fractions in 0..1 (nan = undefined), pixel count."""
+    """A finished evaluation: fractions in 0..1 (nan = undefined), pixel count.
+
+    ``per_class`` is IoU; ``per_class_acc`` is per-class accuracy (recall, SegNet's "class
+    average accuracy" before the mean). The two tell a model that finds a thin class but
+    paints it over its neighbours (high accuracy, low IoU) from one that misses it.
+    """
 
     miou: float
     pixel_acc: float
     per_class: dict[str, float] = field(default_factory=dict)
     num_pixels: int = 0
+    per_class_acc: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mean_class_acc(self) -> float:
+        """Mean per-class accuracy (mAcc) over classes present in the ground truth."""
+        return _nanmean(list(self.per_class_acc.values()))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for ``write_json``; nan becomes None (strict JSON has no NaN)."""
@@ -206,6 +218,8 @@ class SegMetrics:
             "pixel_acc": f(self.pixel_acc),
             "per_class": {k: f(v) for k, v in self.per_class.items()},
             "num_pixels": int(self.num_pixels),
+            "mean_class_acc": f(self.mean_class_acc),
+            "per_class_acc": {k: f(v) for k, v in self.per_class_acc.items()},
         }
 
     @classmethod
@@ -220,6 +234,7 @@ class SegMetrics:
             pixel_acc=f(d["pixel_acc"]),
             per_class={k: f(v) for k, v in d.get("per_class", {}).items()},
             num_pixels=int(d.get("num_pixels", 0)),
+            per_class_acc={k: f(v) for k, v in d.get("per_class_acc", {}).items()},
         )
 
 
@@ -271,15 +286,18 @@ def _delta(a: float, b: float, width: int = 8) -> str:
 
 
 def format_table(summary: SegMetrics, title: str = "") -> str:
-    """Fixed-width per-class IoU table (percent) with mIoU and pixel-accuracy lines."""
+    """Fixed-width per-class table (percent): IoU and accuracy (recall) per class, then the
+    mIoU / mAcc line and pixel accuracy."""
     name_w = max([len("pixel accuracy"), *(len(n) for n in summary.per_class)])
-    rule = "-" * (name_w + 9)
+    rule = "-" * (name_w + 18)
+    nan = float("nan")
     lines = [title] if title else []
-    lines += [f"{'class':<{name_w}}  {'IoU %':>7}", rule]
-    lines += [f"{n:<{name_w}}  {_pct(v)}" for n, v in summary.per_class.items()]
+    lines += [f"{'class':<{name_w}}  {'IoU %':>7}  {'acc %':>7}", rule]
+    lines += [f"{n:<{name_w}}  {_pct(v)}  {_pct(summary.per_class_acc.get(n, nan))}"
+              for n, v in summary.per_class.items()]
     lines += [
         rule,
-        f"{'mIoU':<{name_w}}  {_pct(summary.miou)}",
+        f"{'mIoU / mAcc':<{name_w}}  {_pct(summary.miou)}  {_pct(summary.mean_class_acc)}",
         f"{'pixel accuracy':<{name_w}}  {_pct(summary.pixel_acc)}",
         f"{'pixels':<{name_w}}  {summary.num_pixels:>7,}",
     ]

@@ -129,6 +129,11 @@ def test_summary_json_roundtrip() -> None:
     assert back.miou == pytest.approx(s.miou)
     assert math.isnan(back.per_class["d"])
     assert back.num_pixels == 7
+    # per-class accuracy (recall) by hand: a 1 of 3, b 3 of 3, c 1 of 1, d absent from gt
+    assert d["per_class_acc"] == pytest.approx({"a": 1 / 3, "b": 1.0, "c": 1.0, "d": None})
+    assert d["mean_class_acc"] == pytest.approx((1 / 3 + 1 + 1) / 3)
+    assert back.per_class_acc["a"] == pytest.approx(1 / 3) and math.isnan(back.per_class_acc["d"])
+    assert back.mean_class_acc == pytest.approx(s.mean_class_acc)
     with pytest.raises(ValueError):
         small_cm().summary(["a", "b"])
 
@@ -138,12 +143,14 @@ def test_format_table_and_compare() -> None:
     table = format_table(s, title="val")
     lines = table.splitlines()
     assert lines[0] == "val"
-    assert any(ln.startswith("car") and ln.endswith("75.00") for ln in lines)
-    assert any(ln.startswith("train") and ln.endswith("n/a") for ln in lines)
+    assert next(ln for ln in lines if ln.startswith("car")).split() == ["car", "75.00", "100.00"]
+    assert next(ln for ln in lines if ln.startswith("road")).split() == ["road", "33.33", "33.33"]
+    assert next(ln for ln in lines if ln.startswith("train")).split() == ["train", "n/a", "n/a"]
     miou_line = next(ln for ln in lines if ln.startswith("mIoU"))
-    assert miou_line.endswith(f"{100 * s.miou:.2f}")
+    assert miou_line.split()[-2:] == [f"{100 * s.miou:.2f}", f"{100 * (1 / 3 + 2) / 3:.2f}"]
     assert any(ln.startswith("pixel accuracy") and ln.endswith("71.43") for ln in lines)
-    assert len({len(ln) for ln in lines[1:-1] if not ln.startswith("-")}) == 1  # fixed width
+    two_columns = [ln for ln in lines[1:] if not ln.startswith(("-", "pixel"))]
+    assert len(two_columns) == 6 and len({len(ln) for ln in two_columns}) == 1  # fixed width
 
     night = ConfusionMatrix(4).update(GT.clip(0, 2), GT).summary(["road", "car", "sky", "train"])
     out = compare_summaries(s, night, "day", "night")
@@ -351,3 +358,20 @@ def test_ssim_needs_the_whole_window() -> None:
         ssim(np.zeros((10, 40)), np.zeros((10, 40)))
     with pytest.raises(ValueError, match=r"\(H, W\) or \(H, W, C\)"):
         ssim(np.zeros((2, 12, 12, 3)), np.zeros((2, 12, 12, 3)))
+
+
+def test_metrics_of_drops_the_other_column_and_counts_it_as_a_miss() -> None:
+    """A model space with an extra "(other)" prediction: pixels predicted "other" lower
+    their class's accuracy and the column is not a class of the summary."""
+    from edgeseg.evaluate import metrics_of
+    from edgeseg.labels import get_label_space
+
+    space = get_label_space("camvid11")
+    gt = np.array([[3, 3, 3, 3, 0, 0]], np.uint8)  # road x4, sky x2
+    pred = np.array([[3, 3, 11, 11, 0, 3]], np.uint8)  # 11 = "(other)"
+    summary = metrics_of(ConfusionMatrix(12).update(pred, gt), space)
+    assert list(summary.per_class_acc) == list(space.names)
+    assert summary.per_class_acc["road"] == pytest.approx(2 / 4)
+    assert summary.per_class_acc["sky"] == pytest.approx(1 / 2)
+    assert summary.per_class["road"] == pytest.approx(2 / 5)  # tp 2, fn 2, fp 1 (a sky pixel)
+    assert summary.mean_class_acc == pytest.approx(0.5)
