@@ -249,6 +249,9 @@ def test_neighbourhood_1_is_the_plain_focal_loss_and_5_reaches_two_pixels() -> N
         with pytest.raises(ValueError, match=f"neighbourhood must be an odd side >= 1, got "
                                              f"{side}"):
             static_focal_loss(logits, pseudo, [0, 2], neighbourhood=side)
+    with pytest.raises(ValueError, match=r"night_logits must be B x C x h x w, got shape "
+                                         r"\(3, 1, 4\)"):
+        static_focal_loss(logits[0], pseudo, [0, 2])
 
 
 def test_focal_loss_neighbourhood_is_3x3_with_diagonals_per_image() -> None:
