@@ -108,8 +108,9 @@ def class_table(files: dict[str, list[Path]], order: list[str]) -> tuple[str, di
     scores = {n: [class_ious(f) for f in files[n]] for n in names}
     data: dict[str, dict[str, dict[str, float]]] = {}
     blocks = []
-    for d in next(iter(scores.values()))[0]:
-        classes = list(next(iter(scores.values()))[0][d])
+    first = scores[names[0]][0]  # every file scores the same datasets and classes
+    for d in first:
+        classes = list(first[d])
         data[d] = {n: {c: float(np.mean([s[d][c] for s in scores[n]])) for c in classes}
                    for n in names}
         blocks.append("\n".join([f"{d} IoU % (mean over seeds)", "",
