@@ -19,7 +19,7 @@ from edgeseg.data import DatasetError, open_dataset
 from edgeseg.data.transforms import TrainTransform
 from edgeseg.labels import CITYSCAPES_TO_CAMVID, get_label_space
 from edgeseg.train.distributed import DistInfo
-from edgeseg.train.loader import AugmentedDataset
+from edgeseg.train.loader import AugmentedDataset, Stream
 from edgeseg.train.streams import build_streams
 from edgeseg.train.trainer import Trainer
 from tests import dataset_fixtures as fx
@@ -423,3 +423,37 @@ def test_alignment_config_errors_name_the_key(synth: Path, tmp_path: Path) -> No
     none = _recipe(synth, tmp_path, pairs=f"synthetic_pairs:{synth}",
                    streams={"pairs": {"align": "none"}})
     assert sorted(next(_build(none, Probe(("source", "pairs"))))["pairs"]) == ["image", "night"]
+
+
+class _Numbered:
+    """Frame ``index`` is filled with ``index``: a batch says which frames it holds."""
+
+    root = Path("/nowhere")
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": np.full((8, 8, 3), index, np.uint8)}
+
+
+def test_closing_a_stream_mid_epoch_changes_nothing_it_draws() -> None:
+    """`Stream.close` (a finished or failed run stops its workers) drops what the workers
+    prefetched; the next batch restarts them at the same position."""
+    def stream() -> Stream:
+        dataset = AugmentedDataset(_Numbered(), lambda s, rng: s, (0.0,) * 3, (1.0,) * 3, seed=0)
+        return Stream(dataset, batch_size=2, workers=2, rank=0, world_size=1, seed=5)
+
+    def frames(batch: dict[str, torch.Tensor]) -> list[int]:
+        return [round(float(x) * 255) for x in batch["image"][:, 0, 0, 0]]
+
+    straight = stream()
+    expected = [frames(next(straight)) for _ in range(5)]  # into the second epoch
+    straight.close()
+    closed = stream()
+    drawn = []
+    for _ in range(5):
+        drawn.append(frames(next(closed)))
+        closed.close()
+    assert drawn == expected
+    assert sorted(sum(expected[:3], [])) == list(range(6))  # one epoch: every frame once

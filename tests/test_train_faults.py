@@ -8,11 +8,13 @@ datasets: each must end in a resumable checkpoint or one clear line.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -358,9 +360,82 @@ def test_label_of_another_size_in_a_worker_is_one_line(tiny_synth: Path, tmp_pat
     shutil.copytree(tiny_synth, synth)
     for label in (synth / "labels").glob("*.png"):
         cv2.imwrite(str(label), np.zeros((10, 12), np.uint8))
+    before = {p.pid for p in multiprocessing.active_children()}
     trainer = Trainer(_recipe(synth, tmp_path / "run", data__workers=2), progress=False)
     with pytest.raises(DatasetError) as err:
         trainer.run()
     msg = str(err.value)
     assert "label size 12x10 differs from image" in msg
     assert "\n" not in msg and "Traceback" not in msg
+    # the failed run stopped its loader workers although the trainer is still referenced:
+    # they ignore SIGTERM, so left alive they would hold the process at exit
+    assert {p.pid for p in multiprocessing.active_children()} <= before
+
+
+def test_a_finished_run_stops_its_loader_workers(tiny_synth: Path, tmp_path: Path) -> None:
+    before = {p.pid for p in multiprocessing.active_children()}
+    trainer = Trainer(_recipe(tiny_synth, tmp_path / "run", data__workers=2,
+                              train__iterations=2, train__val_every=0), progress=False)
+    assert trainer.run() == 0
+    assert {p.pid for p in multiprocessing.active_children()} <= before
+
+
+#: a stream on 2 workers in a process of its own; argv[1] says how it ends
+STREAM_SCRIPT = textwrap.dedent("""
+    import gc, multiprocessing, sys
+    import numpy as np
+    from edgeseg.data import DatasetError
+    from edgeseg.train.loader import AugmentedDataset, Stream
+
+    class Reader:
+        root = "memory"
+        def __len__(self):
+            return 4
+        def __getitem__(self, index):
+            if sys.argv[1] == "error":
+                raise DatasetError(f"frame {index} is broken")
+            return {"image": np.zeros((8, 8, 3), np.uint8)}
+
+    def same(sample, rng):
+        return sample
+
+    if __name__ == "__main__":
+        stream = Stream(AugmentedDataset(Reader(), same, (0.0,) * 3, (1.0,) * 3, seed=0),
+                        batch_size=1, workers=2, rank=0, world_size=1, seed=0)
+        if sys.argv[1] == "error":
+            try:
+                next(stream)
+            except DatasetError as exc:
+                print(exc, len(multiprocessing.active_children()), flush=True)
+            sys.exit(0)
+        print(tuple(next(stream)["image"].shape), flush=True)
+        if sys.argv[1] == "collected":  # torch's shutdown, as it fails from the garbage collector
+            stream._it._shutdown_workers = lambda: None
+            del stream
+            gc.collect()
+            print(len(multiprocessing.active_children()), flush=True)
+""")
+
+
+@pytest.mark.parametrize(("how", "printed"), [
+    ("open", "(1, 3, 8, 8)"),       # the stream is still referenced at exit
+    ("collected", "(1, 3, 8, 8)\n2"),  # its iterator is gone, its 2 workers are not
+    ("error", "frame 0 is broken 0"),  # a worker's error stops the stream's workers at once
+])
+def test_a_process_with_loader_workers_exits(tmp_path: Path, how: str, printed: str) -> None:
+    """However a stream ends, the process must exit: its workers ignore SIGTERM, which is all
+    multiprocessing's exit hook and torch's own fallback send them."""
+    script = tmp_path / "stream.py"
+    script.write_text(STREAM_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), how], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own group: one kill takes the workers
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the process did not exit: its loader workers were never stopped")
+    assert proc.returncode == 0, err
+    assert out.strip() == printed
+    assert "Traceback" not in err and "Exception ignored" not in err, err  # a clean exit

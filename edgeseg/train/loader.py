@@ -11,7 +11,9 @@ N, resume, M.
 
 from __future__ import annotations
 
+import atexit
 import signal
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,9 +47,11 @@ def _start_workers(loader: DataLoader) -> Iterator:
         return iter(loader)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        return iter(loader)
+        it = iter(loader)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    _WORKERS.update(getattr(it, "_workers", ()))
+    return it
 
 
 def worker_error(exc: EdgesegError) -> EdgesegError:
@@ -61,6 +65,36 @@ def worker_error(exc: EdgesegError) -> EdgesegError:
     if marker in text:
         text = text.rpartition(marker)[2].rstrip()
     return cls(text)
+
+
+#: every loader worker process started here, for `_kill_workers_at_exit`
+_WORKERS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _stop_workers(it: Iterator | None) -> None:
+    """Stop a loader iterator's workers now, by torch's own path (as its ``__del__`` does,
+    but at a known time: from the garbage collector that path can leave them running)."""
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def _kill_workers_at_exit() -> None:
+    """At interpreter exit, kill the loader workers still running (a stream nobody closed,
+    or an iterator the garbage collector freed). They ignore SIGTERM, which is all
+    multiprocessing's exit hook sends before it waits for them forever; registered after
+    that hook, this runs first. They hold nothing but prefetched batches."""
+    left = [w for w in list(_WORKERS) if w.is_alive()]
+    if not left:
+        return
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler raises for a killed worker
+    for w in left:
+        w.kill()
+    for w in left:
+        w.join(timeout=5)
+
+
+atexit.register(_kill_workers_at_exit)
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -156,10 +190,18 @@ class Stream:
         self.sampler.start = self.position * self.batch_size
         self._it = _start_workers(self.loader)
 
+    def close(self) -> None:
+        """Stop the loader workers now (they ignore SIGTERM, so nothing else stops them
+        while this process lives). Batches they prefetched are dropped; the next batch
+        restarts them at the same position, so closing never changes what is drawn."""
+        it, self._it = self._it, None
+        _stop_workers(it)
+
     def __next__(self) -> dict[str, torch.Tensor]:
         try:
             return self._next()
         except EdgesegError as exc:
+            self.close()  # the iterator is spent; its traceback would keep the workers alive
             raise worker_error(exc) from None
 
     def _next(self) -> dict[str, torch.Tensor]:
@@ -200,6 +242,11 @@ class MultiStream:
 
     def state_dict(self) -> dict[str, dict[str, int]]:
         return {name: s.state_dict() for name, s in self.streams.items()}
+
+    def close(self) -> None:
+        """Stop every stream's loader workers (see `Stream.close`)."""
+        for s in self.streams.values():
+            s.close()
 
     def load_state_dict(self, state: dict[str, dict[str, int]]) -> None:
         for name, s in self.streams.items():

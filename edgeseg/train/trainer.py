@@ -558,6 +558,7 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
+            self.streams.close()  # workers ignore SIGTERM: left running, they outlive an error
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
         if interrupted:
