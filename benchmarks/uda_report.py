@@ -61,9 +61,10 @@ def row_mious(files: dict[str, list[Path]]) -> dict[str, list[dict[str, float]]]
 
 
 def validations(metrics: Path) -> list[dict]:
-    """The validation records of a trainer's metrics.jsonl, in order."""
+    """The scored validation records of a trainer's metrics.jsonl, in order (those with an
+    mIoU: a label-free ``entropy`` record shares its split and iteration)."""
     return [r for r in map(json.loads, metrics.read_text().splitlines())
-            if r.get("type") == "val"]
+            if r.get("type") == "val" and "miou" in r]
 
 
 def last_validation(metrics: Path) -> int | None:

@@ -71,6 +71,11 @@ def test_report_scores_runs_from_eval_json_or_the_last_validation_of_their_log(
     assert report.collect(root, [])["full"][2]["night_val"] == 50.0
     assert [r["night_val"] for r in report.collect(root, [], final=200)["full"]] == [20.0, 24.0]
     assert report.last_validation(root / "full_s2" / "metrics.jsonl") == 100
+    entropy = root / "full_s2" / "metrics.jsonl"  # train.select_on=entropy:SPEC logs beside it
+    with entropy.open("a") as f:
+        f.write(json.dumps({"type": "val", "iter": 100, "data": "camvid:/x:night_val",
+                            "entropy": 0.7}) + "\n")
+    assert report.mious(entropy) == {"night_val": 50.0, "day_val": 50.0}
     (tmp_path / "empty.jsonl").write_text(json.dumps({"type": "train", "iter": 1}) + "\n")
     with pytest.raises(SystemExit, match="no validation records"):
         report.mious(tmp_path / "empty.jsonl")
