@@ -130,18 +130,23 @@ def plot_classes(data: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(data), 1, figsize=(12, 3.2 * len(data)), squeeze=False)
+    n_rows = len(next(iter(data.values())))
+    colours = plt.get_cmap("tab10" if n_rows <= 10 else "tab20").colors  # one per row
+    fig, axes = plt.subplots(len(data), 1, figsize=(12, 3.2 * len(data) + 0.25 * n_rows / 3),
+                             squeeze=False)
     for ax, (d, rows) in zip(axes[:, 0], data.items(), strict=True):
         classes = list(next(iter(rows.values())))
         width = 0.8 / len(rows)
         for i, (name, ious) in enumerate(rows.items()):
             ax.bar(np.arange(len(classes)) + i * width, [ious[c] for c in classes], width,
-                   label=name)
+                   label=name, color=colours[i % len(colours)])
         ax.set_xticks(np.arange(len(classes)) + width * (len(rows) - 1) / 2, classes)
         ax.set_ylabel(f"{d} IoU %")
+        ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(ncol=min(len(next(iter(data.values()))), 6), fontsize=8)
-    fig.tight_layout()
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center",
+               ncol=min(n_rows, 6), fontsize=8)  # below the panels: it hides no bar
+    fig.tight_layout(rect=(0, 0.05 + 0.02 * (n_rows // 6), 1, 1))
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
