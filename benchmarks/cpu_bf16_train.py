@@ -30,13 +30,15 @@ from edgeseg.runtime.compat import cpu_device
 from edgeseg.train.trainer import Trainer, cpu_has_native_bf16
 
 
-def time_recipe(path: str, bf16: bool, iterations: int, threads: int) -> dict:
-    """Run ``iterations`` of the recipe; median s/it past the first, and the last losses."""
+def time_recipe(path: str, bf16: bool, iterations: int, threads: int,
+                extra: tuple[str, ...] = ()) -> dict:
+    """Run ``iterations`` of the recipe (with ``extra`` overrides); median s/it past the
+    first, and the last losses."""
     with tempfile.TemporaryDirectory(prefix="edgeseg-bf16-") as tmp:
         overrides = [f"output_dir={tmp}/run", f"train.iterations={iterations}",
                      "train.val_every=0", "train.ckpt_every=0", "train.log_every=1",
                      f"train.threads={threads}", "data.workers=0", "data.val=[]",
-                     f"train.cpu_bf16={str(bf16).lower()}", "train.device=cpu"]
+                     f"train.cpu_bf16={str(bf16).lower()}", "train.device=cpu", *extra]
         recipe = load_recipe(path, overrides)
         assert Trainer(recipe, progress=False).run() == 0
         rows = [json.loads(x) for x in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]

@@ -36,6 +36,7 @@ from edgeseg.labels import get_label_space
 from edgeseg.models import build_model
 from edgeseg.runtime.stages import fit_frame
 from edgeseg.train import checkpoint as ckpt_io
+from edgeseg.train.cpu_malloc import keep_freed_memory
 from edgeseg.train.distributed import (
     DistInfo,
     all_reduce_array,
@@ -61,7 +62,7 @@ EXIT_INTERRUPTED = 130
 RESUME_CHANGEABLE = (
     "train.iterations", "train.log_every", "train.val_every", "train.ckpt_every",
     "train.val_max_images", "train.select_on", "train.select_classes", "train.val_size",
-    "train.threads",
+    "train.threads", "train.keep_freed_memory",
     "data.workers", "data.val", "data.val_batch_size", "output_dir", "model.pretrained",
     "model.init_from", "method.init_from",
 )
@@ -220,6 +221,9 @@ class Trainer:
         self.cpu_bf16 = use_cpu_bf16(recipe, self.device)
         if recipe.train.threads > 0 and self.device.type == "cpu":
             torch.set_num_threads(recipe.train.threads)
+        #: whether glibc keeps freed buffers for this CPU run (False: not asked, or not glibc)
+        self.kept_freed_memory = (self.device.type == "cpu" and recipe.train.keep_freed_memory
+                                  and keep_freed_memory())
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
