@@ -229,7 +229,7 @@ def test_reuse_scores_rescore_only_the_files_that_changed(tmp_path: Path) -> Non
     assert second["eval"] == first["eval"]
     assert "scores kept from the previous run" in out.with_suffix(".md").read_text()
     earlier = json.loads(out.with_suffix(".json").read_text())
-    for key in ("cpu_name", "eval_runtime"):  # scored on another machine kind: not kept
+    for key in ("cpu", "eval_runtime"):  # scored on another machine kind: not kept
         out.with_suffix(".json").write_text(json.dumps({**earlier, key: "another"}))
         assert cm.main(argv + ["--reuse-scores"]) == 0
         assert not any(src.get("reused") for src in row()["eval_from"].values()), key

@@ -4,7 +4,7 @@ glibc serves every allocation above its mmap threshold (128 KiB, rising by itsel
 most 32 MiB) with fresh pages from the kernel and gives them back on free. A CPU training
 step allocates and frees activations and gradients of tens of MiB each, thousands of
 times, so each of those pages is zero-filled again by a page fault on its first touch: on
-a 2-core AMD EPYC, `train/source_only_camvid.yaml` spent a third of its time in the
+a 2-core AMD EPYC, `train/source_only_plain_camvid.yaml` spent a third of its time in the
 kernel. With both thresholds raised, the buffers are reused from the heap instead
 (`benchmarks/cpu_malloc_train.py` measures both in one run). The price is that the
 process keeps its peak memory until it exits, which a training process reaches on every
