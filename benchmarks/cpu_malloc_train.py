@@ -1,7 +1,7 @@
 """Seconds per CPU training iteration and peak memory with glibc's malloc as it comes and
 with ``train.keep_freed_memory`` (freed buffers kept in the heap, edgeseg.train.cpu_malloc).
 
-    python benchmarks/cpu_malloc_train.py train/source_only_camvid.yaml \\
+    python benchmarks/cpu_malloc_train.py train/source_only_plain_camvid.yaml \\
         --iterations 5 --rounds 2 --threads 2 --json benchmarks/results/cpu-malloc-train.json
 
 glibc's settings are per process and stay once changed, so every timing is a fresh child
