@@ -11,9 +11,9 @@ behind it (DANIA: relighting net -> segmenter -> re-weighting) is exported as on
 ``no_pre`` feeds the normalised frame straight to the segmenter, ``no_bias`` gives the
 segmenter's logits straight to the ArgMax, ``segmenter`` does both; unused nodes are
 dropped. Every variant is scored by ``edgeseg eval``'s code on every frame of CamVid
-day_val and dusk_train. The segmenter
-was trained on what its pre-networks made of the frames, so a bypassed pre-network asks
-whether the trained weights, or the network in front of them, carry the result.
+day_val and dusk_train. The segmenter was trained on what its pre-networks made of the
+frames, so a bypassed pre-network asks whether the trained weights, or the network in
+front of them, carry the result.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from camvid_methods import data_specs, score
+from camvid_methods import DEFAULT_CAMVID, data_specs, score
 
 from edgeseg.fileio import write_json
 
@@ -86,7 +86,7 @@ VARIANTS = {"deployed": (False, False), "no_pre": (True, False), "no_bias": (Fal
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("onnx", type=Path)
-    ap.add_argument("--camvid", default="../shared/data/camvid")
+    ap.add_argument("--camvid", default=DEFAULT_CAMVID)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
