@@ -369,7 +369,8 @@ def measure_row(spec: RowSpec, specs: dict[str, str], *, skip_eval: bool, max_fr
         row["eval_from"][precision] = {"scored": row["chain"][precision],
                                        "max_frames": max_frames, "data": specs}
     if int8 is not None:
-        from edgeseg.export.build_engine import calibration_info, read_onnx_metadata
+        from edgeseg.contract.metadata import calibration_info
+        from edgeseg.export.build_engine import read_onnx_metadata
 
         calib = calibration_info(read_onnx_metadata(int8)[0])
         row["int8_calibration"] = {k: calib.get(k) for k in ("source", "frames", "method",

@@ -37,6 +37,7 @@ from edgeseg.export.build_engine import build_engine  # noqa: E402
 from edgeseg.export.profile import BuildProfile, EngineBuildError  # noqa: E402
 from edgeseg.runtime.backends import InputShapeError, open_backend  # noqa: E402
 from edgeseg.runtime.backends.openvino import OvBackend  # noqa: E402
+from edgeseg.runtime.compat import INT8_DOT_ISA, cpu_device  # noqa: E402
 from edgeseg.runtime.pipeline import StreamPipeline  # noqa: E402
 from edgeseg.runtime.sinks import NullSink  # noqa: E402
 from edgeseg.runtime.sources import open_source  # noqa: E402
@@ -120,10 +121,6 @@ def test_fp32_labels_match_onnxruntime_exactly(models: dict[str, Path], engine: 
     np.testing.assert_array_equal(got, expected)
 
 
-#: x86 instruction sets with an int8 dot product that does not saturate (VNNI, AMX)
-INT8_DOT = {"avx512_vnni", "avx_vnni", "amx_int8"}
-
-
 @pytest.mark.parametrize("flavour", ["int8_trt", "int8"])
 def test_int8_files_pass_the_int8_gate(models: dict[str, Path], tmp_path: Path,
                                        flavour: str) -> None:
@@ -134,9 +131,7 @@ def test_int8_files_pass_the_int8_gate(models: dict[str, Path], tmp_path: Path,
     the gate: most likely the int16 saturation of AVX2's uint8 x int8 pair products
     (vpmaddubsw) that NNCF's "overflow fix" (7-bit weights) exists for. That case is skipped
     there, with the reason; the onnxruntime flavour is checked on every CPU."""
-    from edgeseg.runtime.compat import cpu_device
-
-    if flavour == "int8_trt" and not INT8_DOT & set(cpu_device().cpu_isa):
+    if flavour == "int8_trt" and not INT8_DOT_ISA & set(cpu_device().cpu_isa):
         pytest.skip("this CPU has no VNNI/AMX int8 dot product: OpenVINO's AVX2 int8 engine of "
                     "the TensorRT flavour file is below the int8 gate here (92 % agreement "
                     "with fp32 on a 2-core AMD EPYC with AVX2; ONNX Runtime 99 %)")
@@ -147,6 +142,39 @@ def test_int8_files_pass_the_int8_gate(models: dict[str, Path], tmp_path: Path,
     got = ov_labels(out, frames)
     assert (got == ort_labels(models[flavour], frames)).mean() >= INT8_GATE
     assert (got == ort_labels(models["fp32"], frames)).mean() >= INT8_GATE
+
+
+def test_int8_saturation_notice_names_the_cpus_it_applies_to(models: dict[str, Path]) -> None:
+    """Only a tensorrt-flavour int8 file, built for the CPU, on x86 with AVX2 and neither VNNI
+    nor AMX; the notice names the flavour that avoids it."""
+    from edgeseg.export.build_engine import read_onnx_metadata
+    from edgeseg.export.ov_builder import int8_saturation_notice
+
+    trt, _ = read_onnx_metadata(models["int8_trt"])
+    ort, _ = read_onnx_metadata(models["int8"])
+    fp32, _ = read_onnx_metadata(models["fp32"])
+    avx2 = ["avx", "avx2", "fma", "f16c"]
+    notice = int8_saturation_notice(trt, "CPU", avx2)
+    assert notice and "--flavour onnxruntime" in notice
+    for isa in (avx2 + ["avx512_vnni"], avx2 + ["avx_vnni"], avx2 + ["amx_int8"],
+                ["avx", "fma"], ["asimd", "asimddp"]):
+        assert int8_saturation_notice(trt, "CPU", isa) is None, isa
+    assert int8_saturation_notice(trt, "GPU", avx2) is None
+    assert int8_saturation_notice(ort, "CPU", avx2) is None
+    assert int8_saturation_notice(fp32, "CPU", avx2) is None
+
+
+@pytest.mark.parametrize("flavour", ["int8_trt", "int8"])
+def test_build_warns_of_int8_saturation_on_this_cpu(models: dict[str, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    flavour: str) -> None:
+    """The real build says it (stderr and manifest) exactly where the notice applies here."""
+    isa = set(cpu_device().cpu_isa)
+    expected = flavour == "int8_trt" and "avx2" in isa and not INT8_DOT_ISA & isa
+    manifest = build_engine(models[flavour], tmp_path / "tiny.ov.blob", OV_CPU, "cmd")
+    noted = any("no VNNI/AMX int8 dot product" in n for n in manifest.notes)
+    warned = "warning: this CPU has no VNNI/AMX" in capsys.readouterr().err
+    assert noted == warned == expected
 
 
 # ------------------------------------------------------------------ asynchronous requests

@@ -172,3 +172,9 @@ def set_metadata(model: Any, meta: ModelMetadata) -> None:
     for key, value in meta.to_props().items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+
+
+def calibration_info(meta: ModelMetadata) -> dict[str, Any]:
+    """What `edgeseg quantize` recorded about an int8 file (``extra.calibration``), or {}."""
+    calibration = meta.extra.get("calibration")
+    return calibration if isinstance(calibration, dict) else {}

@@ -21,7 +21,6 @@ import shlex
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from edgeseg import __version__
 from edgeseg.contract.manifest import (
@@ -34,6 +33,7 @@ from edgeseg.contract.manifest import (
 from edgeseg.contract.metadata import (
     ModelMetadata,
     TensorSpec,
+    calibration_info,
     edgeseg_props,
     load_onnx,
     metadata_of,
@@ -179,12 +179,6 @@ def merge_specs(declared: list[TensorSpec], actual: list[TensorSpec]) -> list[Te
     for spec in actual:
         spec.format = spec.format or formats.get(spec.name, "")
     return actual
-
-
-def calibration_info(meta: ModelMetadata) -> dict[str, Any]:
-    """What `edgeseg quantize` recorded about an int8 file (``extra.calibration``), or {}."""
-    calibration = meta.extra.get("calibration")
-    return calibration if isinstance(calibration, dict) else {}
 
 
 def check_flavour(meta: ModelMetadata, backend: str, onnx_path: Path) -> None:

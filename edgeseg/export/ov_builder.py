@@ -14,10 +14,11 @@ checks before it loads one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from edgeseg.contract.metadata import ModelMetadata, TensorSpec
+from edgeseg.contract.metadata import ModelMetadata, TensorSpec, calibration_info
 from edgeseg.export.profile import (
     BuildProfile,
     BuiltEngine,
@@ -31,7 +32,7 @@ from edgeseg.runtime.backends.openvino import (
     ov_error,
     port_spec,
 )
-from edgeseg.runtime.compat import MachineInfo, cpu_device
+from edgeseg.runtime.compat import INT8_DOT_ISA, MachineInfo, cpu_device
 from edgeseg.runtime.ov_core import openvino_core
 
 
@@ -43,6 +44,23 @@ def openvino_has_bf16(device: str = "CPU") -> bool:
         return False
     isa = set(cpu_device().cpu_isa or ())
     return bool(isa & {"avx512_bf16", "amx_bf16"})
+
+
+def int8_saturation_notice(meta: ModelMetadata, target: str, isa: Iterable[str]) -> str | None:
+    """Why a tensorrt-flavour int8 file can lose accuracy in OpenVINO on an AVX2-only CPU.
+
+    Without VNNI/AMX the CPU plugin's int8 convolutions sum uint8 x int8 pairs in int16
+    (vpmaddubsw), which saturates with full-range 8-bit weights; the onnxruntime flavour
+    quantises weights to 7 bits (reduce_range) for that. None where it does not apply."""
+    isa = set(isa)
+    if (not meta.precision.startswith("int8") or target.split(".")[0].upper() != "CPU"
+            or calibration_info(meta).get("flavour") != "tensorrt"
+            or "avx2" not in isa or isa & INT8_DOT_ISA):
+        return None
+    return ("this CPU has no VNNI/AMX int8 dot product (AVX2 only): OpenVINO sums uint8 x "
+            "int8 pairs in int16 there, which saturates with the tensorrt flavour's 8-bit "
+            "weights; check the engine's accuracy (`edgeseg eval`) or build from `edgeseg "
+            "quantize ... --flavour onnxruntime` (7-bit weights) for this CPU")
 
 
 def _specs(compiled: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -106,6 +124,10 @@ def build_openvino(onnx_path: Path, engine_path: Path, meta: ModelMetadata,
              f"device capabilities: {caps}",
              "a compiled OpenVINO model loads only with the same OpenVINO build, on the same "
              "device type and (CPU) the same ISA features (cpu_isa)"]
+    saturation = int8_saturation_notice(meta, target, machine.device.cpu_isa or ())
+    if saturation:
+        say(f"warning: {saturation}")
+        notes.append(saturation)
     if target != "CPU":
         notes.append(f"OpenVINO {target} builds are not verified on the development machines "
                      "(no Intel GPU/NPU there)")

@@ -36,6 +36,9 @@ _ISA_FLAGS = frozenset({
     "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",  # x86_64 (/proc/cpuinfo flags)
     "asimd", "asimddp", "asimdhp", "fphp", "i8mm", "bf16", "sve", "sve2",  # aarch64 (Features)
 })
+#: x86 instruction sets with an int8 dot product that accumulates in int32 (VNNI, AMX); without
+#: them (AVX2) int8 kernels sum uint8 x int8 pairs in int16, which can saturate
+INT8_DOT_ISA = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 # ------------------------------------------------------------------ this machine
