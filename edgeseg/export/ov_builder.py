@@ -50,15 +50,16 @@ def int8_saturation_notice(meta: ModelMetadata, target: str, isa: Iterable[str])
     """Why a tensorrt-flavour int8 file can lose accuracy in OpenVINO on an AVX2-only CPU.
 
     Without VNNI/AMX the CPU plugin's int8 convolutions sum uint8 x int8 pairs in int16
-    (vpmaddubsw), which saturates with full-range 8-bit weights; the onnxruntime flavour
+    (vpmaddubsw), which can saturate with full-range 8-bit weights (the CamVid start loses
+    5.35 mIoU points on day_val there: benchmarks/results/camvid/int8-avx2.md); the onnxruntime flavour
     quantises weights to 7 bits (reduce_range) for that. None where it does not apply."""
     isa = set(isa)
-    if (not meta.precision.startswith("int8") or target.split(".")[0].upper() != "CPU"
+    if (target.split(".")[0].upper() != "CPU"
             or calibration_info(meta).get("flavour") != "tensorrt"
             or "avx2" not in isa or isa & INT8_DOT_ISA):
         return None
     return ("this CPU has no VNNI/AMX int8 dot product (AVX2 only): OpenVINO sums uint8 x "
-            "int8 pairs in int16 there, which saturates with the tensorrt flavour's 8-bit "
+            "int8 pairs in int16 there, which can saturate with the tensorrt flavour's 8-bit "
             "weights; check the engine's accuracy (`edgeseg eval`) or build from `edgeseg "
             "quantize ... --flavour onnxruntime` (7-bit weights) for this CPU")
 
