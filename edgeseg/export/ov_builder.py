@@ -51,8 +51,9 @@ def int8_saturation_notice(meta: ModelMetadata, target: str, isa: Iterable[str])
 
     Without VNNI/AMX the CPU plugin's int8 convolutions sum uint8 x int8 pairs in int16
     (vpmaddubsw), which can saturate with full-range 8-bit weights (the CamVid start loses
-    5.35 mIoU points on day_val there: benchmarks/results/camvid/int8-avx2.md); the onnxruntime flavour
-    quantises weights to 7 bits (reduce_range) for that. None where it does not apply."""
+    5.35 mIoU points on day_val there: benchmarks/results/camvid/int8-avx2.md); the
+    onnxruntime flavour quantises weights to 7 bits (reduce_range) for that. None where it
+    does not apply."""
     isa = set(isa)
     if (target.split(".")[0].upper() != "CPU"
             or calibration_info(meta).get("flavour") != "tensorrt"
